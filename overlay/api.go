@@ -16,11 +16,11 @@ type Config struct {
 
 // Stats counts what the overlay has done since it was created.
 type Stats struct {
-	CopyUps       uint64 `json:"copy_ups"`
-	CopyUpBytes   uint64 `json:"copy_up_bytes"`
-	Whiteouts     uint64 `json:"whiteouts"`
-	Lookups       uint64 `json:"lookups"`
-	Nodes         int64  `json:"nodes"`
+	CopyUps     uint64 `json:"copy_ups"`
+	CopyUpBytes uint64 `json:"copy_up_bytes"`
+	Whiteouts   uint64 `json:"whiteouts"`
+	Lookups     uint64 `json:"lookups"`
+	Nodes       int64  `json:"nodes"`
 }
 
 // Overlay is a merged view of the layers in a Config.
