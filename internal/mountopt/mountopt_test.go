@@ -1,0 +1,267 @@
+package mountopt
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestSplit(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []string
+	}{
+		{"a,b", []string{"a", "b"}},
+		{`a\,b,c`, []string{`a\,b`, "c"}},
+		{`a\\,b`, []string{`a\\`, "b"}},
+		{`context="u:r:t:s0:c1,c2",ro`, []string{`context="u:r:t:s0:c1,c2"`, "ro"}},
+		{"", []string{""}},
+		{"a,", []string{"a", ""}},
+	}
+	for _, c := range cases {
+		got, err := split(c.in)
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("split(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{`a\`, `context="x`} {
+		if _, err := split(bad); err == nil {
+			t.Errorf("split(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestSplitLowers(t *testing.T) {
+	cases := []struct {
+		in   string
+		want []string
+	}{
+		{"a", []string{"a"}},
+		{"a:b:c", []string{"a", "b", "c"}},
+		{`a\:b:c`, []string{"a:b", "c"}},
+		{`a\,b`, []string{"a,b"}},
+		{`a\\:b`, []string{`a\`, "b"}},
+		{`/x y/a`, []string{"/x y/a"}},
+	}
+	for _, c := range cases {
+		got, err := splitLowers(c.in)
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("splitLowers(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	for in, words := range map[string]string{
+		"a::b": "data-only",
+		"a:":   "empty layer",
+		":a":   "empty layer",
+	} {
+		_, err := splitLowers(in)
+		if err == nil || !strings.Contains(err.Error(), words) {
+			t.Errorf("splitLowers(%q) error %v, want %q", in, err, words)
+		}
+	}
+}
+
+func mustParse(t *testing.T, root bool, opts ...string) *Result {
+	t.Helper()
+	r, err := Parse(opts, root)
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", opts, err)
+	}
+	return r
+}
+
+func TestParseLayers(t *testing.T) {
+	r := mustParse(t, true, `lowerdir=/l1:/l\:2,upperdir=/u\,x,workdir=/w`)
+	if !reflect.DeepEqual(r.Overlay.Lowers, []string{"/l1", "/l:2"}) || r.Overlay.Upper != "/u,x" || r.Overlay.Work != "/w" {
+		t.Errorf("got %+v", r.Overlay)
+	}
+	if r.FUSE.ReadOnly {
+		t.Error("read-only with an upper")
+	}
+	// Several -o strings accumulate; later options win.
+	r = mustParse(t, true, "lowerdir=/a", "upperdir=/u,workdir=/w", "lowerdir=/b:/c")
+	if !reflect.DeepEqual(r.Overlay.Lowers, []string{"/b", "/c"}) || r.Overlay.Upper != "/u" {
+		t.Errorf("got %+v", r.Overlay)
+	}
+	// One lower without upper: a read-only view.
+	r = mustParse(t, true, "lowerdir=/a")
+	if !r.FUSE.ReadOnly || r.Overlay.Upper != "" {
+		t.Errorf("one lower: %+v %+v", r.Overlay, r.FUSE)
+	}
+	// lowerdir+ appends one path, colons included.
+	r = mustParse(t, true, "lowerdir+=/a:b,lowerdir+=/c")
+	if !reflect.DeepEqual(r.Overlay.Lowers, []string{"/a:b", "/c"}) {
+		t.Errorf("lowerdir+: %q", r.Overlay.Lowers)
+	}
+	// Empty items are skipped, as the kernel does.
+	mustParse(t, true, "lowerdir=/a,,ro,")
+}
+
+func TestParseDefaults(t *testing.T) {
+	r := mustParse(t, true, "lowerdir=/a")
+	if !r.FUSE.AllowOther || r.FUSE.NoSuid || r.FUSE.NoDev || r.FUSE.NoExec {
+		t.Errorf("root defaults: %+v", r.FUSE)
+	}
+	r = mustParse(t, false, "lowerdir=/a")
+	if r.FUSE.AllowOther {
+		t.Errorf("user defaults: %+v", r.FUSE)
+	}
+	r = mustParse(t, true, "lowerdir=/a,nosuid,nodev,noexec")
+	if !r.FUSE.NoSuid || !r.FUSE.NoDev || !r.FUSE.NoExec {
+		t.Errorf("nosuid,nodev,noexec: %+v", r.FUSE)
+	}
+	r = mustParse(t, true, "lowerdir=/a,nosuid,nodev,noexec,suid,dev,exec")
+	if r.FUSE.NoSuid || r.FUSE.NoDev || r.FUSE.NoExec {
+		t.Errorf("suid,dev,exec: %+v", r.FUSE)
+	}
+	r = mustParse(t, false, "lowerdir=/a,allow_root,fsname=my\\,fs,debug,log=/tmp/x.log")
+	if !r.FUSE.AllowOther || r.FUSE.FsName != "my,fs" || !r.FUSE.Debug || r.Log != "/tmp/x.log" {
+		t.Errorf("flags: %+v %q", r.FUSE, r.Log)
+	}
+	r = mustParse(t, true, "lowerdir=/a,upperdir=/u,workdir=/w,ro")
+	if !r.FUSE.ReadOnly {
+		t.Error("ro ignored")
+	}
+	r = mustParse(t, true, "lowerdir=/a,upperdir=/u,workdir=/w,ro,rw")
+	if r.FUSE.ReadOnly {
+		t.Error("rw after ro ignored")
+	}
+}
+
+func TestParseOverlayFlags(t *testing.T) {
+	base := "lowerdir=/a,upperdir=/u,workdir=/w,"
+	for opt, want := range map[string][2]bool{ // [UserXattr, Volatile]
+		"userxattr":              {true, false},
+		"volatile":               {false, true},
+		"fsync=volatile":         {false, true},
+		"fsync=0":                {false, true},
+		"fsync=ordered":          {false, false},
+		"fsync=1":                {false, false},
+		"volatile,fsync=ordered": {false, false},
+	} {
+		r := mustParse(t, true, base+opt)
+		if got := [2]bool{r.Overlay.UserXattr, r.Overlay.Volatile}; got != want {
+			t.Errorf("%s: [userxattr volatile] = %v, want %v", opt, got, want)
+		}
+	}
+}
+
+func TestParseAccepted(t *testing.T) {
+	for _, opt := range []string{
+		"redirect_dir=off", "redirect_dir=nofollow", "index=off", "metacopy=off",
+		"nfs_export=off", "uuid=null", "uuid=off", "verity=off", "xino=off", "xino=auto",
+		"default_permissions", "noxattrs=0", "xattr_permissions=0",
+	} {
+		if _, err := Parse([]string{"lowerdir=/a," + opt}, true); err != nil {
+			t.Errorf("%s refused: %v", opt, err)
+		}
+	}
+}
+
+func TestParseIgnored(t *testing.T) {
+	for _, opt := range []string{
+		"threaded=1", "writeback=0", "timeout=5", "fast_ino=1", "static_nlink", "noacl",
+		"noatime", "relatime", "atime", "strictatime", "nodiratime",
+		`context="system_u:object_r:container_file_t:s0:c1,c2"`, "fscontext=x", "defcontext=x", "rootcontext=x",
+		"splice_read", "splice_write", "splice_move", "kernel_cache",
+	} {
+		r, err := Parse([]string{"lowerdir=/a," + opt}, true)
+		if err != nil {
+			t.Errorf("%s refused: %v", opt, err)
+			continue
+		}
+		if len(r.Ignored) != 1 || r.Ignored[0] != opt {
+			t.Errorf("%s: Ignored = %q", opt, r.Ignored)
+		}
+	}
+	if len(IgnoredOptions()) == 0 {
+		t.Error("IgnoredOptions is empty")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	cases := []struct{ opts, want string }{
+		{"lowerdir=/a,bogus", `unknown option "bogus"`},
+		{"lowerdir=/a,bogus=1", `unknown option "bogus"`},
+		{"upperdir=/u,workdir=/w", "missing lowerdir"},
+		{"", "missing lowerdir"},
+		{"lowerdir=/a,lowerdir=", "missing lowerdir"},
+		{"lowerdir=/a,upperdir=/u", "upperdir needs a workdir"},
+		{"lowerdir=/a,workdir=/w", "workdir needs an upperdir"},
+		{"lowerdir=/a::/b", "data-only"},
+		{"lowerdir=/a:", "empty layer"},
+		{"lowerdir=/a,lowerdir+=/b", "cannot be mixed"},
+		{"lowerdir+=/b,lowerdir=/a", "cannot be mixed"},
+		{"lowerdir", `option "lowerdir" needs a value`},
+		{"lowerdir=/a,upperdir", `option "upperdir" needs a value`},
+		{"lowerdir=/a,userxattr=1", `option "userxattr" takes no value`},
+		{"lowerdir=/a,index", `option "index" needs a value`},
+		{"lowerdir=/a,index=maybe", `invalid value "maybe" (want one of off, on)`},
+		{"lowerdir=/a,redirect_dir=on", `option "redirect_dir=on" is not supported yet (ovl writes and follows no redirects); use redirect_dir=off`},
+		{"lowerdir=/a,redirect_dir=follow", `option "redirect_dir=follow" is not supported yet`},
+		{"lowerdir=/a,index=on", `option "index=on" is not supported yet (ovl writes no index); use index=off`},
+		{"lowerdir=/a,metacopy=on", `option "metacopy=on" is not supported yet`},
+		{"lowerdir=/a,nfs_export=on", `option "nfs_export=on" is not supported yet`},
+		{"lowerdir=/a,uuid=on", `option "uuid=on" is not supported yet (ovl writes no overlay.uuid); use uuid=off`},
+		{"lowerdir=/a,uuid=auto", `option "uuid=auto" is not supported yet`},
+		{"lowerdir=/a,verity=on", `option "verity=on" is not supported yet`},
+		{"lowerdir=/a,verity=require", `option "verity=require" is not supported yet`},
+		{"lowerdir=/a,xino=on", `option "xino=on" is not supported yet`},
+		{"lowerdir=/a,fsync=strict", `option "fsync=strict" is not supported yet`},
+		{"lowerdir=/a,noxattrs=1", `option "noxattrs=1" is not supported yet`},
+		{"lowerdir=/a,xattr_permissions=2", `option "xattr_permissions=2" is not supported yet`},
+		{"lowerdir=/a,datadir+=/d", `option "datadir+" is not supported`},
+		{"lowerdir=/a,uidmapping=0:1000:1", `option "uidmapping" is not supported: ovl does no UID/GID mapping`},
+		{"lowerdir=/a,gidmapping=0:1000:1", `option "gidmapping" is not supported`},
+		{"lowerdir=/a,squash_to_root", `option "squash_to_root" is not supported`},
+		{"lowerdir=/a,squash_to_uid=1", `option "squash_to_uid" is not supported`},
+		{"lowerdir=/a,squash_to_gid=1", `option "squash_to_gid" is not supported`},
+		{"lowerdir=/a,ino32_t", `option "ino32_t" is not supported`},
+		{"lowerdir=/a,plugins=x.so", `option "plugins" is not supported`},
+		{`lowerdir=/a\`, "lone backslash"},
+	}
+	for _, c := range cases {
+		_, err := Parse([]string{c.opts}, true)
+		if err == nil {
+			t.Errorf("Parse(%q) succeeded, want error %q", c.opts, c.want)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Parse(%q) error %q, want it to contain %q", c.opts, err, c.want)
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("Parse(%q) error has several lines: %q", c.opts, err)
+		}
+	}
+}
+
+func TestTooManyLowers(t *testing.T) {
+	_, err := Parse([]string{"lowerdir=" + strings.Repeat("/a:", maxStack) + "/a"}, true)
+	if err == nil || !strings.Contains(err.Error(), "too many lower layers") {
+		t.Errorf("got %v", err)
+	}
+}
+
+// Every table entry must be consistent: a refused value needs a reason and
+// a suggestion that is itself accepted.
+func TestTableConsistent(t *testing.T) {
+	for name, o := range options {
+		if o.values == nil {
+			continue
+		}
+		refuses := false
+		for _, ok := range o.values {
+			refuses = refuses || !ok
+		}
+		if !refuses {
+			continue
+		}
+		if o.lacks == "" || o.use == "" {
+			t.Errorf("%s: refused values need lacks and use", name)
+			continue
+		}
+		if _, err := Parse([]string{"lowerdir=/a," + o.use}, true); err != nil {
+			t.Errorf("%s: suggestion %q is refused: %v", name, o.use, err)
+		}
+	}
+}
