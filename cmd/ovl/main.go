@@ -1,0 +1,79 @@
+// Command ovl mounts an overlay filesystem with the Linux kernel's overlayfs
+// format and behaviour, served through FUSE. It takes the kernel's -o
+// options, and can be used as containers-storage's mount_program in place of
+// fuse-overlayfs.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "ovl: %s\n", oneLine(err.Error()))
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	inv, err := parseArgs(args)
+	if err != nil {
+		return err
+	}
+	switch inv.cmd {
+	case "help":
+		fmt.Print(usage)
+		return nil
+	case "version":
+		fmt.Printf("ovl %s (%s)\n", version(), runtime.Version())
+		return nil
+	case "umount":
+		return runUmount(inv)
+	case "stats":
+		return runStats(inv)
+	case "demo":
+		return runDemo(inv)
+	default:
+		return runMount(inv)
+	}
+}
+
+// version is the module version when built from a tagged module, else "devel".
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+const usage = `ovl - the Linux kernel's overlay filesystem, served through FUSE
+
+Usage:
+  ovl mount -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTIONS] [-f] [-d] [--log FILE] MOUNTPOINT
+  ovl -o OPTIONS MOUNTPOINT          same as "ovl mount" (fuse-overlayfs style)
+  ovl umount MOUNTPOINT              unmount and wait for the daemon to exit
+  ovl stats MOUNTPOINT               print the daemon's counters as JSON
+  ovl demo                           show what ovl does, in a temporary directory
+  ovl --help | --version
+
+Mount flags:
+  -o OPTIONS        comma-separated options; may be given several times
+  -f, --foreground  serve in this process instead of starting a daemon
+  -d, --debug       log every FUSE request (stays in the foreground unless --log is given)
+  --log FILE        the daemon's log (default: none)
+
+Options (as the kernel's overlayfs; "\" escapes "," and ":"):
+  lowerdir=L1:L2    lower layers, topmost first (one lower alone gives a read-only view)
+  upperdir=U, workdir=W   the writable layer and its work directory (same filesystem)
+  userxattr         keep overlay xattrs in user.overlay.* (unprivileged mounts)
+  volatile, fsync=ordered|volatile   skip or keep fsync on the upper
+  redirect_dir=off|nofollow, index=off, metacopy=off, nfs_export=off, uuid=null|off,
+  verity=off, xino=off|auto        accepted; other values are not supported yet
+  ro, rw, nosuid, suid, nodev, dev, noexec, exec, allow_other, allow_root,
+  default_permissions, fsname=NAME, debug, log=FILE
+  As root the mount allows other users and keeps setuid and device files;
+  ask for nosuid,nodev to turn them off. See README.md for the full table.
+`

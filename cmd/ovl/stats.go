@@ -1,0 +1,127 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/overlay"
+)
+
+// statsReply is what a daemon sends on its stats socket.
+type statsReply struct {
+	Pid int `json:"pid"`
+	overlay.Stats
+}
+
+// statsSocket names the abstract unix socket of the daemon serving the
+// FUSE mount with device dev ("major:minor"). An abstract name leaves no
+// file behind and vanishes with the daemon.
+func statsSocket(dev string) string { return "@ovl/" + dev }
+
+// serveStats answers every connection on the stats socket with one JSON
+// reply. Failing to listen is not fatal to the mount: the name may be taken.
+func serveStats(dev string, ov *overlay.Overlay) (net.Listener, error) {
+	ln, err := net.Listen("unix", statsSocket(dev))
+	if err != nil {
+		return nil, fmt.Errorf("stats socket: %w", err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if err := json.NewEncoder(c).Encode(statsReply{Pid: os.Getpid(), Stats: ov.Stats()}); err != nil {
+					log.Printf("stats: %v", err)
+				}
+			}()
+		}
+	}()
+	return ln, nil
+}
+
+// queryDaemon asks the daemon serving mnt for its stats. It checks that the
+// socket belongs to root or to the caller, so that another user squatting
+// the name cannot pass for the daemon.
+func queryDaemon(mnt string) (*statsReply, []byte, error) {
+	m, err := findMount(mnt)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.fsType != "fuse" && !strings.HasPrefix(m.fsType, "fuse.") {
+		return nil, nil, fmt.Errorf("%s is a %s mount, not an ovl mount", mnt, m.fsType)
+	}
+	conn, err := net.DialTimeout("unix", statsSocket(m.dev), 2*time.Second)
+	if err != nil {
+		return nil, nil, fmt.Errorf("no ovl daemon answers for %s: %w", mnt, err)
+	}
+	defer conn.Close()
+	cred, err := peerCred(conn.(*net.UnixConn))
+	if err != nil {
+		return nil, nil, err
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
+		return nil, nil, fmt.Errorf("the stats socket of %s belongs to uid %d, not to root or you", mnt, cred.Uid)
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	data, err := io.ReadAll(conn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading stats of %s: %w", mnt, err)
+	}
+	var r statsReply
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, nil, fmt.Errorf("bad stats from %s: %w", mnt, err)
+	}
+	if r.Pid != int(cred.Pid) && cred.Pid != 0 {
+		// A daemon in another pid namespace reports its own pid number;
+		// trust the kernel's view of the peer.
+		r.Pid = int(cred.Pid)
+	}
+	return &r, data, nil
+}
+
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", credErr)
+	}
+	return cred, nil
+}
+
+// runStats prints the daemon's stats as one JSON object.
+func runStats(inv *invocation) error {
+	if len(inv.positional) != 1 {
+		return fmt.Errorf("usage: ovl stats MOUNTPOINT")
+	}
+	r, _, err := queryDaemon(inv.positional[0])
+	if err != nil {
+		return err
+	}
+	out, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(out))
+	return nil
+}
