@@ -1,0 +1,122 @@
+package kernelcmp
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mounter mounts one side of a comparison.
+type Mounter interface {
+	// Name names the side in diffs ("kernel", "ovl").
+	Name() string
+	// Mount mounts layout l with options o at l.Mnt and returns once it is
+	// ready.
+	Mount(l Layout, o Options) error
+	// Unmount unmounts mnt and returns once the filesystem is gone (for
+	// ovl: the daemon has exited and flushed everything to the upper).
+	Unmount(mnt string) error
+}
+
+// Kernel mounts the kernel's overlayfs.
+type Kernel struct{}
+
+// Name implements Mounter.
+func (Kernel) Name() string { return "kernel" }
+
+// Mount implements Mounter.
+func (Kernel) Mount(l Layout, o Options) error {
+	data := o.KernelOptions(l)
+	flags := uintptr(0)
+	if o.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount("overlay", l.Mnt, "overlay", flags, data); err != nil {
+		return fmt.Errorf("mount -t overlay -o %s %s: %w", data, l.Mnt, err)
+	}
+	return nil
+}
+
+// Unmount implements Mounter.
+func (Kernel) Unmount(mnt string) error { return umount(mnt) }
+
+func umount(mnt string) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		err = unix.Unmount(mnt, 0)
+		if err == nil || err == unix.EINVAL || err == unix.ENOENT {
+			return nil
+		}
+		if err != unix.EBUSY {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("umount %s: %w", mnt, err)
+}
+
+// Ovl mounts ovl through its command line.
+type Ovl struct {
+	Bin string // the ovl binary (testutil.Binary)
+}
+
+// Name implements Mounter.
+func (Ovl) Name() string { return "ovl" }
+
+// Mount implements Mounter.
+func (m Ovl) Mount(l Layout, o Options) error {
+	args := []string{"mount", "-o", o.OvlOptions(l), l.Mnt}
+	out, err := exec.Command(m.Bin, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ovl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// Unmount implements Mounter.
+func (m Ovl) Unmount(mnt string) error {
+	out, err := exec.Command(m.Bin, "umount", mnt).CombinedOutput()
+	if err != nil {
+		// Leave nothing mounted behind, but report the failure.
+		_ = unix.Unmount(mnt, unix.MNT_DETACH)
+		return fmt.Errorf("ovl umount %s: %v\n%s", mnt, err, out)
+	}
+	if mounted(mnt) {
+		return fmt.Errorf("ovl umount %s: still mounted after success", mnt)
+	}
+	return nil
+}
+
+// Stats runs "ovl stats mnt" and decodes its JSON.
+func (m Ovl) Stats(mnt string) (map[string]any, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(m.Bin, "stats", mnt)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("ovl stats %s: %v\n%s", mnt, err, stderr.Bytes())
+	}
+	var st map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &st); err != nil {
+		return nil, fmt.Errorf("ovl stats %s: %v in %q", mnt, err, stdout.Bytes())
+	}
+	return st, nil
+}
+
+// mounted reports whether mnt is a mount point (its device differs from
+// its parent's, or /proc/self/mountinfo lists it).
+func mounted(mnt string) bool {
+	var st, pst unix.Stat_t
+	if unix.Lstat(mnt, &st) != nil || unix.Lstat(mnt+"/..", &pst) != nil {
+		return false
+	}
+	return st.Dev != pst.Dev
+}
+
+// errNotMounted is returned when a side that should be mounted is not.
+var errNotMounted = errors.New("not mounted")
