@@ -308,3 +308,6 @@ func hashFile(p string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// StatNode records one object like Snapshot does (without recursion).
+func StatNode(p string, o SnapOptions) (*Node, error) { return snapNode(p, o) }
