@@ -1,0 +1,136 @@
+// Package format holds the Linux kernel overlayfs on-disk format, and nothing
+// else knows it: the overlay xattr names and values, the two whiteout forms,
+// opaque markers, the origin file-handle encoding and the work directory
+// layout. The rules it enforces are the kernel's
+// (Documentation/filesystems/overlayfs.rst, fs/overlayfs/overlayfs.h):
+//
+//   - A whiteout is a character device 0/0, or a zero-size regular file with
+//     the overlay.whiteout xattr inside a directory marked overlay.opaque=x
+//     (the "xattr whiteout" the kernel reads but never writes).
+//   - A directory with overlay.opaque=y hides everything below it; "x" means
+//     "not opaque, but holds xattr whiteouts". Only the first byte counts.
+//   - Overlay xattrs live under trusted.overlay., or user.overlay. with the
+//     userxattr option; they are private: never listed, never set by users.
+//   - The work directory holds work/ (temporaries, emptied at mount) and later
+//     index/; nothing else of ours goes there.
+package format
+
+import (
+	"bytes"
+	"strings"
+)
+
+// Prefixes of the overlay xattr namespaces.
+const (
+	TrustedPrefix = "trusted.overlay."
+	UserPrefix    = "user.overlay."
+)
+
+// Suffixes of the overlay xattrs (fs/overlayfs/overlayfs.h, ovl_xattr).
+const (
+	Opaque   = "opaque"
+	Whiteout = "whiteout"
+	Redirect = "redirect"
+	Origin   = "origin"
+	Impure   = "impure"
+	Nlink    = "nlink"
+	Upper    = "upper"
+	UUID     = "uuid"
+	Metacopy = "metacopy"
+	Protattr = "protattr"
+)
+
+// Opaque values: the first byte of overlay.opaque.
+const (
+	OpaqueYes         = 'y' // hides the layers below
+	OpaqueXWhiteouts  = 'x' // not opaque; holds xattr whiteouts
+	opaqueValueString = "y"
+)
+
+// Names are the overlay xattr names of one mount: trusted.overlay.* by
+// default, user.overlay.* with userxattr.
+type Names struct {
+	prefix string
+}
+
+// NewNames returns the names for the trusted or the user namespace.
+func NewNames(userxattr bool) Names {
+	if userxattr {
+		return Names{prefix: UserPrefix}
+	}
+	return Names{prefix: TrustedPrefix}
+}
+
+// Prefix is the namespace prefix, e.g. "trusted.overlay.".
+func (n Names) Prefix() string { return n.prefix }
+
+// Name returns the full xattr name for a suffix such as Opaque.
+func (n Names) Name(suffix string) string { return n.prefix + suffix }
+
+// IsPrivate reports whether an xattr name is in the overlay's own namespace,
+// which users may neither see nor change (kernel: ovl_is_private_xattr).
+func (n Names) IsPrivate(name string) bool {
+	return strings.HasPrefix(name, n.prefix)
+}
+
+// OpaqueValue is what ovl writes to mark a directory opaque.
+func OpaqueValue() []byte { return []byte(opaqueValueString) }
+
+// ParseOpaque interprets an overlay.opaque value: opaque reports "y",
+// xwhiteouts reports "x". Anything else means neither, as in the kernel,
+// which reads only the first byte.
+func ParseOpaque(v []byte) (opaque, xwhiteouts bool) {
+	if len(v) == 0 {
+		return false, false
+	}
+	return v[0] == OpaqueYes, v[0] == OpaqueXWhiteouts
+}
+
+// ImpureValue marks an upper directory that may hold copied-up entries.
+func ImpureValue() []byte { return []byte("y") }
+
+// Origin file handle (struct ovl_fb on disk: no padding before it).
+const (
+	fhVersion      = 0
+	fhMagic        = 0xfb
+	fhFlagBigEnd   = 1 << 0
+	fhFlagAnyEnd   = 1 << 1
+	fhHeaderLen    = 21 // version, magic, len, flags, type, uuid[16]
+	fhMaxHandleLen = 255 - fhHeaderLen
+)
+
+// EncodeOrigin builds an overlay.origin value from a lower object's file
+// handle (as name_to_handle_at returns it) and its filesystem's UUID. The
+// kernel writes the same bytes (ovl_encode_real_fh): a little-endian host
+// leaves the endian flag clear.
+func EncodeOrigin(handleType int32, handle []byte, fsUUID [16]byte) []byte {
+	if len(handle) > fhMaxHandleLen {
+		return nil
+	}
+	b := make([]byte, 0, fhHeaderLen+len(handle))
+	b = append(b, fhVersion, fhMagic, byte(fhHeaderLen+len(handle)), 0, byte(handleType))
+	b = append(b, fsUUID[:]...)
+	return append(b, handle...)
+}
+
+// DecodeOrigin parses an overlay.origin value. ok is false for an empty value
+// (the kernel's "copied up, origin unknown") and for a malformed one.
+func DecodeOrigin(v []byte) (handleType int32, handle []byte, fsUUID [16]byte, ok bool) {
+	if len(v) < fhHeaderLen || v[0] != fhVersion || v[1] != fhMagic || int(v[2]) != len(v) {
+		return 0, nil, fsUUID, false
+	}
+	if v[3]&^(fhFlagBigEnd|fhFlagAnyEnd|1<<2) != 0 {
+		return 0, nil, fsUUID, false
+	}
+	copy(fsUUID[:], v[5:21])
+	return int32(v[4]), v[21:], fsUUID, true
+}
+
+// SameOrigin reports whether two origin values name the same object.
+func SameOrigin(a, b []byte) bool { return bytes.Equal(a, b) }
+
+// Work directory layout.
+const (
+	WorkDirName  = "work"  // temporaries: created, filled, renamed into the upper
+	IndexDirName = "index" // hard-link index (index=on); ovl does not write it yet
+)

@@ -1,0 +1,196 @@
+package format
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Resolve is the openat2 resolution every layer walk uses: never leave the
+// directory we start from, never follow a symlink (a symlink in a layer is an
+// object of the overlay, resolved by the kernel above us, never by us), and
+// never cross into another mount, so a mount inside a layer (ovl's own
+// mountpoint included) is never entered.
+const Resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS |
+	unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
+
+// OpenAt opens name (one component or a relative path) beneath dirfd with the
+// layer resolution rules. A trailing symlink is opened itself when flags hold
+// O_PATH|O_NOFOLLOW.
+func OpenAt(dirfd int, name string, flags int, mode uint32) (int, error) {
+	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Mode: uint64(mode), Resolve: Resolve}
+	for {
+		fd, err := unix.Openat2(dirfd, name, &how)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			// openat2 returns EAGAIN when a concurrent rename raced with
+			// RESOLVE_BENEATH's check; retrying is what the man page asks.
+			continue
+		}
+		return fd, err
+	}
+}
+
+// Lstat stats one name in a directory without following it. A name that is
+// a mountpoint is reported as EXDEV-free: the entry is stat'ed on the layer's
+// own filesystem when the layer was opened as a detached clone (see
+// OpenLayerRoot); otherwise a different st_dev tells the caller it crossed.
+func Lstat(dirfd int, name string, st *unix.Stat_t) error {
+	for {
+		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// IsWhiteoutStat reports a char device 0/0, the kernel's whiteout.
+func IsWhiteoutStat(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
+}
+
+// MaybeXWhiteout reports whether st could be an xattr whiteout: a zero-size
+// regular file. Only then is the xattr worth reading.
+func MaybeXWhiteout(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0
+}
+
+// ProcPath names an open file descriptor through /proc, so that calls that
+// take only paths (getxattr on an O_PATH fd, for one) reach the very inode
+// the fd holds, symlinks included, without any path walk in a layer.
+func ProcPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// Getxattr reads an xattr of the object fd refers to (fd may be O_PATH).
+// It returns nil, nil when the attribute is absent.
+func Getxattr(fd int, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Getxattr(ProcPath(fd), name, buf)
+		switch {
+		case err == unix.ERANGE:
+			sz, err2 := unix.Getxattr(ProcPath(fd), name, nil)
+			if err2 != nil {
+				return nil, err2
+			}
+			buf = make([]byte, sz+1)
+			continue
+		case err == unix.ENODATA || err == unix.EOPNOTSUPP:
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+// GetxattrAt reads an xattr of name in dirfd without following it.
+func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {
+	fd, err := OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return Getxattr(fd, attr)
+}
+
+// Setxattr sets an xattr on the object fd refers to (fd may be O_PATH).
+func Setxattr(fd int, name string, value []byte, flags int) error {
+	return unix.Setxattr(ProcPath(fd), name, value, flags)
+}
+
+// Removexattr removes an xattr from the object fd refers to.
+func Removexattr(fd int, name string) error {
+	return unix.Removexattr(ProcPath(fd), name)
+}
+
+// Listxattr lists the xattr names of the object fd refers to.
+func Listxattr(fd int) ([]string, error) {
+	sz, err := unix.Listxattr(ProcPath(fd), nil)
+	if err != nil {
+		if err == unix.EOPNOTSUPP {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if sz == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, sz*2)
+	n, err := unix.Listxattr(ProcPath(fd), buf)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	start := 0
+	for i := 0; i < n; i++ {
+		if buf[i] == 0 {
+			if i > start {
+				names = append(names, string(buf[start:i]))
+			}
+			start = i + 1
+		}
+	}
+	return names, nil
+}
+
+// MakeWhiteout creates a char device 0/0 whiteout at name in dirfd.
+func MakeWhiteout(dirfd int, name string) error {
+	return unix.Mknodat(dirfd, name, unix.S_IFCHR, 0)
+}
+
+// FSUUID returns the UUID of the filesystem fd is on, as the kernel's
+// s_uuid (FS_IOC_GETFSUUID, Linux 6.5+). ok is false where the filesystem
+// does not report one.
+func FSUUID(fd int) (uuid [16]byte, ok bool) {
+	// struct fsuuid2 { __u8 len; __u8 uuid[16]; }
+	var buf [17]byte
+	const fsIocGetFSUUID = 0x80111500 // _IOR(0x15, 0, struct fsuuid2)
+	// FS_IOC_GETFSUUID needs a real fd, not O_PATH.
+	rfd, err := unix.Open(ProcPath(fd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return uuid, false
+	}
+	defer unix.Close(rfd)
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(rfd), fsIocGetFSUUID, uintptr(unsafe.Pointer(&buf[0])))
+	if e != 0 || buf[0] != 16 {
+		return uuid, false
+	}
+	copy(uuid[:], buf[1:])
+	return uuid, true
+}
+
+// OpenLayerRoot opens a layer directory for walks. As root it takes a
+// detached, non-recursive clone of the mount (open_tree OPEN_TREE_CLONE), so
+// walks see the layer's own directories under any mountpoint, exactly as the
+// kernel's overlayfs does, and never the filesystem mounted there (ovl's own
+// mount included). Without privilege it opens the directory plainly; walks
+// then rely on RESOLVE_NO_XDEV and st_dev checks.
+func OpenLayerRoot(path string) (fd int, cloned bool, err error) {
+	fd, err = unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err == nil {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			unix.Close(fd)
+			return -1, false, &os.PathError{Op: "open layer", Path: path, Err: unix.ENOTDIR}
+		}
+		return fd, true, nil
+	}
+	if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return -1, false, &os.PathError{Op: "open layer", Path: path, Err: err}
+	}
+	fd, err = unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, &os.PathError{Op: "open layer", Path: path, Err: err}
+	}
+	return fd, false, nil
+}
+
+// TempName returns the name of the n-th temporary in work/, as the kernel
+// names them ("#<hex>").
+func TempName(n uint64) string { return fmt.Sprintf("#%x", n) }

@@ -1,0 +1,427 @@
+// Package fusefs serves an overlay.Overlay through FUSE with go-fuse's fs
+// package. It is a thin adapter: every decision about layers is made by the
+// overlay package; this package translates requests and keeps one go-fuse
+// inode per overlay node.
+//
+// Rules it enforces:
+//   - The kernel checks permissions (default_permissions, POSIX ACLs on) and
+//     holds POSIX and flock locks on the FUSE inode itself, so locks belong
+//     to the overlay object and survive copy-up.
+//   - No FUSE passthrough yet: every open is served by the daemon, so an
+//     open never reaches a layer file the overlay did not choose.
+package fusefs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/overlay"
+)
+
+// Options are the FUSE-level mount options.
+type Options struct {
+	// AllowOther lets users other than the mounter use the mount (default as root).
+	AllowOther bool
+	// NoSuid, NoDev and NoExec ask for those mount flags; ovl leaves them off
+	// by default because a container root needs setuid binaries and devices.
+	NoSuid, NoDev, NoExec bool
+	// ReadOnly mounts read-only (always so without an upper layer).
+	ReadOnly bool
+	// FsName is the "source" shown in /proc/mounts.
+	FsName string
+	// Debug logs every FUSE request.
+	Debug bool
+}
+
+// Server is a mounted overlay.
+type Server struct {
+	srv        *fuse.Server
+	mountpoint string
+}
+
+// Mount serves ov at mountpoint and returns once the mount is ready.
+func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
+	}
+	root := &node{ov: ov, n: ov.Root()}
+	entry, attr, neg := time.Second, time.Second, time.Second
+	fsName := opts.FsName
+	if fsName == "" {
+		fsName = "ovl"
+	}
+	mo := fuse.MountOptions{
+		FsName:     fsName,
+		Name:       "ovl",
+		AllowOther: opts.AllowOther,
+		Debug:      opts.Debug,
+		MaxWrite:   1 << 20,
+		EnableAcl:  true,
+		// The kernel checks the caller against the overlay inode's owner,
+		// mode and ACLs; the daemon acts on the layers as the mounter.
+		Options: []string{"default_permissions"},
+	}
+	ro := opts.ReadOnly || ov.ReadOnly()
+	if os.Geteuid() == 0 {
+		// Mount directly, without the nosuid,nodev that fusermount adds.
+		mo.DirectMountStrict = true
+		flags := uintptr(syscall.MS_MGC_VAL)
+		if opts.NoSuid {
+			flags |= syscall.MS_NOSUID
+		}
+		if opts.NoDev {
+			flags |= syscall.MS_NODEV
+		}
+		if opts.NoExec {
+			flags |= syscall.MS_NOEXEC
+		}
+		if ro {
+			flags |= syscall.MS_RDONLY
+		}
+		mo.DirectMountFlags = flags
+	} else {
+		if opts.NoExec {
+			mo.Options = append(mo.Options, "noexec")
+		}
+		if ro {
+			mo.Options = append(mo.Options, "ro")
+		}
+	}
+	srv, err := fs.Mount(mountpoint, root, &fs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &neg,
+		RootStableAttr:  &fs.StableAttr{Ino: 1},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return &Server{srv: srv, mountpoint: mountpoint}, nil
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (s *Server) Wait() { s.srv.Wait() }
+
+// Unmount unmounts the filesystem; Wait then returns.
+func (s *Server) Unmount() error { return s.srv.Unmount() }
+
+// node is the go-fuse inode of one overlay node.
+type node struct {
+	fs.Inode
+	ov *overlay.Overlay
+	n  *overlay.Node
+}
+
+var (
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeSetattrer      = (*node)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeCreater        = (*node)(nil)
+	_ fs.NodeMkdirer        = (*node)(nil)
+	_ fs.NodeMknoder        = (*node)(nil)
+	_ fs.NodeSymlinker      = (*node)(nil)
+	_ fs.NodeLinker         = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeUnlinker       = (*node)(nil)
+	_ fs.NodeRmdirer        = (*node)(nil)
+	_ fs.NodeRenamer        = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeSetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeRemovexattrer  = (*node)(nil)
+	_ fs.NodeOnForgetter    = (*node)(nil)
+	_ fs.NodeFsyncer        = (*node)(nil)
+)
+
+func errno(err error) syscall.Errno { return fs.ToErrno(err) }
+
+func cred(ctx context.Context) overlay.Cred {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return overlay.Cred{Uid: c.Uid, Gid: c.Gid}
+	}
+	return overlay.Cred{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid())}
+}
+
+// inode returns the go-fuse inode for an overlay node, reusing the one
+// go-fuse already has for its inode number: one inode per object.
+func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
+	ch := p.NewInode(ctx, &node{ov: p.ov, n: child}, fs.StableAttr{Mode: child.Kind(), Ino: child.Ino()})
+	if existing := ch.Operations().(*node); existing.n != child {
+		child.Forget()
+		existing.n.SetLocation(p.n, name)
+	}
+	return ch
+}
+
+func (p *node) entry(ctx context.Context, name string, child *overlay.Node, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	var st unix.Stat_t
+	if err := child.Getattr(&st); err != nil {
+		child.Forget()
+		return nil, errno(err)
+	}
+	out.Attr.FromStat(toSyscall(&st))
+	return p.inode(ctx, name, child), 0
+}
+
+func toSyscall(st *unix.Stat_t) *syscall.Stat_t {
+	return &syscall.Stat_t{
+		Dev: st.Dev, Ino: st.Ino, Nlink: st.Nlink, Mode: st.Mode, Uid: st.Uid, Gid: st.Gid,
+		Rdev: st.Rdev, Size: st.Size, Blksize: st.Blksize, Blocks: st.Blocks,
+		Atim: syscall.Timespec(st.Atim), Mtim: syscall.Timespec(st.Mtim), Ctim: syscall.Timespec(st.Ctim),
+	}
+}
+
+func (p *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, err := p.n.Lookup(name)
+	if err != nil {
+		return nil, errno(err)
+	}
+	return p.entry(ctx, name, child, out)
+}
+
+func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var st unix.Stat_t
+	if h, ok := f.(*file); ok {
+		// An open file may no longer have a name; stat what is open.
+		if err := unix.Fstat(h.fd, &st); err != nil {
+			return errno(err)
+		}
+	} else if err := p.n.Getattr(&st); err != nil {
+		return errno(err)
+	}
+	out.FromStat(toSyscall(&st))
+	out.Ino = p.n.Ino()
+	return 0
+}
+
+func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	var a overlay.SetAttr
+	if m, ok := in.GetMode(); ok {
+		a.Mode = &m
+	}
+	if u, ok := in.GetUID(); ok {
+		a.Uid = &u
+	}
+	if g, ok := in.GetGID(); ok {
+		a.Gid = &g
+	}
+	if sz, ok := in.GetSize(); ok {
+		a.Size = &sz
+	}
+	if in.Valid&fuse.FATTR_ATIME != 0 {
+		ts := unix.Timespec{Nsec: unix.UTIME_NOW}
+		if in.Valid&fuse.FATTR_ATIME_NOW == 0 {
+			ts = unix.Timespec{Sec: int64(in.Atime), Nsec: int64(in.Atimensec)}
+		}
+		a.Atime = &ts
+	}
+	if in.Valid&fuse.FATTR_MTIME != 0 {
+		ts := unix.Timespec{Nsec: unix.UTIME_NOW}
+		if in.Valid&fuse.FATTR_MTIME_NOW == 0 {
+			ts = unix.Timespec{Sec: int64(in.Mtime), Nsec: int64(in.Mtimensec)}
+		}
+		a.Mtime = &ts
+	}
+	fd := -1
+	if h, ok := f.(*file); ok && h.writable {
+		fd = h.fd
+	}
+	if err := p.n.Setattr(a, fd); err != nil {
+		return errno(err)
+	}
+	return p.Getattr(ctx, f, out)
+}
+
+func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	fd, err := p.n.Open(int(flags))
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	return newFile(p.ov, fd, int(flags)), 0, 0
+}
+
+func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	child, fd, err := p.n.Create(name, int(flags), mode, cred(ctx))
+	if err != nil {
+		return nil, nil, 0, errno(err)
+	}
+	ch, e := p.entry(ctx, name, child, out)
+	if e != 0 {
+		unix.Close(fd)
+		return nil, nil, 0, e
+	}
+	return ch, newFile(p.ov, fd, int(flags)), 0, 0
+}
+
+func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, err := p.n.Mkdir(name, mode, cred(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	return p.entry(ctx, name, child, out)
+}
+
+func (p *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, err := p.n.Mknod(name, mode, uint64(rdev), cred(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	return p.entry(ctx, name, child, out)
+}
+
+func (p *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	child, err := p.n.Symlink(target, name, cred(ctx))
+	if err != nil {
+		return nil, errno(err)
+	}
+	return p.entry(ctx, name, child, out)
+}
+
+func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	t := target.(*node)
+	if _, err := p.n.Link(t.n, name); err != nil {
+		return nil, errno(err)
+	}
+	var st unix.Stat_t
+	if err := t.n.Getattr(&st); err != nil {
+		return nil, errno(err)
+	}
+	out.Attr.FromStat(toSyscall(&st))
+	return t.EmbeddedInode(), 0
+}
+
+func (p *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	s, err := p.n.Readlink()
+	if err != nil {
+		return nil, errno(err)
+	}
+	return []byte(s), 0
+}
+
+// childNode returns the overlay node go-fuse holds for name, or nil.
+func (p *node) childNode(name string) *overlay.Node {
+	if ch := p.GetChild(name); ch != nil {
+		if c, ok := ch.Operations().(*node); ok {
+			return c.n
+		}
+	}
+	return nil
+}
+
+func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	child := p.childNode(name)
+	var st unix.Stat_t
+	if child != nil {
+		child.Getattr(&st)
+	}
+	if err := p.n.Unlink(name); err != nil {
+		return errno(err)
+	}
+	if child != nil && st.Nlink <= 1 {
+		child.Detach()
+	}
+	return 0
+}
+
+func (p *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	child := p.childNode(name)
+	if err := p.n.Rmdir(name); err != nil {
+		return errno(err)
+	}
+	if child != nil {
+		child.Detach()
+	}
+	return 0
+}
+
+func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np := newParent.(*node)
+	return errno(p.n.Rename(name, p.childNode(name), np.n, newName, np.childNode(newName), flags))
+}
+
+func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	ents, err := p.n.ReadDir()
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	parentIno := p.n.Ino()
+	if _, parent := p.Parent(); parent != nil {
+		parentIno = parent.StableAttr().Ino
+	}
+	return newDir(p.n, ents, parentIno), 0, 0
+}
+
+func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var st unix.Statfs_t
+	if err := p.ov.Statfs(&st); err != nil {
+		return errno(err)
+	}
+	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
+	out.Files, out.Ffree = st.Files, st.Ffree
+	out.Bsize, out.NameLen, out.Frsize = uint32(st.Bsize), uint32(st.Namelen), uint32(st.Frsize)
+	return 0
+}
+
+func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	v, err := p.n.Getxattr(attr)
+	if err != nil {
+		return 0, errno(err)
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+func (p *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return errno(p.n.Setxattr(attr, data, int(flags)))
+}
+
+func (p *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return errno(p.n.Removexattr(attr))
+}
+
+func (p *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	names, err := p.n.Listxattr()
+	if err != nil {
+		return 0, errno(err)
+	}
+	sz := 0
+	for _, n := range names {
+		sz += len(n) + 1
+	}
+	if len(dest) < sz {
+		return uint32(sz), syscall.ERANGE
+	}
+	off := 0
+	for _, n := range names {
+		off += copy(dest[off:], n)
+		dest[off] = 0
+		off++
+	}
+	return uint32(sz), 0
+}
+
+func (p *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	if h, ok := f.(*file); ok {
+		return h.Fsync(ctx, flags)
+	}
+	return 0
+}
+
+func (p *node) OnForget() {
+	if p.n != p.ov.Root() {
+		p.n.Forget()
+	}
+}

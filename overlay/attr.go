@@ -1,0 +1,297 @@
+package overlay
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// realAt returns where the topmost real object of n is: a directory fd and
+// a name in it, or (fd, "") for a directory, to be used with AT_EMPTY_PATH.
+func (n *Node) realAt() (int, string, error) {
+	if n.IsDir() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.upperFd >= 0 {
+			return n.upperFd, "", nil
+		}
+		if len(n.lowers) == 0 {
+			return -1, "", unix.ESTALE
+		}
+		return n.lowers[0].fd, "", nil
+	}
+	parent, name := n.location()
+	if parent == nil {
+		return -1, "", unix.ESTALE
+	}
+	n.mu.Lock()
+	inUpper := n.inUpper
+	var l *layer
+	if len(n.lowers) > 0 {
+		l = n.lowers[0].layer
+	}
+	n.mu.Unlock()
+	if inUpper {
+		parent.mu.Lock()
+		fd := parent.upperFd
+		parent.mu.Unlock()
+		if fd < 0 {
+			return -1, "", unix.ESTALE
+		}
+		return fd, name, nil
+	}
+	if fd := parent.lowerFd(l); fd >= 0 {
+		return fd, name, nil
+	}
+	return -1, "", unix.ESTALE
+}
+
+// openPath opens an O_PATH fd of the topmost real object.
+func (n *Node) openPath() (int, error) {
+	dirfd, name, err := n.realAt()
+	if err != nil {
+		return -1, err
+	}
+	if name == "" {
+		name = "."
+	}
+	return format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+}
+
+// Getattr stats the object (kernel: ovl_getattr): the topmost real object's
+// attributes, with the overlay's inode number; a merged directory reports
+// one link, as the kernel does, since counting its entries would cost a
+// readdir of every layer.
+func (n *Node) Getattr(st *unix.Stat_t) error {
+	dirfd, name, err := n.realAt()
+	if err != nil {
+		return err
+	}
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if name == "" {
+		flags |= unix.AT_EMPTY_PATH
+	}
+	if err := unix.Fstatat(dirfd, name, st, flags); err != nil {
+		return err
+	}
+	st.Ino = n.ino
+	if n.IsDir() {
+		n.mu.Lock()
+		merged := n.upperFd >= 0 && len(n.lowers) > 0 || len(n.lowers) > 1
+		n.mu.Unlock()
+		if merged {
+			st.Nlink = 1
+		}
+	}
+	return nil
+}
+
+// SetAttr lists the attribute changes of a setattr; nil fields stay.
+type SetAttr struct {
+	Mode         *uint32
+	Uid, Gid     *uint32
+	Size         *uint64
+	Atime, Mtime *unix.Timespec // may hold UTIME_NOW or UTIME_OMIT in Nsec
+}
+
+// Setattr changes attributes, after copy-up (kernel: ovl_setattr). fd, if
+// not -1, is a descriptor the caller has open on the object and is used for
+// a size change.
+func (n *Node) Setattr(a SetAttr, fd int) error {
+	if a.Size != nil && fd < 0 {
+		if err := n.copyUp(*a.Size == 0); err != nil {
+			return err
+		}
+	} else if err := n.copyUp(false); err != nil {
+		return err
+	}
+	dirfd, name, err := n.realAt()
+	if err != nil {
+		return err
+	}
+	pathFd, err := format.OpenAt(dirfd, nonEmpty(name), unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pathFd)
+	p := format.ProcPath(pathFd)
+	if a.Uid != nil || a.Gid != nil {
+		uid, gid := -1, -1
+		if a.Uid != nil {
+			uid = int(*a.Uid)
+		}
+		if a.Gid != nil {
+			gid = int(*a.Gid)
+		}
+		if err := unix.Fchownat(pathFd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	}
+	if a.Mode != nil {
+		if n.kind == unix.S_IFLNK {
+			return unix.EOPNOTSUPP
+		}
+		if err := unix.Chmod(p, *a.Mode&0o7777); err != nil {
+			return err
+		}
+	}
+	if a.Size != nil {
+		if n.kind != unix.S_IFREG {
+			return unix.EINVAL
+		}
+		if fd >= 0 {
+			if err := unix.Ftruncate(fd, int64(*a.Size)); err != nil {
+				return err
+			}
+		} else if err := unix.Truncate(p, int64(*a.Size)); err != nil {
+			return err
+		}
+	}
+	if a.Atime != nil || a.Mtime != nil {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if a.Atime != nil {
+			ts[0] = *a.Atime
+		}
+		if a.Mtime != nil {
+			ts[1] = *a.Mtime
+		}
+		if err := unix.UtimesNanoAt(pathFd, "", ts, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			// AT_EMPTY_PATH for utimensat needs Linux 5.8+; fall back to /proc.
+			if err2 := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, 0); err2 != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func nonEmpty(name string) string {
+	if name == "" {
+		return "."
+	}
+	return name
+}
+
+// Open opens the object for I/O and returns the descriptor. Opening for
+// write or with O_TRUNC copies the object up first (kernel: ovl_open); a
+// read-only open reads the topmost layer in place.
+func (n *Node) Open(flags int) (int, error) {
+	if n.IsDir() {
+		return -1, unix.EISDIR
+	}
+	write := flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
+	if write {
+		if n.o.upper == nil {
+			return -1, unix.EROFS
+		}
+		if err := n.copyUp(flags&unix.O_TRUNC != 0); err != nil {
+			return -1, err
+		}
+	}
+	dirfd, name, err := n.realAt()
+	if err != nil {
+		return -1, err
+	}
+	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY
+	return format.OpenAt(dirfd, name, flags|unix.O_NOFOLLOW, 0)
+}
+
+// Readlink returns a symlink's target.
+func (n *Node) Readlink() (string, error) {
+	if n.kind != unix.S_IFLNK {
+		return "", unix.EINVAL
+	}
+	fd, err := n.openPath()
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	return readlinkFd(fd)
+}
+
+// Getxattr reads an xattr; the overlay's own are not visible (kernel:
+// ovl_own_xattr_get).
+func (n *Node) Getxattr(name string) ([]byte, error) {
+	if n.o.names.IsPrivate(name) {
+		return nil, unix.EOPNOTSUPP
+	}
+	fd, err := n.openPath()
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	v, err := format.Getxattr(fd, name)
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, unix.ENODATA
+	}
+	return v, nil
+}
+
+// Listxattr lists the xattr names, without the overlay's own.
+func (n *Node) Listxattr() ([]string, error) {
+	fd, err := n.openPath()
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	names, err := format.Listxattr(fd)
+	if err != nil {
+		return nil, err
+	}
+	out := names[:0]
+	for _, nm := range names {
+		if !n.o.names.IsPrivate(nm) {
+			out = append(out, nm)
+		}
+	}
+	return out, nil
+}
+
+// Setxattr sets an xattr after copy-up; the overlay's own cannot be set.
+func (n *Node) Setxattr(name string, value []byte, flags int) error {
+	if n.o.names.IsPrivate(name) {
+		return unix.EOPNOTSUPP
+	}
+	if err := n.copyUp(false); err != nil {
+		return err
+	}
+	fd, err := n.openPath()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return format.Setxattr(fd, name, value, flags)
+}
+
+// Removexattr removes an xattr after copy-up.
+func (n *Node) Removexattr(name string) error {
+	if n.o.names.IsPrivate(name) {
+		return unix.EOPNOTSUPP
+	}
+	// Removing what is not there must not copy up.
+	if _, err := n.Getxattr(name); err != nil {
+		return err
+	}
+	if err := n.copyUp(false); err != nil {
+		return err
+	}
+	fd, err := n.openPath()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return format.Removexattr(fd, name)
+}
+
+// Detach marks the node as no longer reachable by name (its last link was
+// removed); operations by name then fail with ESTALE.
+func (n *Node) Detach() {
+	n.o.treeMu.Lock()
+	if n.parent != nil {
+		n.parent = nil
+	}
+	n.o.treeMu.Unlock()
+}

@@ -1,0 +1,332 @@
+package overlay
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// CopyUp makes sure n exists in the upper layer, copying its parents first
+// (kernel: ovl_copy_up, ovl_copy_up_one). The copy is built in work/ with
+// data, xattrs (not the overlay's own), owner, mode and times, then renamed
+// into place, so no reader sees a half-made object. Concurrent callers wait
+// for one copy-up.
+func (n *Node) CopyUp() error { return n.copyUp(false) }
+
+// copyUp is CopyUp; noData skips copying the data of a regular file (the
+// caller truncates it to zero anyway: open with O_TRUNC).
+func (n *Node) copyUp(noData bool) error {
+	o := n.o
+	if o.upper == nil {
+		return unix.EROFS
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.inUpper {
+		return nil
+	}
+	parent, name := n.location()
+	if parent == nil {
+		return fmt.Errorf("copy up root: %w", unix.EIO)
+	}
+	if err := parent.copyUp(false); err != nil {
+		return err
+	}
+	src, err := n.lowerAt(parent, name)
+	if err != nil {
+		return err
+	}
+	defer src.close()
+
+	var st unix.Stat_t
+	if err := unix.Fstat(src.fd, &st); err != nil {
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	tmp := format.TempName(o.tempSeq.Add(1))
+	cleanup := func() { unix.Unlinkat(o.work, tmp, 0); unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR) }
+	copied, err := o.makeCopy(src.fd, &st, tmp, noData)
+	if err != nil {
+		cleanup()
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	origin := o.encodeOrigin(src.layer, src.dirfd, src.name)
+	if err := o.copyMeta(src.fd, &st, tmp, origin); err != nil {
+		cleanup()
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+
+	// Publish: rename into the parent's upper directory, under its lock so
+	// that a concurrent unlink or rename of the name is ordered with us.
+	parent.dirMu.Lock()
+	defer parent.dirMu.Unlock()
+	if p, nm := n.location(); p != parent || nm != name {
+		cleanup()
+		return unix.ENOENT
+	}
+	parent.mu.Lock()
+	pfd, impure := parent.upperFd, parent.impure
+	parent.mu.Unlock()
+	if !impure {
+		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
+		if err := format.Setxattr(pfd, o.names.Name(format.Impure), format.ImpureValue(), 0); err == nil {
+			parent.mu.Lock()
+			parent.impure = true
+			parent.mu.Unlock()
+		}
+	}
+	if err := unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_NOREPLACE); err != nil {
+		cleanup()
+		if err == unix.EEXIST {
+			// The name was removed (a whiteout now) or replaced meanwhile.
+			return unix.ENOENT
+		}
+		return fmt.Errorf("copy up %s: rename into upper: %w", name, err)
+	}
+	if n.IsDir() {
+		fd, err := format.OpenAt(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return fmt.Errorf("copy up %s: %w", name, err)
+		}
+		n.upperFd = fd
+	}
+	n.inUpper = true
+	o.stats.copyUps.Add(1)
+	o.stats.copyUpBytes.Add(uint64(copied))
+	return nil
+}
+
+// source is an open lower object for copy-up.
+type source struct {
+	fd    int // O_PATH
+	dirfd int // its directory in the lower layer
+	name  string
+	layer *layer
+}
+
+func (s source) close() { unix.Close(s.fd) }
+
+// lowerAt opens the topmost lower object of n.
+func (n *Node) lowerAt(parent *Node, name string) (source, error) {
+	if len(n.lowers) == 0 {
+		return source{}, fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)
+	}
+	l := n.lowers[0].layer
+	dirfd := parent.lowerFd(l)
+	if dirfd < 0 {
+		return source{}, fmt.Errorf("copy up %s: parent lost its lower: %w", name, unix.EIO)
+	}
+	fd, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return source{}, fmt.Errorf("copy up %s: %w", name, err)
+	}
+	return source{fd: fd, dirfd: dirfd, name: name, layer: l}, nil
+}
+
+// lowerFd is the fd of the directory's presence in lower layer l, or -1.
+func (n *Node) lowerFd(l *layer) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, lr := range n.lowers {
+		if lr.layer == l {
+			return lr.fd
+		}
+	}
+	return -1
+}
+
+// makeCopy creates tmp in work/ as a copy of the object src (O_PATH)
+// without its metadata, and returns the number of data bytes copied.
+func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (int64, error) {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return 0, unix.Mkdirat(o.work, tmp, 0o700)
+	case unix.S_IFLNK:
+		target, err := readlinkFd(src)
+		if err != nil {
+			return 0, err
+		}
+		return 0, unix.Symlinkat(target, o.work, tmp)
+	case unix.S_IFREG:
+		dst, err := format.OpenAt(o.work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o600)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(dst)
+		var n int64
+		if !noData && st.Size > 0 {
+			in, err := unix.Open(format.ProcPath(src), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return 0, err
+			}
+			defer unix.Close(in)
+			if n, err = copyData(in, dst, st.Size); err != nil {
+				return 0, err
+			}
+		}
+		if !o.cfg.Volatile {
+			// Data reaches the disk before the name does (the kernel's
+			// default fsync=ordered).
+			if err := unix.Fsync(dst); err != nil {
+				return 0, err
+			}
+		}
+		return n, nil
+	default: // devices, FIFOs, sockets
+		return 0, unix.Mknodat(o.work, tmp, st.Mode&unix.S_IFMT|0o600, int(st.Rdev))
+	}
+}
+
+// copyData copies size bytes from in to out: a reflink where the upper can
+// share extents, else copy_file_range per data extent so holes stay holes.
+func copyData(in, out int, size int64) (int64, error) {
+	if err := unix.IoctlFileClone(out, in); err == nil {
+		return size, nil
+	}
+	var copied int64
+	off := int64(0)
+	for off < size {
+		data, err := unix.Seek(in, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // only a hole remains
+		}
+		if err != nil {
+			// No SEEK_DATA: treat everything as data.
+			data = off
+		}
+		hole, err := unix.Seek(in, data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = size
+		}
+		if hole > size {
+			hole = size
+		}
+		for pos := data; pos < hole; {
+			roff, woff := pos, pos
+			n, err := unix.CopyFileRange(in, &roff, out, &woff, int(min(hole-pos, 1<<30)), 0)
+			if err != nil {
+				if err == unix.EINTR {
+					continue
+				}
+				if err == unix.EXDEV || err == unix.EINVAL || err == unix.ENOSYS || err == unix.EOPNOTSUPP {
+					m, err := copyPlain(in, out, pos, hole-pos)
+					copied += m
+					if err != nil {
+						return copied, err
+					}
+					pos = hole
+					continue
+				}
+				return copied, err
+			}
+			if n == 0 {
+				// The file shrank under us; stop at what is there.
+				hole = pos
+				size = pos
+				break
+			}
+			pos += int64(n)
+			copied += int64(n)
+		}
+		off = hole
+	}
+	return copied, unix.Ftruncate(out, size)
+}
+
+func copyPlain(in, out int, off, n int64) (int64, error) {
+	r := io.NewSectionReader(os.NewFile(uintptr(dupFd(in)), "in"), off, n)
+	w := os.NewFile(uintptr(dupFd(out)), "out")
+	defer w.Close()
+	if _, err := w.Seek(off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	return io.Copy(w, r)
+}
+
+func dupFd(fd int) int {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return d
+}
+
+// copyMeta copies xattrs, owner, mode and times from src to work/tmp and
+// records the origin (kernel: ovl_copy_xattr, ovl_set_attr, ovl_set_origin).
+// Times go last: nothing after them may touch the copy.
+func (o *Overlay) copyMeta(src int, st *unix.Stat_t, tmp string, origin []byte) error {
+	dst, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dst)
+	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
+	names, err := format.Listxattr(src)
+	if err != nil {
+		return fmt.Errorf("list xattrs: %w", err)
+	}
+	for _, name := range names {
+		if o.names.IsPrivate(name) {
+			continue
+		}
+		v, err := format.Getxattr(src, name)
+		if err != nil {
+			return fmt.Errorf("read xattr %s: %w", name, err)
+		}
+		if v == nil {
+			continue
+		}
+		if err := format.Setxattr(dst, name, v, 0); err != nil {
+			// Like the kernel, skip what the upper cannot hold, except what
+			// security depends on.
+			if err == unix.EOPNOTSUPP && !mustCopyXattr(name) {
+				continue
+			}
+			if isLink && err == unix.EPERM && !mustCopyXattr(name) {
+				continue // user.* xattrs are not allowed on symlinks
+			}
+			return fmt.Errorf("write xattr %s: %w", name, err)
+		}
+	}
+	if origin == nil {
+		origin = []byte{} // "copied up, origin unknown"
+	}
+	if err := format.Setxattr(dst, o.names.Name(format.Origin), origin, 0); err != nil && err != unix.EPERM {
+		return fmt.Errorf("write origin: %w", err)
+	}
+	if err := unix.Fchownat(o.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if !isLink {
+		if err := unix.Fchmodat(o.work, tmp, st.Mode&0o7777, 0); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(o.work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set times: %w", err)
+	}
+	return nil
+}
+
+func mustCopyXattr(name string) bool {
+	return name == "system.posix_acl_access" || name == "system.posix_acl_default" ||
+		len(name) >= 9 && name[:9] == "security."
+}
+
+func readlinkFd(fd int) (string, error) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Readlinkat(fd, "", buf)
+		if err != nil {
+			return "", err
+		}
+		if n < len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, len(buf)*2)
+	}
+}

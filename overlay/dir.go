@@ -1,0 +1,163 @@
+package overlay
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// DirEntry is one name of a merged directory listing.
+type DirEntry struct {
+	Name string
+	Ino  uint64
+	Type uint32 // S_IFMT bits
+}
+
+// ReadDir lists the merged directory n (kernel: ovl_iterate, ovl_dir_read_merged):
+// the upper first, then each lower; each name once, the topmost wins;
+// whiteouts hide the name in the layers below and are never listed; a
+// non-directory in a higher layer hides a directory below. "." and ".." are
+// the caller's business. The cost is linear in the number of entries.
+func (n *Node) ReadDir() ([]DirEntry, error) {
+	if !n.IsDir() {
+		return nil, unix.ENOTDIR
+	}
+	o := n.o
+	n.mu.Lock()
+	upperFd, upperXWh, lowers := n.upperFd, n.upperXWh, n.lowers
+	n.mu.Unlock()
+
+	type layerDir struct {
+		fd  int
+		l   *layer
+		xwh bool
+	}
+	var dirs []layerDir
+	if upperFd >= 0 {
+		dirs = append(dirs, layerDir{upperFd, o.upper, upperXWh})
+	}
+	for _, lr := range lowers {
+		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh})
+	}
+	seen := make(map[string]struct{})
+	var out []DirEntry
+	for i, d := range dirs {
+		last := i == len(dirs)-1
+		err := readDirFd(d.fd, func(name string, ino uint64, dtype uint8) error {
+			if _, dup := seen[name]; dup {
+				return nil
+			}
+			if !last {
+				seen[name] = struct{}{}
+			}
+			typ := dtypeToMode(dtype)
+			switch {
+			case dtype == unix.DT_CHR || dtype == unix.DT_UNKNOWN || (d.xwh && dtype == unix.DT_REG):
+				var st unix.Stat_t
+				k, err := o.probe(d.fd, d.xwh, name, &st)
+				if err != nil {
+					return err
+				}
+				if k == entryWhiteout || k == entryNone {
+					return nil
+				}
+				typ = st.Mode & unix.S_IFMT
+			}
+			out = append(out, DirEntry{Name: name, Ino: o.inoFor(d.l, ino), Type: typ})
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readDirFd calls fn for each entry of the directory dirfd (O_PATH is
+// fine), skipping "." and "..".
+func readDirFd(dirfd int, fn func(name string, ino uint64, dtype uint8) error) error {
+	fd, err := format.OpenAt(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 64<<10)
+	for {
+		nb, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if nb <= 0 {
+			return nil
+		}
+		for off := 0; off < nb; {
+			// struct linux_dirent64: u64 ino, s64 off, u16 reclen, u8 type, name
+			rec := buf[off:]
+			ino := le64(rec[0:8])
+			reclen := int(rec[16]) | int(rec[17])<<8
+			dtype := rec[18]
+			nameb := rec[19:reclen]
+			for i, c := range nameb {
+				if c == 0 {
+					nameb = nameb[:i]
+					break
+				}
+			}
+			off += reclen
+			name := string(nameb)
+			if name == "." || name == ".." {
+				continue
+			}
+			if err := fn(name, ino, dtype); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func le64(b []byte) uint64 {
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+func readNames(dirfd int) ([]string, error) {
+	var names []string
+	err := readDirFd(dirfd, func(name string, _ uint64, _ uint8) error {
+		names = append(names, name)
+		return nil
+	})
+	return names, err
+}
+
+func dtypeToMode(t uint8) uint32 {
+	switch t {
+	case unix.DT_DIR:
+		return unix.S_IFDIR
+	case unix.DT_REG:
+		return unix.S_IFREG
+	case unix.DT_LNK:
+		return unix.S_IFLNK
+	case unix.DT_CHR:
+		return unix.S_IFCHR
+	case unix.DT_BLK:
+		return unix.S_IFBLK
+	case unix.DT_FIFO:
+		return unix.S_IFIFO
+	case unix.DT_SOCK:
+		return unix.S_IFSOCK
+	}
+	return 0
+}
+
+// isEmpty reports whether the merged directory shows no entries (kernel:
+// ovl_check_empty_dir).
+func (n *Node) isEmpty() (bool, error) {
+	ents, err := n.ReadDir()
+	if err != nil {
+		return false, err
+	}
+	return len(ents) == 0, nil
+}

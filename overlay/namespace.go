@@ -1,0 +1,389 @@
+package overlay
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// Cred is who asks for a new object: its owner, and the umask to apply.
+// The FUSE binding fills it from the request header (the caller's fsuid and
+// fsgid).
+type Cred struct {
+	Uid, Gid uint32
+	Umask    uint32
+}
+
+// upperDir returns the directory's upper fd, copying it up first. The
+// caller must not hold any dirMu (copy-up takes the parent's).
+func (n *Node) upperDir() (int, error) {
+	if !n.IsDir() {
+		return -1, unix.ENOTDIR
+	}
+	if err := n.copyUp(false); err != nil {
+		return -1, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.upperFd < 0 {
+		return -1, unix.ENOENT
+	}
+	return n.upperFd, nil
+}
+
+// lowerPositive reports whether name in directory n shows something from a
+// lower layer (kernel: ovl_lower_positive): the first lower entry found,
+// top-down, is not a whiteout.
+func (n *Node) lowerPositive(name string) (bool, error) {
+	n.mu.Lock()
+	lowers := n.lowers
+	n.mu.Unlock()
+	var st unix.Stat_t
+	for _, lr := range lowers {
+		k, err := n.o.probe(lr.fd, lr.xwh, name, &st)
+		if err != nil {
+			return false, err
+		}
+		switch k {
+		case entryNone:
+			continue
+		case entryWhiteout:
+			return false, nil
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// tempWhiteout makes a whiteout in work/ and returns its name.
+func (o *Overlay) tempWhiteout() (string, error) {
+	tmp := format.TempName(o.tempSeq.Add(1))
+	if err := format.MakeWhiteout(o.work, tmp); err != nil {
+		return "", fmt.Errorf("create whiteout: %w", err)
+	}
+	o.stats.whiteouts.Add(1)
+	return tmp, nil
+}
+
+// removeTemp deletes work/tmp, whatever it is.
+func (o *Overlay) removeTemp(tmp string) {
+	if unix.Unlinkat(o.work, tmp, 0) == nil {
+		return
+	}
+	if fd, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0); err == nil {
+		removeContents(fd)
+		unix.Close(fd)
+	}
+	unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR)
+}
+
+// maker creates one object at name in dirfd.
+type maker func(dirfd int, name string) error
+
+// create makes a new object at name in n for the caller c (kernel:
+// ovl_create_or_link, ovl_create_upper, ovl_create_over_whiteout). Where the
+// upper holds a whiteout, the object is made in work/ and exchanged with
+// it, and a new directory there is opaque. Owner is set before the name
+// appears where it can; setuid and setgid bits only after the owner is right.
+func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (*Node, error) {
+	o := n.o
+	pfd, err := n.upperDir()
+	if err != nil {
+		return nil, err
+	}
+	n.dirMu.Lock()
+	defer n.dirMu.Unlock()
+	var st unix.Stat_t
+	k, err := o.probe(pfd, n.upperXWh, name, &st)
+	if err != nil {
+		return nil, err
+	}
+	if k == entryDir || k == entryOther {
+		return nil, unix.EEXIST
+	}
+	overWhiteout := k == entryWhiteout
+	if !overWhiteout {
+		if pos, err := n.lowerPositive(name); err != nil {
+			return nil, err
+		} else if pos {
+			return nil, unix.EEXIST
+		}
+	}
+	// The upper filesystem gives a new object the group of a setgid
+	// directory; otherwise the caller's.
+	var pst unix.Stat_t
+	if err := unix.Fstat(pfd, &pst); err != nil {
+		return nil, err
+	}
+	gid := int(c.Gid)
+	if pst.Mode&unix.S_ISGID != 0 {
+		gid = -1
+	}
+	// With a default ACL on the parent, the ACL masks the mode instead of
+	// the umask (POSIX.1e); the upper filesystem applies it.
+	if a, _ := format.Getxattr(pfd, "system.posix_acl_default"); a == nil {
+		mode &^= c.Umask
+	}
+	special := mode & (unix.S_ISUID | unix.S_ISGID)
+	setOwner := func(dirfd int, nm string) error {
+		if err := unix.Fchownat(dirfd, nm, int(c.Uid), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !(err == unix.EPERM && uint32(unix.Geteuid()) == c.Uid) {
+			return fmt.Errorf("chown new %s: %w", nm, err)
+		}
+		if special != 0 && kind != unix.S_IFLNK {
+			var s unix.Stat_t
+			if err := unix.Fstatat(dirfd, nm, &s, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
+			return unix.Fchmodat(dirfd, nm, s.Mode&0o7777|special, 0)
+		}
+		return nil
+	}
+	if !overWhiteout {
+		if err := mk(pfd, name); err != nil {
+			return nil, err
+		}
+		if err := setOwner(pfd, name); err != nil {
+			unix.Unlinkat(pfd, name, 0)
+			unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
+			return nil, err
+		}
+	} else {
+		tmp := format.TempName(o.tempSeq.Add(1))
+		if err := mk(o.work, tmp); err != nil {
+			return nil, err
+		}
+		err := setOwner(o.work, tmp)
+		if err == nil && kind == unix.S_IFDIR {
+			err = o.setOpaque(o.work, tmp)
+		}
+		if err == nil {
+			err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE)
+		}
+		if err != nil {
+			o.removeTemp(tmp)
+			return nil, err
+		}
+		o.removeTemp(tmp) // the whiteout
+	}
+	return n.adopt(name, kind)
+}
+
+func (o *Overlay) setOpaque(dirfd int, name string) error {
+	fd, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := format.Setxattr(fd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
+		return fmt.Errorf("mark %s opaque: %w", name, err)
+	}
+	return nil
+}
+
+// adopt returns the node of an object just made in n's upper directory.
+// It is upper-only: a new directory is pure or opaque.
+func (n *Node) adopt(name string, kind uint32) (*Node, error) {
+	o := n.o
+	pfd := n.upperFd
+	var st unix.Stat_t
+	if err := format.Lstat(pfd, name, &st); err != nil {
+		return nil, err
+	}
+	child := &Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: -1, inUpper: true, parent: n, name: name}
+	if child.kind == unix.S_IFDIR {
+		fd, err := format.OpenAt(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil, err
+		}
+		child.upperFd = fd
+	}
+	o.stats.nodes.Add(1)
+	return child, nil
+}
+
+// Create makes a regular file and opens it with flags; it returns the node
+// and the open file descriptor.
+func (n *Node) Create(name string, flags int, mode uint32, c Cred) (*Node, int, error) {
+	fd := -1
+	flags = flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_CREAT | unix.O_EXCL
+	child, err := n.create(name, unix.S_IFREG, mode&0o7777, c, func(dirfd int, nm string) error {
+		f, err := format.OpenAt(dirfd, nm, flags, (mode&^c.Umask)&0o777|0o600)
+		if err != nil {
+			return err
+		}
+		fd = f
+		return nil
+	})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, -1, err
+	}
+	// The file was created with owner access so we can fix it up; now give
+	// it the mode asked for.
+	if err := unix.Fchmod(fd, n.createMode(mode, c)); err != nil {
+		unix.Close(fd)
+		return nil, -1, err
+	}
+	return child, fd, nil
+}
+
+// createMode is the mode a new regular file ends with (without special bits
+// already set by create).
+func (n *Node) createMode(mode uint32, c Cred) uint32 {
+	if a, _ := format.Getxattr(n.upperFd, "system.posix_acl_default"); a != nil {
+		return mode & 0o7777
+	}
+	return mode &^ c.Umask & 0o7777
+}
+
+// Mkdir makes a directory.
+func (n *Node) Mkdir(name string, mode uint32, c Cred) (*Node, error) {
+	return n.create(name, unix.S_IFDIR, mode&0o7777, c, func(dirfd int, nm string) error {
+		return unix.Mkdirat(dirfd, nm, (mode&^c.Umask)&0o1777)
+	})
+}
+
+// Mknod makes a device node, FIFO or socket.
+func (n *Node) Mknod(name string, mode uint32, rdev uint64, c Cred) (*Node, error) {
+	kind := mode & unix.S_IFMT
+	return n.create(name, kind, mode&0o7777, c, func(dirfd int, nm string) error {
+		return unix.Mknodat(dirfd, nm, kind|(mode&^c.Umask)&0o777, int(rdev))
+	})
+}
+
+// Symlink makes a symbolic link to target.
+func (n *Node) Symlink(target, name string, c Cred) (*Node, error) {
+	return n.create(name, unix.S_IFLNK, 0o777, Cred{Uid: c.Uid, Gid: c.Gid}, func(dirfd int, nm string) error {
+		return unix.Symlinkat(target, dirfd, nm)
+	})
+}
+
+// Link makes name in n a new hard link to target, after copying target up
+// (kernel: ovl_link). It returns target.
+func (n *Node) Link(target *Node, name string) (*Node, error) {
+	o := n.o
+	if target.IsDir() {
+		return nil, unix.EPERM
+	}
+	if err := target.copyUp(false); err != nil {
+		return nil, err
+	}
+	pfd, err := n.upperDir()
+	if err != nil {
+		return nil, err
+	}
+	tp, tname := target.location()
+	n.dirMu.Lock()
+	defer n.dirMu.Unlock()
+	var st unix.Stat_t
+	k, err := o.probe(pfd, n.upperXWh, name, &st)
+	if err != nil {
+		return nil, err
+	}
+	if k == entryDir || k == entryOther {
+		return nil, unix.EEXIST
+	}
+	if k == entryNone {
+		if pos, err := n.lowerPositive(name); err != nil {
+			return nil, err
+		} else if pos {
+			return nil, unix.EEXIST
+		}
+		if err := unix.Linkat(tp.upperFd, tname, pfd, name, 0); err != nil {
+			return nil, err
+		}
+		return target, nil
+	}
+	tmp := format.TempName(o.tempSeq.Add(1))
+	if err := unix.Linkat(tp.upperFd, tname, o.work, tmp, 0); err != nil {
+		return nil, err
+	}
+	if err := unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE); err != nil {
+		unix.Unlinkat(o.work, tmp, 0)
+		return nil, err
+	}
+	o.removeTemp(tmp)
+	return target, nil
+}
+
+// Unlink removes the non-directory name from n.
+func (n *Node) Unlink(name string) error { return n.remove(name, false) }
+
+// Rmdir removes the directory name from n; it must look empty.
+func (n *Node) Rmdir(name string) error { return n.remove(name, true) }
+
+// remove deletes name (kernel: ovl_do_remove). Where a lower layer still
+// shows the name, a whiteout takes its place, atomically: the whiteout is
+// made in work/ and exchanged with the upper entry, or renamed over the
+// empty spot.
+func (n *Node) remove(name string, isDir bool) error {
+	o := n.o
+	pfd, err := n.upperDir()
+	if err != nil {
+		return err
+	}
+	n.dirMu.Lock()
+	defer n.dirMu.Unlock()
+	child, err := n.Lookup(name)
+	if err != nil {
+		return err
+	}
+	defer child.release()
+	if isDir && !child.IsDir() {
+		return unix.ENOTDIR
+	}
+	if !isDir && child.IsDir() {
+		return unix.EISDIR
+	}
+	if isDir {
+		empty, err := child.isEmpty()
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return unix.ENOTEMPTY
+		}
+	}
+	pos, err := n.lowerPositive(name)
+	if err != nil {
+		return err
+	}
+	if !pos {
+		// Upper only: a plain removal. A directory may still hold whiteouts
+		// of names it no longer shows: move it aside and clear it.
+		if !isDir {
+			return unix.Unlinkat(pfd, name, 0)
+		}
+		err := unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
+		if err == unix.ENOTEMPTY || err == unix.EEXIST {
+			tmp := format.TempName(o.tempSeq.Add(1))
+			if err := unix.Renameat2(pfd, name, o.work, tmp, unix.RENAME_NOREPLACE); err != nil {
+				return err
+			}
+			o.removeTemp(tmp)
+			return nil
+		}
+		return err
+	}
+	wh, err := o.tempWhiteout()
+	if err != nil {
+		return err
+	}
+	if child.inUpper {
+		if err := unix.Renameat2(o.work, wh, pfd, name, unix.RENAME_EXCHANGE); err != nil {
+			o.removeTemp(wh)
+			return fmt.Errorf("whiteout %s: %w", name, err)
+		}
+		o.removeTemp(wh) // now the removed object
+		return nil
+	}
+	if err := unix.Renameat2(o.work, wh, pfd, name, unix.RENAME_NOREPLACE); err != nil {
+		o.removeTemp(wh)
+		return fmt.Errorf("whiteout %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,340 @@
+package overlay
+
+import (
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// Node is one overlay object. It stays the same object across copy-up:
+// callers may hold it for as long as they like, and copy-up changes where
+// its data lives, not its identity or inode number.
+type Node struct {
+	o    *Overlay
+	ino  uint64 // immutable
+	kind uint32 // S_IFMT bits, immutable
+
+	mu sync.Mutex // copy-up lock; guards the fields below (written also under parent's dirMu)
+	// upperFd is the O_PATH fd of the upper directory (directories), or -1.
+	upperFd int
+	// inUpper: the object exists in the upper layer.
+	inUpper bool
+	// lowers: for a directory, the lower directories it merges, top first,
+	// ending at an opaque one; for a non-directory, at most the one it comes from.
+	lowers []lowerRef
+	// upperXWh: the upper directory holds xattr whiteouts (opaque=x).
+	upperXWh bool
+	// impure: the upper directory is marked overlay.impure.
+	impure bool
+
+	dirMu sync.Mutex // directories: serialises namespace changes inside
+
+	// parent and name locate the object (any one link of a hard-linked
+	// file); guarded by Overlay.treeMu. The root has no parent.
+	parent *Node
+	name   string
+}
+
+// lowerRef is an object's presence in one lower layer.
+type lowerRef struct {
+	layer *layer
+	fd    int  // directories: O_PATH fd; non-directories: -1 (reached via the parent)
+	xwh   bool // directories: holds xattr whiteouts (opaque=x)
+}
+
+// Ino is the overlay inode number.
+func (n *Node) Ino() uint64 { return n.ino }
+
+// IsDir reports whether the node is a directory.
+func (n *Node) IsDir() bool { return n.kind == unix.S_IFDIR }
+
+// Kind returns the S_IFMT bits of the node's type.
+func (n *Node) Kind() uint32 { return n.kind }
+
+// Overlay returns the overlay the node belongs to.
+func (n *Node) Overlay() *Overlay { return n.o }
+
+func (o *Overlay) newRoot() (*Node, error) {
+	n := &Node{o: o, kind: unix.S_IFDIR, upperFd: -1}
+	if o.upper != nil {
+		fd, err := format.OpenAt(o.upper.root, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return nil, err
+		}
+		n.upperFd, n.inUpper = fd, true
+		n.upperXWh = o.dirXWhiteouts(fd)
+		n.impure = o.hasXattr(fd, format.Impure)
+	}
+	// The roots of all layers always merge; the kernel does not look at
+	// opaque markers on layer roots.
+	for _, l := range o.lowers {
+		fd, err := format.OpenAt(l.root, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			n.release()
+			return nil, err
+		}
+		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd)})
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(n.realFd(), &st); err != nil {
+		n.release()
+		return nil, err
+	}
+	n.ino = 1
+	o.stats.nodes.Add(1)
+	return n, nil
+}
+
+// realFd is the fd of a directory's topmost real directory.
+func (n *Node) realFd() int {
+	if n.upperFd >= 0 {
+		return n.upperFd
+	}
+	return n.lowers[0].fd
+}
+
+func (o *Overlay) hasXattr(fd int, suffix string) bool {
+	v, _ := format.Getxattr(fd, o.names.Name(suffix))
+	return v != nil
+}
+
+// dirXWhiteouts reports whether a layer directory is marked as holding
+// xattr whiteouts (overlay.opaque=x).
+func (o *Overlay) dirXWhiteouts(fd int) bool {
+	v, _ := format.Getxattr(fd, o.names.Name(format.Opaque))
+	_, x := format.ParseOpaque(v)
+	return x
+}
+
+// dirOpaque reports whether a layer directory hides the layers below it.
+func (o *Overlay) dirOpaque(fd int) bool {
+	v, _ := format.Getxattr(fd, o.names.Name(format.Opaque))
+	y, _ := format.ParseOpaque(v)
+	return y
+}
+
+// Forget releases the node's file descriptors. The caller promises not to
+// use the node again.
+func (n *Node) Forget() {
+	n.release()
+}
+
+func (n *Node) release() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.upperFd >= 0 {
+		unix.Close(n.upperFd)
+		n.upperFd = -1
+	}
+	for i := range n.lowers {
+		if n.lowers[i].fd >= 0 {
+			unix.Close(n.lowers[i].fd)
+			n.lowers[i].fd = -1
+		}
+	}
+	n.lowers = nil
+	n.o.stats.nodes.Add(-1)
+}
+
+// entryKind classifies a name found in one layer directory.
+type entryKind int
+
+const (
+	entryNone     entryKind = iota // absent
+	entryWhiteout                  // a whiteout: hides the layers below
+	entryDir
+	entryOther
+)
+
+// probe looks at one name in one layer directory: dirfd is that directory,
+// xwh tells whether it may hold xattr whiteouts (kernel: ovl_lookup_single).
+func (o *Overlay) probe(dirfd int, xwh bool, name string, st *unix.Stat_t) (entryKind, error) {
+	if err := format.Lstat(dirfd, name, st); err != nil {
+		if err == unix.ENOENT || err == unix.ENOTDIR || err == unix.ENAMETOOLONG {
+			return entryNone, nil
+		}
+		return entryNone, err
+	}
+	switch {
+	case format.IsWhiteoutStat(st):
+		return entryWhiteout, nil
+	case xwh && format.MaybeXWhiteout(st):
+		if v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Whiteout)); v != nil {
+			return entryWhiteout, nil
+		}
+		return entryOther, nil
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return entryDir, nil
+	}
+	return entryOther, nil
+}
+
+// Lookup finds name in the directory n (kernel: ovl_lookup). It returns a
+// new Node; callers that keep a table of nodes by inode number use it to find
+// one they already have, and Forget the new one.
+func (n *Node) Lookup(name string) (*Node, error) {
+	o := n.o
+	o.stats.lookups.Add(1)
+	if !n.IsDir() {
+		return nil, unix.ENOTDIR
+	}
+	if name == "" || name == "." || name == ".." || len(name) > 255 {
+		return nil, unix.ENOENT
+	}
+	n.mu.Lock()
+	upperFd, upperXWh := n.upperFd, n.upperXWh
+	lowers := n.lowers
+	// The fds stay open while n is alive; n.mu only guards the slice header.
+	n.mu.Unlock()
+
+	child := &Node{o: o, upperFd: -1, parent: n, name: name}
+	var st unix.Stat_t
+	var topSt unix.Stat_t // stat of the topmost real object
+	var topLayer *layer
+	found := false
+	merge := true // whether lower layers still count
+
+	if upperFd >= 0 {
+		k, err := o.probe(upperFd, upperXWh, name, &st)
+		if err != nil {
+			return nil, err
+		}
+		switch k {
+		case entryWhiteout:
+			return nil, unix.ENOENT
+		case entryDir:
+			fd, err := format.OpenAt(upperFd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return nil, err
+			}
+			child.kind, child.upperFd, child.inUpper = unix.S_IFDIR, fd, true
+			child.upperXWh = o.dirXWhiteouts(fd)
+			child.impure = o.hasXattr(fd, format.Impure)
+			merge = !o.dirOpaque(fd)
+		case entryOther:
+			child.kind, child.inUpper = st.Mode&unix.S_IFMT, true
+			merge = false
+		}
+		if k != entryNone {
+			found, topSt, topLayer = true, st, o.upper
+		}
+	}
+	for i := 0; merge && i < len(lowers); i++ {
+		lr := lowers[i]
+		k, err := o.probe(lr.fd, lr.xwh, name, &st)
+		if err != nil {
+			child.release()
+			return nil, err
+		}
+		if k == entryNone {
+			continue
+		}
+		if k == entryWhiteout {
+			break
+		}
+		if found && (child.kind != unix.S_IFDIR || k != entryDir) {
+			// A non-directory below a directory ends the merge (kernel:
+			// ovl_lookup stops at a non-dir under a dir).
+			break
+		}
+		if k == entryDir {
+			fd, err := format.OpenAt(lr.fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				child.release()
+				return nil, err
+			}
+			child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: o.dirXWhiteouts(fd)})
+			if !found {
+				found, topSt, topLayer, child.kind = true, st, lr.layer, unix.S_IFDIR
+			}
+			if o.dirOpaque(fd) {
+				break
+			}
+			continue
+		}
+		child.kind = st.Mode & unix.S_IFMT
+		child.lowers = []lowerRef{{layer: lr.layer, fd: -1}}
+		found, topSt, topLayer = true, st, lr.layer
+		break
+	}
+	if !found {
+		return nil, unix.ENOENT
+	}
+	child.ino = o.inoFor(topLayer, topSt.Ino)
+	if child.inUpper && len(child.lowers) > 0 {
+		// A merged directory keeps the inode number of the lower directory it
+		// was copied up from, as the kernel does with overlay.origin.
+		var lst unix.Stat_t
+		if child.IsDir() && unix.Fstat(child.lowers[0].fd, &lst) == nil {
+			child.ino = o.inoFor(child.lowers[0].layer, lst.Ino)
+		}
+	}
+	if child.inUpper && !child.IsDir() && topSt.Nlink >= 1 {
+		child.ino = o.originIno(n, name, lowers, child.ino)
+	}
+	o.stats.nodes.Add(1)
+	return child, nil
+}
+
+// originIno returns the inode number a copied-up non-directory had before
+// its copy-up: when its overlay.origin names the object the lower layers
+// still hold at the same path, that object's number (kernel: ovl_check_origin
+// and OVL_CONST_INO). Otherwise it returns def.
+func (o *Overlay) originIno(parent *Node, name string, lowers []lowerRef, def uint64) uint64 {
+	upperFd := parent.upperFd
+	if upperFd < 0 {
+		return def
+	}
+	origin, _ := format.GetxattrAt(upperFd, name, o.names.Name(format.Origin))
+	if len(origin) == 0 {
+		return def
+	}
+	var st unix.Stat_t
+	for _, lr := range lowers {
+		k, err := o.probe(lr.fd, lr.xwh, name, &st)
+		if err != nil || k == entryNone {
+			continue
+		}
+		if k != entryOther {
+			return def
+		}
+		if enc := o.encodeOrigin(lr.layer, lr.fd, name); enc != nil && format.SameOrigin(enc, origin) {
+			return o.inoFor(lr.layer, st.Ino)
+		}
+		return def
+	}
+	return def
+}
+
+// encodeOrigin encodes the file handle of name in dirfd on layer l, or nil.
+func (o *Overlay) encodeOrigin(l *layer, dirfd int, name string) []byte {
+	if !l.hasID {
+		return nil
+	}
+	h, _, err := unix.NameToHandleAt(dirfd, name, 0)
+	if err != nil {
+		return nil
+	}
+	return format.EncodeOrigin(h.Type(), h.Bytes(), l.uuid)
+}
+
+// location returns the node's parent and name.
+func (n *Node) location() (*Node, string) {
+	n.o.treeMu.RLock()
+	defer n.o.treeMu.RUnlock()
+	return n.parent, n.name
+}
+
+// SetLocation records that the node is reachable as name in parent; a
+// FUSE binding calls it when a lookup through another hard link finds a node
+// it already has, so the node stays reachable after the old link goes away.
+func (n *Node) SetLocation(parent *Node, name string) {
+	if parent == nil || n.parent == nil {
+		return
+	}
+	n.o.treeMu.Lock()
+	n.parent, n.name = parent, name
+	n.o.treeMu.Unlock()
+}

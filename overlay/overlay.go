@@ -1,0 +1,393 @@
+// Package overlay is the merged view of an overlay filesystem, without FUSE:
+// lookup through the layers, readdir merge, copy-up, whiteouts and opaque
+// directories, and the namespace operations. It writes the kernel's on-disk
+// format (package format) and follows the kernel's rules
+// (Documentation/filesystems/overlayfs.rst); the function comments name the
+// kernel function whose behaviour they mirror.
+//
+// Rules this package enforces:
+//   - Only the upper layer is ever written; every layer is reached through
+//     directory file descriptors with format.Resolve, so no symlink or mount
+//     inside a layer leads outside it.
+//   - An object changes layer only by copy-up, which builds the copy in
+//     work/ and renames it into place: no reader sees a half-made object.
+//   - Each directory node holds O_PATH descriptors of its directories in each
+//     layer it merges; non-directories are reached through their parent's.
+//
+// Locking, in acquisition order:
+//  1. Overlay.renameMu serialises renames (the kernel's s_vfs_rename_mutex).
+//  2. Node.mu serialises copy-up of a node and guards its layer state; a
+//     node's mu may be held while its ancestors' are taken, never the reverse.
+//  3. Node.dirMu serialises namespace changes inside a directory; at most one
+//     is held, except by rename, which takes two in inode order. Copy-up never
+//     starts while a dirMu is held.
+//  4. Overlay.treeMu guards Node.parent and Node.name.
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// Config describes the layers of an overlay, in the kernel's terms.
+type Config struct {
+	// Lowers are the read-only layers, topmost first (lowerdir=A:B puts A over B).
+	Lowers []string
+	// Upper is the writable layer; empty gives a read-only overlay.
+	Upper string
+	// Work is the work directory: empty, on the same filesystem as Upper.
+	Work string
+	// UserXattr stores overlay xattrs under user.overlay.* instead of trusted.overlay.*.
+	UserXattr bool
+	// Volatile skips every fsync of the upper, as the kernel's "volatile" option.
+	Volatile bool
+}
+
+// Stats counts what the overlay has done since it was created.
+type Stats struct {
+	CopyUps     uint64 `json:"copy_ups"`
+	CopyUpBytes uint64 `json:"copy_up_bytes"`
+	Whiteouts   uint64 `json:"whiteouts"`
+	Lookups     uint64 `json:"lookups"`
+	Nodes       int64  `json:"nodes"`
+}
+
+// layer is one opened layer directory.
+type layer struct {
+	path   string
+	root   int  // O_PATH fd of the layer root (a detached clone when cloned)
+	cloned bool // walks cannot see submounts
+	dev    uint64
+	fsIdx  uint64 // index of the layer's filesystem among the overlay's, for inode numbers
+	uuid   [16]byte
+	hasID  bool // uuid valid: origin handles can be written and checked
+}
+
+// Overlay is a merged view of the layers in a Config.
+type Overlay struct {
+	cfg    Config
+	names  format.Names
+	upper  *layer   // nil when read-only
+	lowers []*layer // topmost first
+	work   int      // O_PATH fd of workdir/work, -1 when read-only
+	lockFd int      // flock'ed workdir, -1 when read-only
+
+	root *Node
+
+	renameMu sync.Mutex
+	treeMu   sync.RWMutex
+	tempSeq  atomic.Uint64
+	xinoBits uint // high bits that carry the filesystem index in inode numbers
+
+	stats struct {
+		copyUps, copyUpBytes, whiteouts, lookups atomic.Uint64
+		nodes                                    atomic.Int64
+	}
+}
+
+// New opens the layers of cfg, checks them and prepares the work directory.
+// It takes a lock on the work directory, which Close releases, so that two
+// ovl mounts never share an upper.
+//
+// New sets the process umask to 0: the overlay applies each caller's umask
+// itself, and a daemon umask would mask modes a second time.
+func New(cfg Config) (*Overlay, error) {
+	if len(cfg.Lowers) == 0 {
+		return nil, errors.New("no lower layer given (lowerdir=)")
+	}
+	if (cfg.Upper == "") != (cfg.Work == "") {
+		return nil, errors.New("upperdir and workdir must be given together")
+	}
+	raiseFileLimit()
+	syscall.Umask(0)
+	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1}
+	ok := false
+	defer func() {
+		if !ok {
+			o.Close()
+		}
+	}()
+	devs := map[uint64]uint64{}
+	open := func(kind, path string) (*layer, error) {
+		st, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, path, errors.Unwrap(err))
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("%s %s: not a directory", kind, path)
+		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, path, err)
+		}
+		fd, cloned, err := format.OpenLayerRoot(abs)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, path, errors.Unwrap(err))
+		}
+		var sst unix.Stat_t
+		if err := unix.Fstat(fd, &sst); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("%s %s: %w", kind, path, err)
+		}
+		l := &layer{path: abs, root: fd, cloned: cloned, dev: sst.Dev}
+		if idx, seen := devs[sst.Dev]; seen {
+			l.fsIdx = idx
+		} else {
+			l.fsIdx = uint64(len(devs))
+			devs[sst.Dev] = l.fsIdx
+		}
+		l.uuid, l.hasID = format.FSUUID(fd)
+		return l, nil
+	}
+	if cfg.Upper != "" {
+		var err error
+		if o.upper, err = open("upperdir", cfg.Upper); err != nil {
+			return nil, err
+		}
+		if err := o.prepareWork(); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range cfg.Lowers {
+		l, err := open("lowerdir", p)
+		if err != nil {
+			return nil, err
+		}
+		o.lowers = append(o.lowers, l)
+	}
+	for len(devs) > 1<<o.xinoBits {
+		o.xinoBits++
+	}
+	root, err := o.newRoot()
+	if err != nil {
+		return nil, err
+	}
+	o.root = root
+	ok = true
+	return o, nil
+}
+
+// prepareWork checks upper and work against each other (same filesystem,
+// neither inside the other, xattrs supported), locks the work directory and
+// creates or empties work/ in it.
+func (o *Overlay) prepareWork() error {
+	upper, work := o.upper.path, o.cfg.Work
+	wst, err := os.Stat(work)
+	if err != nil {
+		return fmt.Errorf("workdir %s: %w", work, errors.Unwrap(err))
+	}
+	if !wst.IsDir() {
+		return fmt.Errorf("workdir %s: not a directory", work)
+	}
+	work, _ = filepath.Abs(work)
+	ru, err1 := filepath.EvalSymlinks(upper)
+	rw, err2 := filepath.EvalSymlinks(work)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("resolve upperdir/workdir: %w", errors.Join(err1, err2))
+	}
+	if ru == rw {
+		return fmt.Errorf("upperdir and workdir are the same directory (%s)", ru)
+	}
+	if within(rw, ru) {
+		return fmt.Errorf("workdir %s is inside upperdir %s", work, upper)
+	}
+	if within(ru, rw) {
+		return fmt.Errorf("upperdir %s is inside workdir %s", upper, work)
+	}
+	if wst.Sys().(*syscall.Stat_t).Dev != o.upper.dev {
+		return fmt.Errorf("upperdir %s and workdir %s are on different filesystems", upper, work)
+	}
+	lfd, err := unix.Open(rw, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("workdir %s: %w", work, err)
+	}
+	o.lockFd = lfd
+	// A daemon that was just unmounted may still be closing: wait a little
+	// before calling the work directory busy.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err = unix.Flock(lfd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
+			return fmt.Errorf("upperdir %s is in use by another ovl mount (workdir %s is locked)", upper, work)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// work/ must start empty, as the kernel empties it at mount.
+	wfd, err := format.OpenAt(lfd, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("workdir %s: %w", work, err)
+	}
+	defer unix.Close(wfd)
+	if err := unix.Mkdirat(wfd, format.WorkDirName, 0); err != nil && err != unix.EEXIST {
+		return fmt.Errorf("create %s/%s: %w", work, format.WorkDirName, err)
+	}
+	o.work, err = format.OpenAt(wfd, format.WorkDirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open %s/%s: %w", work, format.WorkDirName, err)
+	}
+	if err := removeContents(o.work); err != nil {
+		return fmt.Errorf("empty %s/%s: %w", work, format.WorkDirName, err)
+	}
+	// The upper must take overlay xattrs: try one on a temporary.
+	tmp := format.TempName(o.tempSeq.Add(1))
+	if err := unix.Mkdirat(o.work, tmp, 0); err != nil {
+		return fmt.Errorf("workdir %s: %w", work, err)
+	}
+	defer unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR)
+	tfd, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("workdir %s: %w", work, err)
+	}
+	defer unix.Close(tfd)
+	if err := format.Setxattr(tfd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
+		hint := ""
+		if !o.cfg.UserXattr {
+			hint = " (try -o userxattr)"
+		}
+		return fmt.Errorf("upperdir %s: filesystem does not support %s xattrs: %v%s", upper, o.names.Prefix(), err, hint)
+	}
+	return nil
+}
+
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != "." && rel != ".." && !filepath.IsAbs(rel) && (len(rel) < 3 || rel[:3] != "../")
+}
+
+// removeContents empties the directory dirfd (O_PATH is fine) recursively.
+func removeContents(dirfd int) error {
+	names, err := readNames(dirfd)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		err := unix.Unlinkat(dirfd, name, 0)
+		if err == unix.EISDIR || err == unix.EPERM {
+			sub, oerr := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+			if oerr != nil {
+				return oerr
+			}
+			err = removeContents(sub)
+			unix.Close(sub)
+			if err != nil {
+				return err
+			}
+			err = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+		}
+		if err != nil && err != unix.ENOENT {
+			return fmt.Errorf("remove %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func raiseFileLimit() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil {
+		return
+	}
+	want := uint64(1 << 20)
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		var n uint64
+		if _, err := fmt.Sscan(string(b), &n); err == nil && n > 0 {
+			want = n
+		}
+	}
+	if lim.Max < want {
+		nl := unix.Rlimit{Cur: want, Max: want}
+		if unix.Setrlimit(unix.RLIMIT_NOFILE, &nl) == nil {
+			return
+		}
+	}
+	lim.Cur = lim.Max
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+}
+
+// Close releases the layers and the lock on the work directory.
+func (o *Overlay) Close() error {
+	if o.root != nil {
+		o.root.release()
+		o.root = nil
+	}
+	for _, l := range append(o.lowers, o.upper) {
+		if l != nil && l.root >= 0 {
+			unix.Close(l.root)
+			l.root = -1
+		}
+	}
+	if o.work >= 0 {
+		unix.Close(o.work)
+		o.work = -1
+	}
+	if o.lockFd >= 0 {
+		unix.Close(o.lockFd) // drops the flock
+		o.lockFd = -1
+	}
+	return nil
+}
+
+// Stats returns the counters.
+func (o *Overlay) Stats() Stats {
+	return Stats{
+		CopyUps:     o.stats.copyUps.Load(),
+		CopyUpBytes: o.stats.copyUpBytes.Load(),
+		Whiteouts:   o.stats.whiteouts.Load(),
+		Lookups:     o.stats.lookups.Load(),
+		Nodes:       o.stats.nodes.Load(),
+	}
+}
+
+// ReadOnly reports whether the overlay has no upper layer.
+func (o *Overlay) ReadOnly() bool { return o.upper == nil }
+
+// Root returns the root directory node.
+func (o *Overlay) Root() *Node { return o.root }
+
+// Statfs reports the upper's filesystem, or the top lower's when read-only,
+// as the kernel's ovl_statfs does.
+func (o *Overlay) Statfs(st *unix.Statfs_t) error {
+	l := o.lowers[0]
+	if o.upper != nil {
+		l = o.upper
+	}
+	return unix.Fstatfs(l.root, st)
+}
+
+// SyncFS flushes the upper's filesystem (syncfs), unless volatile.
+func (o *Overlay) SyncFS() error {
+	if o.upper == nil || o.cfg.Volatile {
+		return nil
+	}
+	fd, err := unix.Open(format.ProcPath(o.upper.root), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Syncfs(fd)
+}
+
+// inoFor maps a real inode number on layer l to the overlay's: the real
+// number when all layers share one filesystem, else with the filesystem's
+// index in the high bits (the kernel's xino scheme).
+func (o *Overlay) inoFor(l *layer, ino uint64) uint64 {
+	if o.xinoBits == 0 || l.fsIdx == 0 {
+		return ino
+	}
+	return ino | l.fsIdx<<(64-o.xinoBits)
+}
+
+// Volatile reports whether syncs to the upper are skipped.
+func (o *Overlay) Volatile() bool { return o.cfg.Volatile }

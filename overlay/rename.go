@@ -1,0 +1,211 @@
+package overlay
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// mergeOrLower reports whether a directory has a lower part: renaming it
+// would need a redirect (kernel: ovl_type_merge_or_lower).
+func (n *Node) mergeOrLower() bool { return len(n.lowers) > 0 }
+
+// Rename moves name in n to newName in newParent (kernel: ovl_rename).
+// old is the node of the source and target that of the destination (nil if
+// none); callers that track nodes pass theirs so copy-up and locations
+// update the objects they hold. flags are RENAME_NOREPLACE and
+// RENAME_EXCHANGE. Without redirects a directory with a lower part cannot
+// move: EXDEV, as the kernel's default.
+func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, target *Node, flags uint32) error {
+	o := n.o
+	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
+		return unix.EINVAL
+	}
+	if flags&unix.RENAME_NOREPLACE != 0 && flags&unix.RENAME_EXCHANGE != 0 {
+		return unix.EINVAL
+	}
+	if o.upper == nil {
+		return unix.EROFS
+	}
+	o.renameMu.Lock()
+	defer o.renameMu.Unlock()
+	var err error
+	if old == nil {
+		if old, err = n.Lookup(name); err != nil {
+			return err
+		}
+		defer old.release()
+	}
+	if target == nil {
+		if target, err = newParent.Lookup(newName); err != nil && err != unix.ENOENT {
+			return err
+		} else if err == nil {
+			defer target.release()
+		}
+	}
+	exchange := flags&unix.RENAME_EXCHANGE != 0
+	if target == old {
+		return nil
+	}
+	if exchange && target == nil {
+		return unix.ENOENT
+	}
+	if flags&unix.RENAME_NOREPLACE != 0 && target != nil {
+		return unix.EEXIST
+	}
+	if old.IsDir() && old.mergeOrLower() {
+		return unix.EXDEV
+	}
+	if exchange && target.IsDir() && target.mergeOrLower() {
+		return unix.EXDEV
+	}
+	if target != nil && !exchange {
+		switch {
+		case old.IsDir() && !target.IsDir():
+			return unix.ENOTDIR
+		case !old.IsDir() && target.IsDir():
+			return unix.EISDIR
+		case target.IsDir():
+			empty, err := target.isEmpty()
+			if err != nil {
+				return err
+			}
+			if !empty {
+				return unix.ENOTEMPTY
+			}
+		}
+	}
+	if err := old.copyUp(false); err != nil {
+		return err
+	}
+	ofd, err := n.upperDir()
+	if err != nil {
+		return err
+	}
+	nfd, err := newParent.upperDir()
+	if err != nil {
+		return err
+	}
+	if exchange {
+		if err := target.copyUp(false); err != nil {
+			return err
+		}
+	}
+
+	// Lock the directories in a fixed order.
+	if n == newParent {
+		n.dirMu.Lock()
+		defer n.dirMu.Unlock()
+	} else {
+		a, b := n, newParent
+		if a.ino > b.ino {
+			a, b = b, a
+		}
+		a.dirMu.Lock()
+		defer a.dirMu.Unlock()
+		b.dirMu.Lock()
+		defer b.dirMu.Unlock()
+	}
+
+	var st unix.Stat_t
+	newKind, err := o.probe(nfd, newParent.upperXWh, newName, &st)
+	if err != nil {
+		return err
+	}
+	rflags := uint(flags &^ unix.RENAME_NOREPLACE)
+	cleanupWhiteout := false
+	var cleared string // an emptied target directory moved to work/
+	if !exchange {
+		if target != nil && target.IsDir() && newKind == entryDir {
+			// The target directory may still hold whiteouts of a lower part it
+			// no longer shows; move it aside (kernel: ovl_clear_empty).
+			if err := unix.Unlinkat(nfd, newName, unix.AT_REMOVEDIR); err == unix.ENOTEMPTY || err == unix.EEXIST {
+				cleared = format.TempName(o.tempSeq.Add(1))
+				if err := unix.Renameat2(nfd, newName, o.work, cleared, unix.RENAME_NOREPLACE); err != nil {
+					return err
+				}
+				newKind = entryNone
+			} else if err != nil {
+				return err
+			} else {
+				newKind = entryNone
+			}
+		}
+		pos, err := n.lowerPositive(name)
+		if err != nil {
+			return err
+		}
+		switch {
+		case pos && newKind == entryWhiteout:
+			rflags |= unix.RENAME_EXCHANGE // switch whiteouts
+		case pos:
+			rflags |= unix.RENAME_WHITEOUT
+		case old.IsDir() && newKind == entryWhiteout:
+			rflags |= unix.RENAME_EXCHANGE
+			cleanupWhiteout = true
+		}
+	}
+	// A pure upper directory moving under a merged parent must not start
+	// merging with what the lower layers hold there.
+	// (kernel: ovl_set_opaque_xerr in ovl_rename, whenever the new parent merges).
+	if old.IsDir() && len(newParent.lowers) > 0 && !o.dirOpaque(old.upperFd) {
+		if err := format.Setxattr(old.upperFd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
+			return unix.EXDEV
+		}
+	}
+	if exchange && target.IsDir() && len(n.lowers) > 0 && !o.dirOpaque(target.upperFd) {
+		if err := format.Setxattr(target.upperFd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
+			return unix.EXDEV
+		}
+	}
+	if n != newParent && len(old.lowers) > 0 {
+		o.markImpure(newParent)
+	}
+	if exchange && n != newParent && len(target.lowers) > 0 {
+		o.markImpure(n)
+	}
+
+	o.treeMu.Lock()
+	err = unix.Renameat2(ofd, name, nfd, newName, rflags)
+	if err == unix.EINVAL && rflags&unix.RENAME_WHITEOUT != 0 {
+		// A filesystem without RENAME_WHITEOUT: rename, then whiteout.
+		err = unix.Renameat2(ofd, name, nfd, newName, rflags&^unix.RENAME_WHITEOUT)
+		if err == nil {
+			err = format.MakeWhiteout(ofd, name)
+		}
+	}
+	if err == nil {
+		old.parent, old.name = newParent, newName
+		if exchange {
+			target.parent, target.name = n, name
+		}
+	}
+	o.treeMu.Unlock()
+	if err != nil {
+		if cleared != "" {
+			unix.Renameat2(o.work, cleared, nfd, newName, unix.RENAME_NOREPLACE)
+		}
+		return err
+	}
+	if rflags&unix.RENAME_WHITEOUT != 0 {
+		o.stats.whiteouts.Add(1)
+	}
+	if cleanupWhiteout {
+		unix.Unlinkat(ofd, name, 0)
+	}
+	if cleared != "" {
+		o.removeTemp(cleared)
+	}
+	return nil
+}
+
+func (o *Overlay) markImpure(dir *Node) {
+	dir.mu.Lock()
+	defer dir.mu.Unlock()
+	if dir.impure || dir.upperFd < 0 {
+		return
+	}
+	if format.Setxattr(dir.upperFd, o.names.Name(format.Impure), format.ImpureValue(), 0) == nil {
+		dir.impure = true
+	}
+}
