@@ -21,20 +21,20 @@ import (
 	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-// result is one run of the ovl binary.
-type result struct {
+// cliResult is one run of the ovl binary.
+type cliResult struct {
 	stdout, stderr string
 	code           int
 }
 
 // ovl runs the binary with args in dir (the test's layer tree), bounded in
 // time so that a hung mount fails the test instead of the whole run.
-func ovl(t *testing.T, dir string, args ...string) result {
+func runOvl(t *testing.T, dir string, args ...string) cliResult {
 	t.Helper()
-	return runCmd(t, dir, testutil.Binary(t), args...)
+	return runProg(t, dir, testutil.Binary(t), args...)
 }
 
-func runCmd(t *testing.T, dir, prog string, args ...string) result {
+func runProg(t *testing.T, dir, prog string, args ...string) cliResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -53,12 +53,12 @@ func runCmd(t *testing.T, dir, prog string, args ...string) result {
 	if ctx.Err() != nil {
 		t.Fatalf("%s %q: timed out; stderr: %s", prog, args, errOut.String())
 	}
-	return result{out.String(), errOut.String(), code}
+	return cliResult{out.String(), errOut.String(), code}
 }
 
 // tree makes a layer tree in a fresh directory: lower l1 over l2, upper u,
 // work w, mountpoint m. l2 has a file and a dir that l1 also has.
-func tree(t *testing.T) string {
+func cliTree(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"l1/shared", "l2/shared", "u", "w", "m"} {
@@ -82,10 +82,10 @@ func tree(t *testing.T) string {
 	return dir
 }
 
-const layerOpts = "lowerdir=l1:l2,upperdir=u,workdir=w"
+const cliLayerOpts = "lowerdir=l1:l2,upperdir=u,workdir=w"
 
-// mountAt returns the mountinfo entry at path, or nil.
-func mountAt(t *testing.T, path string) *mountEntry {
+// cliMountAt returns the mountinfo entry at path, or nil.
+func cliMountAt(t *testing.T, path string) *mountEntry {
 	t.Helper()
 	m, err := findMount(path)
 	if err != nil {
@@ -97,32 +97,32 @@ func mountAt(t *testing.T, path string) *mountEntry {
 	return m
 }
 
-// cleanupMount detaches whatever is still mounted at path when the test
+// cliCleanupMount detaches whatever is still mounted at path when the test
 // ends, so that a failing test leaves no mount behind. Registered after
 // t.TempDir, it runs before the directory is removed.
-func cleanupMount(t *testing.T, path string) {
+func cliCleanupMount(t *testing.T, path string) {
 	t.Cleanup(func() {
-		for i := 0; i < 5 && mountAt(t, path) != nil; i++ {
+		for i := 0; i < 5 && cliMountAt(t, path) != nil; i++ {
 			unix.Unmount(path, unix.MNT_DETACH)
 		}
 	})
 }
 
-// mustMount mounts dir's tree at dir/m with extra options and fails the
+// cliMustMount mounts dir's tree at dir/m with extra options and fails the
 // test if that does not work.
-func mustMount(t *testing.T, dir string, args ...string) {
+func cliMustMount(t *testing.T, dir string, args ...string) {
 	t.Helper()
-	cleanupMount(t, filepath.Join(dir, "m"))
-	r := ovl(t, dir, args...)
+	cliCleanupMount(t, filepath.Join(dir, "m"))
+	r := runOvl(t, dir, args...)
 	if r.code != 0 {
 		t.Fatalf("ovl %q: exit %d: %s", args, r.code, r.stderr)
 	}
 }
 
-// daemonPid asks "ovl stats" for the daemon's pid.
-func daemonPid(t *testing.T, dir, mnt string) int {
+// cliDaemonPid asks "ovl stats" for the daemon's pid.
+func cliDaemonPid(t *testing.T, dir, mnt string) int {
 	t.Helper()
-	r := ovl(t, dir, "stats", mnt)
+	r := runOvl(t, dir, "stats", mnt)
 	if r.code != 0 {
 		t.Fatalf("ovl stats: exit %d: %s", r.code, r.stderr)
 	}
@@ -134,7 +134,7 @@ func daemonPid(t *testing.T, dir, mnt string) int {
 }
 
 // pidfd opens a handle on pid to wait for its exit.
-func pidfd(t *testing.T, pid int) int {
+func cliPidfd(t *testing.T, pid int) int {
 	t.Helper()
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
@@ -144,9 +144,9 @@ func pidfd(t *testing.T, pid int) int {
 	return fd
 }
 
-// checkError checks a failed run: non-zero exit, one line on stderr that
+// cliCheckError checks a failed run: non-zero exit, one line on stderr that
 // starts with "ovl: " and holds each of words.
-func checkError(t *testing.T, r result, words ...string) {
+func cliCheckError(t *testing.T, r cliResult, words ...string) {
 	t.Helper()
 	if r.code == 0 {
 		t.Errorf("exit 0, want an error containing %q", words)
@@ -207,17 +207,17 @@ func TestUnescapeOctal(t *testing.T) {
 
 func TestHelpVersion(t *testing.T) {
 	dir := t.TempDir()
-	if r := ovl(t, dir, "--help"); r.code != 0 || !strings.Contains(r.stdout, "lowerdir=") {
+	if r := runOvl(t, dir, "--help"); r.code != 0 || !strings.Contains(r.stdout, "lowerdir=") {
 		t.Errorf("--help: %+v", r)
 	}
-	if r := ovl(t, dir, "--version"); r.code != 0 || !strings.HasPrefix(r.stdout, "ovl ") {
+	if r := runOvl(t, dir, "--version"); r.code != 0 || !strings.HasPrefix(r.stdout, "ovl ") {
 		t.Errorf("--version: %+v", r)
 	}
 }
 
 // Errors found before any layer is opened: the options and the mountpoint.
 func TestCLIErrors(t *testing.T) {
-	dir := tree(t)
+	dir := cliTree(t)
 	os.WriteFile(filepath.Join(dir, "file"), nil, 0o644)
 	os.MkdirAll(filepath.Join(dir, "m/sub"), 0o755)
 	os.Symlink("m/sub", filepath.Join(dir, "link-into-m"))
@@ -226,15 +226,15 @@ func TestCLIErrors(t *testing.T) {
 		args  []string
 		words []string
 	}{
-		{"unknown option", []string{"mount", "-o", layerOpts + ",bogus", "m"}, []string{"unknown option", "bogus"}},
-		{"refused option", []string{"mount", "-o", layerOpts + ",index=on", "m"}, []string{`"index=on"`, "not supported", "index=off"}},
-		{"refused fuse-overlayfs option", []string{"-o", layerOpts + ",uidmapping=0:1000:1", "m"}, []string{"uidmapping", "not supported"}},
+		{"unknown option", []string{"mount", "-o", cliLayerOpts + ",bogus", "m"}, []string{"unknown option", "bogus"}},
+		{"refused option", []string{"mount", "-o", cliLayerOpts + ",index=on", "m"}, []string{`"index=on"`, "not supported", "index=off"}},
+		{"refused fuse-overlayfs option", []string{"-o", cliLayerOpts + ",uidmapping=0:1000:1", "m"}, []string{"uidmapping", "not supported"}},
 		{"missing lowerdir", []string{"mount", "-o", "upperdir=u,workdir=w", "m"}, []string{"missing lowerdir"}},
 		{"upperdir without workdir", []string{"mount", "-o", "lowerdir=l1,upperdir=u", "m"}, []string{"upperdir", "workdir"}},
 		{"workdir without upperdir", []string{"mount", "-o", "lowerdir=l1,workdir=w", "m"}, []string{"workdir", "upperdir"}},
-		{"no mountpoint", []string{"mount", "-o", layerOpts}, []string{"mountpoint"}},
-		{"missing mountpoint", []string{"mount", "-o", layerOpts, "nowhere"}, []string{"mountpoint", "nowhere", "does not exist"}},
-		{"mountpoint not a dir", []string{"mount", "-o", layerOpts, "file"}, []string{"mountpoint", "not a directory"}},
+		{"no mountpoint", []string{"mount", "-o", cliLayerOpts}, []string{"mountpoint"}},
+		{"missing mountpoint", []string{"mount", "-o", cliLayerOpts, "nowhere"}, []string{"mountpoint", "nowhere", "does not exist"}},
+		{"mountpoint not a dir", []string{"mount", "-o", cliLayerOpts, "file"}, []string{"mountpoint", "not a directory"}},
 		{"lower inside mountpoint", []string{"mount", "-o", "lowerdir=m/sub", "m"}, []string{"lowerdir", "inside the mountpoint"}},
 		{"lower inside mountpoint by symlink", []string{"mount", "-o", "lowerdir=l1:link-into-m", "m"}, []string{"lowerdir", "inside the mountpoint"}},
 		{"upper is the mountpoint", []string{"mount", "-o", "lowerdir=l1,upperdir=m,workdir=w", "m"}, []string{"upperdir", "inside the mountpoint"}},
@@ -245,9 +245,9 @@ func TestCLIErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cleanupMount(t, filepath.Join(dir, "m"))
-			checkError(t, ovl(t, dir, c.args...), c.words...)
-			if mountAt(t, filepath.Join(dir, "m")) != nil {
+			cliCleanupMount(t, filepath.Join(dir, "m"))
+			cliCheckError(t, runOvl(t, dir, c.args...), c.words...)
+			if cliMountAt(t, filepath.Join(dir, "m")) != nil {
 				t.Error("something got mounted")
 			}
 		})
@@ -258,7 +258,7 @@ func TestCLIErrors(t *testing.T) {
 // background "ovl mount" through the daemon's pipe, as one line.
 func TestLayerErrors(t *testing.T) {
 	testutil.RequireRoot(t)
-	dir := tree(t)
+	dir := cliTree(t)
 	os.WriteFile(filepath.Join(dir, "file"), nil, 0o644)
 	os.MkdirAll(filepath.Join(dir, "u/w"), 0o755)
 	tmpfs := filepath.Join(dir, "tmpfs")
@@ -282,9 +282,9 @@ func TestLayerErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cleanupMount(t, filepath.Join(dir, "m"))
-			checkError(t, ovl(t, dir, "mount", "-o", c.opts, "m"), c.words...)
-			if mountAt(t, filepath.Join(dir, "m")) != nil {
+			cliCleanupMount(t, filepath.Join(dir, "m"))
+			cliCheckError(t, runOvl(t, dir, "mount", "-o", c.opts, "m"), c.words...)
+			if cliMountAt(t, filepath.Join(dir, "m")) != nil {
 				t.Error("mounted anyway")
 			}
 		})
@@ -293,14 +293,14 @@ func TestLayerErrors(t *testing.T) {
 	t.Run("upperdir in use", func(t *testing.T) {
 		os.Mkdir(filepath.Join(dir, "m2"), 0o755)
 		os.Mkdir(filepath.Join(dir, "w2"), 0o755)
-		mustMount(t, dir, "mount", "-o", layerOpts, "m")
-		cleanupMount(t, filepath.Join(dir, "m2"))
-		r := ovl(t, dir, "mount", "-o", "lowerdir=l1,upperdir=u,workdir=w2", "m2")
-		checkError(t, r)
+		cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
+		cliCleanupMount(t, filepath.Join(dir, "m2"))
+		r := runOvl(t, dir, "mount", "-o", "lowerdir=l1,upperdir=u,workdir=w2", "m2")
+		cliCheckError(t, r)
 		if !strings.Contains(r.stderr, "in use") && !strings.Contains(r.stderr, "busy") {
 			t.Errorf("error %q says neither \"in use\" nor \"busy\"", r.stderr)
 		}
-		if r := ovl(t, dir, "umount", "m"); r.code != 0 {
+		if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
 			t.Errorf("umount: %s", r.stderr)
 		}
 	})
@@ -310,10 +310,10 @@ func TestLayerErrors(t *testing.T) {
 // once the daemon is gone, so the same upper can be mounted again at once.
 func TestMountUmountRemount(t *testing.T) {
 	testutil.RequireRoot(t)
-	dir := tree(t)
+	dir := cliTree(t)
 	mnt := filepath.Join(dir, "m")
 	for i := 0; i < 3; i++ {
-		mustMount(t, dir, "mount", "-o", layerOpts, "m")
+		cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
 		data, err := os.ReadFile(filepath.Join(mnt, "bottom.txt"))
 		if err != nil || string(data) != "bottom\n" {
 			t.Fatalf("round %d: read right after mount: %q, %v", i, data, err)
@@ -321,12 +321,12 @@ func TestMountUmountRemount(t *testing.T) {
 		if data, _ := os.ReadFile(filepath.Join(mnt, "both.txt")); string(data) != "from l1\n" {
 			t.Errorf("both.txt = %q, want l1's", data)
 		}
-		pid := daemonPid(t, dir, "m")
-		fd := pidfd(t, pid)
-		if r := ovl(t, dir, "umount", "m"); r.code != 0 {
+		pid := cliDaemonPid(t, dir, "m")
+		fd := cliPidfd(t, pid)
+		if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
 			t.Fatalf("round %d: umount: exit %d: %s", i, r.code, r.stderr)
 		}
-		if mountAt(t, mnt) != nil {
+		if cliMountAt(t, mnt) != nil {
 			t.Fatalf("round %d: still mounted after ovl umount", i)
 		}
 		if err := waitExit(fd, 0); err != nil {
@@ -340,30 +340,30 @@ func TestDaemonEnds(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, how := range []string{"SIGTERM", "SIGINT", "umount"} {
 		t.Run(how, func(t *testing.T) {
-			dir := tree(t)
+			dir := cliTree(t)
 			mnt := filepath.Join(dir, "m")
-			mustMount(t, dir, "mount", "-o", layerOpts, "m")
-			pid := daemonPid(t, dir, "m")
-			fd := pidfd(t, pid)
+			cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
+			pid := cliDaemonPid(t, dir, "m")
+			fd := cliPidfd(t, pid)
 			switch how {
 			case "SIGTERM":
 				syscall.Kill(pid, syscall.SIGTERM)
 			case "SIGINT":
 				syscall.Kill(pid, syscall.SIGINT)
 			default:
-				if r := runCmd(t, dir, "umount", mnt); r.code != 0 {
+				if r := runProg(t, dir, "umount", mnt); r.code != 0 {
 					t.Fatalf("umount: %s", r.stderr)
 				}
 			}
 			if err := waitExit(fd, 10*time.Second); err != nil {
 				t.Fatalf("daemon %d: %v", pid, err)
 			}
-			if mountAt(t, mnt) != nil {
+			if cliMountAt(t, mnt) != nil {
 				t.Error("still mounted after the daemon exited")
 			}
 			// The daemon released the upper: a new mount works.
-			mustMount(t, dir, "mount", "-o", layerOpts, "m")
-			if r := ovl(t, dir, "umount", "m"); r.code != 0 {
+			cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
+			if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
 				t.Errorf("umount: %s", r.stderr)
 			}
 		})
@@ -375,27 +375,27 @@ func TestDaemonEnds(t *testing.T) {
 func TestCallForms(t *testing.T) {
 	testutil.RequireRoot(t)
 	forms := map[string][]string{
-		"bare":             {"-o", layerOpts, "m"},
+		"bare":             {"-o", cliLayerOpts, "m"},
 		"mountpoint first": {"m", "-o", "lowerdir=l1:l2", "-o", "upperdir=u", "-oworkdir=w"},
-		"mount.fuse3":      {"overlay", "m", "-o", layerOpts + ",rw,dev,suid"},
+		"mount.fuse3":      {"overlay", "m", "-o", cliLayerOpts + ",rw,dev,suid"},
 	}
 	for name, args := range forms {
 		t.Run(name, func(t *testing.T) {
-			dir := tree(t)
-			mustMount(t, dir, args...)
+			dir := cliTree(t)
+			cliMustMount(t, dir, args...)
 			if _, err := os.Stat(filepath.Join(dir, "m/top.txt")); err != nil {
 				t.Error(err)
 			}
-			if r := ovl(t, dir, "umount", "m"); r.code != 0 {
+			if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
 				t.Errorf("umount: %s", r.stderr)
 			}
 		})
 	}
 	t.Run("foreground", func(t *testing.T) {
-		dir := tree(t)
+		dir := cliTree(t)
 		mnt := filepath.Join(dir, "m")
-		cleanupMount(t, mnt)
-		cmd := exec.Command(testutil.Binary(t), "mount", "-f", "-o", layerOpts, "m")
+		cliCleanupMount(t, mnt)
+		cmd := exec.Command(testutil.Binary(t), "mount", "-f", "-o", cliLayerOpts, "m")
 		cmd.Dir = dir
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
@@ -405,7 +405,7 @@ func TestCallForms(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		deadline := time.Now().Add(15 * time.Second)
-		for mountAt(t, mnt) == nil {
+		for cliMountAt(t, mnt) == nil {
 			select {
 			case err := <-done:
 				t.Fatalf("ovl mount -f exited: %v: %s", err, stderr.String())
@@ -419,7 +419,7 @@ func TestCallForms(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(mnt, "bottom.txt")); err != nil {
 			t.Error(err)
 		}
-		if r := ovl(t, dir, "umount", "m"); r.code != 0 {
+		if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
 			t.Errorf("umount: %s", r.stderr)
 		}
 		select {
@@ -441,16 +441,16 @@ func TestMountFlags(t *testing.T) {
 		name, opts string
 		want       map[string]bool
 	}{
-		{"default", layerOpts, map[string]bool{"nosuid": false, "nodev": false, "noexec": false, "rw": true}},
-		{"nosuid_nodev", layerOpts + ",nosuid,nodev", map[string]bool{"nosuid": true, "nodev": true, "noexec": false}},
-		{"noexec_ro", layerOpts + ",noexec,ro", map[string]bool{"noexec": true, "ro": true}},
+		{"default", cliLayerOpts, map[string]bool{"nosuid": false, "nodev": false, "noexec": false, "rw": true}},
+		{"nosuid_nodev", cliLayerOpts + ",nosuid,nodev", map[string]bool{"nosuid": true, "nodev": true, "noexec": false}},
+		{"noexec_ro", cliLayerOpts + ",noexec,ro", map[string]bool{"noexec": true, "ro": true}},
 		{"no_upper", "lowerdir=l1:l2", map[string]bool{"ro": true}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			dir := tree(t)
-			mustMount(t, dir, "mount", "-o", c.opts, "m")
-			m := mountAt(t, filepath.Join(dir, "m"))
+			dir := cliTree(t)
+			cliMustMount(t, dir, "mount", "-o", c.opts, "m")
+			m := cliMountAt(t, filepath.Join(dir, "m"))
 			if m == nil {
 				t.Fatal("not in mountinfo")
 			}
@@ -459,7 +459,7 @@ func TestMountFlags(t *testing.T) {
 					t.Errorf("mount options %v: %s present = %v, want %v", m.options, opt, !want, want)
 				}
 			}
-			if r := ovl(t, dir, "umount", "m"); r.code != 0 {
+			if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
 				t.Errorf("umount: %s", r.stderr)
 			}
 		})
@@ -469,11 +469,11 @@ func TestMountFlags(t *testing.T) {
 // "ovl stats" prints the daemon's counters as JSON; a copy-up counts.
 func TestStats(t *testing.T) {
 	testutil.RequireRoot(t)
-	dir := tree(t)
-	mustMount(t, dir, "mount", "-o", layerOpts, "m")
-	defer ovl(t, dir, "umount", "m")
+	dir := cliTree(t)
+	cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
+	defer runOvl(t, dir, "umount", "m")
 	stats := func() map[string]any {
-		r := ovl(t, dir, "stats", "m")
+		r := runOvl(t, dir, "stats", "m")
 		if r.code != 0 {
 			t.Fatalf("stats: %s", r.stderr)
 		}
@@ -504,7 +504,7 @@ func TestStats(t *testing.T) {
 // The README's first command.
 func TestDemo(t *testing.T) {
 	testutil.RequireRoot(t)
-	r := ovl(t, t.TempDir(), "demo")
+	r := runOvl(t, t.TempDir(), "demo")
 	if r.code != 0 {
 		t.Fatalf("demo: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -548,7 +548,7 @@ func TestUnprivilegedMount(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(base) })
 	os.Chmod(base, 0o755)
 	bin := filepath.Join(base, "ovl")
-	copyFile(t, testutil.Binary(t), bin, 0o755)
+	cliCopyFile(t, testutil.Binary(t), bin, 0o755)
 	for _, d := range []string{"l", "u", "w", "m"} {
 		p := filepath.Join(base, d)
 		os.Mkdir(p, 0o755)
@@ -557,9 +557,9 @@ func TestUnprivilegedMount(t *testing.T) {
 	os.WriteFile(filepath.Join(base, "l/lower.txt"), []byte("lower\n"), 0o644)
 	os.Chown(filepath.Join(base, "l/lower.txt"), uid, gid)
 	mnt := filepath.Join(base, "m")
-	cleanupMount(t, mnt)
+	cliCleanupMount(t, mnt)
 
-	asUser := func(args ...string) result {
+	asUser := func(args ...string) cliResult {
 		t.Helper()
 		full := append([]string{"--reuid=" + u.Uid, "--regid=" + u.Gid, "--init-groups", "--"}, args...)
 		cmd := exec.Command("setpriv", full...)
@@ -579,18 +579,18 @@ func TestUnprivilegedMount(t *testing.T) {
 			if errors.As(err, &ee) {
 				code = ee.ExitCode()
 			}
-			return result{out.String(), errOut.String(), code}
+			return cliResult{out.String(), errOut.String(), code}
 		case <-time.After(60 * time.Second):
 			cmd.Process.Kill()
 			t.Fatalf("%q as %s timed out", args, name)
-			return result{}
+			return cliResult{}
 		}
 	}
 
 	if r := asUser(bin, "mount", "-o", "lowerdir=l,upperdir=u,workdir=w,userxattr", "m"); r.code != 0 {
 		t.Fatalf("mount as %s: exit %d: %s", name, r.code, r.stderr)
 	}
-	m := mountAt(t, mnt)
+	m := cliMountAt(t, mnt)
 	if m == nil {
 		t.Fatal("not mounted")
 	}
@@ -616,12 +616,12 @@ func TestUnprivilegedMount(t *testing.T) {
 	if r := asUser(bin, "umount", "m"); r.code != 0 {
 		t.Fatalf("umount as %s: exit %d: %s", name, r.code, r.stderr)
 	}
-	if mountAt(t, mnt) != nil {
+	if cliMountAt(t, mnt) != nil {
 		t.Error("still mounted after ovl umount")
 	}
 }
 
-func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+func cliCopyFile(t *testing.T, from, to string, mode os.FileMode) {
 	t.Helper()
 	in, err := os.Open(from)
 	if err != nil {
