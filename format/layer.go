@@ -194,3 +194,80 @@ func OpenLayerRoot(path string) (fd int, cloned bool, err error) {
 // TempName returns the name of the n-th temporary in work/, as the kernel
 // names them ("#<hex>").
 func TempName(n uint64) string { return fmt.Sprintf("#%x", n) }
+
+// OpenUpperWork opens the upper and work directories on one mount, as
+// renames between them need. As root both come from one detached,
+// non-recursive clone of the mount that holds them (see OpenLayerRoot);
+// otherwise they are opened plainly. It fails when they are on different
+// mounts, as the kernel's overlayfs does.
+func OpenUpperWork(upper, work string) (upperFd, workFd int, cloned bool, err error) {
+	mu, err1 := mountID(upper)
+	mw, err2 := mountID(work)
+	if err1 != nil || err2 != nil {
+		return -1, -1, false, errors.Join(err1, err2)
+	}
+	if mu != mw {
+		return -1, -1, false, fmt.Errorf("upperdir %s and workdir %s are not on the same mount", upper, work)
+	}
+	root := upper
+	for root != "/" {
+		parent := filepathDir(root)
+		if id, err := mountID(parent); err != nil || id != mu {
+			break
+		}
+		root = parent
+	}
+	clone, err := unix.OpenTree(unix.AT_FDCWD, root, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		uf, err := unix.Open(upper, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, -1, false, &os.PathError{Op: "open upperdir", Path: upper, Err: err}
+		}
+		wf, err := unix.Open(work, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(uf)
+			return -1, -1, false, &os.PathError{Op: "open workdir", Path: work, Err: err}
+		}
+		return uf, wf, false, nil
+	}
+	defer unix.Close(clone)
+	rel := func(p string) string {
+		if p == root {
+			return "."
+		}
+		if root == "/" {
+			return p[1:]
+		}
+		return p[len(root)+1:]
+	}
+	// The paths were resolved by the caller: no symlinks are left in them.
+	uf, err := OpenAt(clone, rel(upper), unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return -1, -1, false, &os.PathError{Op: "open upperdir", Path: upper, Err: err}
+	}
+	wf, err := OpenAt(clone, rel(work), unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		unix.Close(uf)
+		return -1, -1, false, &os.PathError{Op: "open workdir", Path: work, Err: err}
+	}
+	return uf, wf, true, nil
+}
+
+func mountID(path string) (uint64, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		return 0, &os.PathError{Op: "statx", Path: path, Err: err}
+	}
+	return stx.Mnt_id, nil
+}
+
+func filepathDir(p string) string {
+	i := len(p) - 1
+	for i > 0 && p[i] != '/' {
+		i--
+	}
+	if i == 0 {
+		return "/"
+	}
+	return p[:i]
+}

@@ -70,14 +70,6 @@ func (n *Node) copyUp(noData bool) error {
 	parent.mu.Lock()
 	pfd, impure := parent.upperFd, parent.impure
 	parent.mu.Unlock()
-	if !impure {
-		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
-		if err := format.Setxattr(pfd, o.names.Name(format.Impure), format.ImpureValue(), 0); err == nil {
-			parent.mu.Lock()
-			parent.impure = true
-			parent.mu.Unlock()
-		}
-	}
 	if err := unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_NOREPLACE); err != nil {
 		cleanup()
 		if err == unix.EEXIST {
@@ -85,6 +77,10 @@ func (n *Node) copyUp(noData bool) error {
 			return unix.ENOENT
 		}
 		return fmt.Errorf("copy up %s: rename into upper: %w", name, err)
+	}
+	if !impure {
+		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
+		o.markImpure(parent)
 	}
 	if n.IsDir() {
 		fd, err := format.OpenAt(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
@@ -158,7 +154,7 @@ func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (i
 		defer unix.Close(dst)
 		var n int64
 		if !noData && st.Size > 0 {
-			in, err := unix.Open(format.ProcPath(src), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+			in, err := unix.Open(format.ProcPath(src), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 			if err != nil {
 				return 0, err
 			}

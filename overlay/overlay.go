@@ -150,11 +150,7 @@ func New(cfg Config) (*Overlay, error) {
 		return l, nil
 	}
 	if cfg.Upper != "" {
-		var err error
-		if o.upper, err = open("upperdir", cfg.Upper); err != nil {
-			return nil, err
-		}
-		if err := o.prepareWork(); err != nil {
+		if err := o.openUpper(devs); err != nil {
 			return nil, err
 		}
 	}
@@ -177,24 +173,27 @@ func New(cfg Config) (*Overlay, error) {
 	return o, nil
 }
 
-// prepareWork checks upper and work against each other (same filesystem,
-// neither inside the other, xattrs supported), locks the work directory and
-// creates or empties work/ in it.
-func (o *Overlay) prepareWork() error {
-	upper, work := o.upper.path, o.cfg.Work
-	wst, err := os.Stat(work)
-	if err != nil {
-		return fmt.Errorf("workdir %s: %w", work, errors.Unwrap(err))
+// openUpper checks upper and work against each other (both directories,
+// one mount, neither inside the other, xattrs supported), opens them, locks
+// the work directory and creates or empties work/ in it.
+func (o *Overlay) openUpper(devs map[uint64]uint64) error {
+	upper, work := o.cfg.Upper, o.cfg.Work
+	for _, d := range []struct{ kind, path string }{{"upperdir", upper}, {"workdir", work}} {
+		st, err := os.Stat(d.path)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", d.kind, d.path, errors.Unwrap(err))
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("%s %s: not a directory", d.kind, d.path)
+		}
 	}
-	if !wst.IsDir() {
-		return fmt.Errorf("workdir %s: not a directory", work)
-	}
-	work, _ = filepath.Abs(work)
 	ru, err1 := filepath.EvalSymlinks(upper)
 	rw, err2 := filepath.EvalSymlinks(work)
 	if err1 != nil || err2 != nil {
 		return fmt.Errorf("resolve upperdir/workdir: %w", errors.Join(err1, err2))
 	}
+	ru, _ = filepath.Abs(ru)
+	rw, _ = filepath.Abs(rw)
 	if ru == rw {
 		return fmt.Errorf("upperdir and workdir are the same directory (%s)", ru)
 	}
@@ -204,10 +203,22 @@ func (o *Overlay) prepareWork() error {
 	if within(ru, rw) {
 		return fmt.Errorf("upperdir %s is inside workdir %s", upper, work)
 	}
-	if wst.Sys().(*syscall.Stat_t).Dev != o.upper.dev {
+	var ust, wst unix.Stat_t
+	if unix.Stat(ru, &ust) == nil && unix.Stat(rw, &wst) == nil && ust.Dev != wst.Dev {
 		return fmt.Errorf("upperdir %s and workdir %s are on different filesystems", upper, work)
 	}
-	lfd, err := unix.Open(rw, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	ufd, wfd, cloned, err := format.OpenUpperWork(ru, rw)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(wfd)
+	l := &layer{path: ru, root: ufd, cloned: cloned, dev: ust.Dev}
+	l.fsIdx = uint64(len(devs))
+	devs[ust.Dev] = l.fsIdx
+	l.uuid, l.hasID = format.FSUUID(ufd)
+	o.upper = l
+
+	lfd, err := unix.Open(format.ProcPath(wfd), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("workdir %s: %w", work, err)
 	}
@@ -226,11 +237,6 @@ func (o *Overlay) prepareWork() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// work/ must start empty, as the kernel empties it at mount.
-	wfd, err := format.OpenAt(lfd, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return fmt.Errorf("workdir %s: %w", work, err)
-	}
-	defer unix.Close(wfd)
 	if err := unix.Mkdirat(wfd, format.WorkDirName, 0); err != nil && err != unix.EEXIST {
 		return fmt.Errorf("create %s/%s: %w", work, format.WorkDirName, err)
 	}
