@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -217,6 +218,10 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 	for _, name := range names {
 		crel := path.Join(rel, name)
 		if err := t.walk(root, crel, o); err != nil {
+			if errnoOf(errors.Unwrap(err)) == unix.ENOENT && t.Nodes[crel] == nil {
+				t.problem("%s: listed by readdir, but lstat fails with ENOENT", crel)
+				continue
+			}
 			return err
 		}
 		want := t.Nodes[crel].Type
