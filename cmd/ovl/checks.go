@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ovl-project/ovl/overlay"
 )
 
@@ -86,6 +88,11 @@ func preflight(mnt string, cfg *overlay.Config) error {
 	if os.Geteuid() != 0 {
 		if _, err := fusermountBinary(); err != nil {
 			return fmt.Errorf("not root and no fusermount3 in PATH: install fuse3 (it has the setuid helper fusermount3) or mount as root")
+		}
+		// fusermount3 opens /dev/fuse with the caller's rights; say so
+		// here rather than let it fail with an exit code.
+		if err := unix.Access("/dev/fuse", unix.R_OK|unix.W_OK); err != nil {
+			return fmt.Errorf("cannot open /dev/fuse (%v): unprivileged mounts need it mode 0666", err)
 		}
 	}
 	return nil

@@ -90,7 +90,7 @@ func runDemo(inv *invocation) error {
 		{"etc/motd comes from lower1, the top layer", "cat merged/etc/motd"},
 		{"Writing to a lower file copies it up to the upper layer first", `echo "a line written through ovl" >> merged/docs/readme.txt && cat merged/docs/readme.txt`},
 		{"Deleting a lower file leaves a whiteout in the upper layer", "rm merged/shared/from-lower2.txt && ls merged/shared"},
-		{"A directory made where a lower one was deleted is opaque: the old files stay hidden", "rm -r merged/cache && mkdir merged/cache && ls -A merged/cache"},
+		{"A directory made where a lower one was deleted is opaque: the old files stay hidden", "rm -r merged/cache && mkdir merged/cache && ls -a merged/cache"},
 		{"The daemon's counters", "ovl stats merged"},
 		{"The lower layers are untouched", "cat lower2/docs/readme.txt && ls lower2/shared lower2/cache"},
 		{"The upper layer holds only the changes: the whiteout is a character device 0/0", "ls -lR --time-style=+ upper"},
@@ -153,7 +153,7 @@ func showOverlayXattrs(upper string) error {
 				return fmt.Errorf("%s: %s: %w", p, name, err)
 			}
 			rel, _ := filepath.Rel(filepath.Dir(upper), p)
-			fmt.Printf("    %s: %s=%q\n", rel, name, val[:n])
+			fmt.Printf("    %s: %s=%s\n", rel, name, xattrValue(val[:n]))
 			found = true
 		}
 		return nil
@@ -162,6 +162,17 @@ func showOverlayXattrs(upper string) error {
 		fmt.Println("    (none)")
 	}
 	return err
+}
+
+// xattrValue shows a value as getfattr does: quoted text, or hex when it
+// is binary (as overlay.origin, an encoded file handle).
+func xattrValue(v []byte) string {
+	for _, c := range v {
+		if c < 0x20 || c > 0x7e {
+			return fmt.Sprintf("0x%x", v)
+		}
+	}
+	return fmt.Sprintf("%q", v)
 }
 
 func listXattrs(p string) ([]string, error) {

@@ -43,16 +43,17 @@ func runUmount(inv *invocation) error {
 	return waitExit(pidfd, daemonExitWait)
 }
 
-// waitExit waits until the process behind pidfd has exited.
+// waitExit waits until the process behind pidfd has exited, for at most
+// limit (a zero limit just checks).
 func waitExit(pidfd int, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
 		left := time.Until(deadline)
-		if left <= 0 {
-			return fmt.Errorf("the ovl daemon is still running %v after the unmount", limit)
+		if left < 0 {
+			left = 0
 		}
 		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, int(left/time.Millisecond)+1)
+		n, err := unix.Poll(fds, int((left+time.Millisecond-1)/time.Millisecond))
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -61,6 +62,9 @@ func waitExit(pidfd int, limit time.Duration) error {
 		}
 		if n > 0 {
 			return nil
+		}
+		if left == 0 {
+			return fmt.Errorf("the ovl daemon is still running %v after the unmount", limit)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package mountopt
 
 import (
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -262,6 +263,21 @@ func TestTableConsistent(t *testing.T) {
 		}
 		if _, err := Parse([]string{"lowerdir=/a," + o.use}, true); err != nil {
 			t.Errorf("%s: suggestion %q is refused: %v", name, o.use, err)
+		}
+	}
+}
+
+// The README's option tables must name every option of the table, so that
+// a new or flipped entry is documented.
+func TestREADMENamesEveryOption(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Skipf("no README: %v", err)
+	}
+	readme := string(data)
+	for name := range options {
+		if !strings.Contains(readme, "`"+name) {
+			t.Errorf("README.md does not mention option %q", name)
 		}
 	}
 }
