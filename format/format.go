@@ -67,10 +67,35 @@ func (n Names) Prefix() string { return n.prefix }
 // Name returns the full xattr name for a suffix such as Opaque.
 func (n Names) Name(suffix string) string { return n.prefix + suffix }
 
-// IsPrivate reports whether an xattr name is in the overlay's own namespace,
-// which users may neither see nor change (kernel: ovl_is_private_xattr).
+// IsPrivate reports whether an xattr name stored on a layer is the
+// overlay's own, which users may neither see nor change, nor copy up (kernel:
+// ovl_is_private_xattr). Escaped names (see Escape) are not private.
 func (n Names) IsPrivate(name string) bool {
-	return strings.HasPrefix(name, n.prefix)
+	return strings.HasPrefix(name, n.prefix) && !strings.HasPrefix(name, n.prefix+"overlay.")
+}
+
+// Escape maps an xattr name a user of the overlay asks for to the name
+// stored on the layer: the overlay's own prefix gains one more "overlay.",
+// so that an overlay can be a layer of another (kernel: ovl_xattr_escape,
+// Linux 6.7+). Other names are unchanged.
+func (n Names) Escape(name string) string {
+	if strings.HasPrefix(name, n.prefix) {
+		return n.prefix + "overlay." + name[len(n.prefix):]
+	}
+	return name
+}
+
+// Unescape maps a name stored on a layer to what users of the overlay see;
+// ok is false for the overlay's own names, which are hidden.
+func (n Names) Unescape(name string) (string, bool) {
+	if !strings.HasPrefix(name, n.prefix) {
+		return name, true
+	}
+	rest := name[len(n.prefix):]
+	if !strings.HasPrefix(rest, "overlay.") {
+		return "", false
+	}
+	return n.prefix + rest[len("overlay."):], true
 }
 
 // OpaqueValue is what ovl writes to mark a directory opaque.

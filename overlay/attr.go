@@ -209,12 +209,10 @@ func (n *Node) Readlink() (string, error) {
 	return readlinkFd(fd)
 }
 
-// Getxattr reads an xattr; the overlay's own are not visible (kernel:
-// ovl_own_xattr_get).
+// Getxattr reads an xattr; names in the overlay's own namespace are
+// escaped, so users reach theirs, never the overlay's (kernel: ovl_xattr_get).
 func (n *Node) Getxattr(name string) ([]byte, error) {
-	if n.o.names.IsPrivate(name) {
-		return nil, unix.EOPNOTSUPP
-	}
+	name = n.o.names.Escape(name)
 	fd, err := n.openPath()
 	if err != nil {
 		return nil, err
@@ -243,18 +241,17 @@ func (n *Node) Listxattr() ([]string, error) {
 	}
 	out := names[:0]
 	for _, nm := range names {
-		if !n.o.names.IsPrivate(nm) {
-			out = append(out, nm)
+		if shown, ok := n.o.names.Unescape(nm); ok {
+			out = append(out, shown)
 		}
 	}
 	return out, nil
 }
 
-// Setxattr sets an xattr after copy-up; the overlay's own cannot be set.
+// Setxattr sets an xattr after copy-up; names in the overlay's own
+// namespace are escaped.
 func (n *Node) Setxattr(name string, value []byte, flags int) error {
-	if n.o.names.IsPrivate(name) {
-		return unix.EOPNOTSUPP
-	}
+	name = n.o.names.Escape(name)
 	if err := n.copyUp(false); err != nil {
 		return err
 	}
@@ -268,13 +265,11 @@ func (n *Node) Setxattr(name string, value []byte, flags int) error {
 
 // Removexattr removes an xattr after copy-up.
 func (n *Node) Removexattr(name string) error {
-	if n.o.names.IsPrivate(name) {
-		return unix.EOPNOTSUPP
-	}
 	// Removing what is not there must not copy up.
 	if _, err := n.Getxattr(name); err != nil {
 		return err
 	}
+	name = n.o.names.Escape(name)
 	if err := n.copyUp(false); err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 package overlay
 
 import (
+	"encoding/binary"
+	"hash/fnv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -274,6 +276,12 @@ func (n *Node) Lookup(name string) (*Node, error) {
 	if child.inUpper && !child.IsDir() && topSt.Nlink >= 1 {
 		child.ino = o.originIno(n, name, lowers, child.ino)
 	}
+	if !child.inUpper && !child.IsDir() && topSt.Nlink > 1 {
+		// Without an index, copy-up of one name of a lower hard link breaks
+		// the link, as in the kernel with index=off: each name is its own
+		// object, so each gets its own inode number.
+		child.ino = linkIno(n.ino, name)
+	}
 	o.stats.nodes.Add(1)
 	return child, nil
 }
@@ -337,4 +345,15 @@ func (n *Node) SetLocation(parent *Node, name string) {
 	n.o.treeMu.Lock()
 	n.parent, n.name = parent, name
 	n.o.treeMu.Unlock()
+}
+
+// linkIno is the inode number of one name of a multiply-linked lower file:
+// stable for (parent, name), in a range real inode numbers do not reach.
+func linkIno(parent uint64, name string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], parent)
+	h.Write(b[:])
+	h.Write([]byte(name))
+	return 0x7f<<56 | h.Sum64()&(1<<56-1)
 }
