@@ -75,12 +75,13 @@ type layer struct {
 
 // Overlay is a merged view of the layers in a Config.
 type Overlay struct {
-	cfg    Config
-	names  format.Names
-	upper  *layer   // nil when read-only
-	lowers []*layer // topmost first
-	work   int      // O_PATH fd of workdir/work, -1 when read-only
-	lockFd int      // flock'ed workdir, -1 when read-only
+	cfg        Config
+	names      format.Names
+	upper      *layer   // nil when read-only
+	lowers     []*layer // topmost first
+	work       int      // O_PATH fd of workdir/work, -1 when read-only
+	lockFd     int      // flock'ed upperdir, -1 when read-only
+	lockWorkFd int      // flock'ed workdir, -1 when read-only
 
 	root *Node
 
@@ -110,7 +111,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	raiseFileLimit()
 	syscall.Umask(0)
-	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1}
+	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1, lockWorkFd: -1}
 	ok := false
 	defer func() {
 		if !ok {
@@ -218,26 +219,40 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	l.uuid, l.hasID = format.FSUUID(ufd)
 	o.upper = l
 
-	lfd, err := unix.Open(format.ProcPath(wfd), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("workdir %s: %w", work, err)
-	}
-	o.lockFd = lfd
-	// A daemon that was just unmounted may still be closing: wait a little
-	// before calling the work directory busy.
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		err = unix.Flock(lfd, unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
+	// Lock both directories, as the kernel marks both "in use": two mounts
+	// sharing either would corrupt each other.
+	for _, d := range []struct {
+		fd         int
+		kind, path string
+		lock       *int
+	}{{ufd, "upperdir", upper, &o.lockFd}, {wfd, "workdir", work, &o.lockWorkFd}} {
+		lfd, err := unix.Open(format.ProcPath(d.fd), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", d.kind, d.path, err)
 		}
-		if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
-			return fmt.Errorf("upperdir %s is in use by another ovl mount (workdir %s is locked)", upper, work)
+		*d.lock = lfd
+		// A daemon that was just unmounted may still be closing: wait a
+		// little before calling the directory busy.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			err = unix.Flock(lfd, unix.LOCK_EX|unix.LOCK_NB)
+			if err == nil {
+				break
+			}
+			if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
+				return fmt.Errorf("%s %s is in use by another ovl mount", d.kind, d.path)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	// work/ must start empty, as the kernel empties it at mount.
-	if err := unix.Mkdirat(wfd, format.WorkDirName, 0); err != nil && err != unix.EEXIST {
+	// The kernel makes work/ with mode 0; the mounter must still be able to
+	// read it when it has no CAP_DAC_OVERRIDE.
+	workMode := uint32(0)
+	if os.Geteuid() != 0 {
+		workMode = 0o700
+	}
+	if err := unix.Mkdirat(wfd, format.WorkDirName, workMode); err != nil && err != unix.EEXIST {
 		return fmt.Errorf("create %s/%s: %w", work, format.WorkDirName, err)
 	}
 	o.work, err = format.OpenAt(wfd, format.WorkDirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
@@ -249,7 +264,7 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	}
 	// The upper must take overlay xattrs: try one on a temporary.
 	tmp := format.TempName(o.tempSeq.Add(1))
-	if err := unix.Mkdirat(o.work, tmp, 0); err != nil {
+	if err := unix.Mkdirat(o.work, tmp, 0o700); err != nil {
 		return fmt.Errorf("workdir %s: %w", work, err)
 	}
 	defer unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR)
@@ -338,9 +353,11 @@ func (o *Overlay) Close() error {
 		unix.Close(o.work)
 		o.work = -1
 	}
-	if o.lockFd >= 0 {
-		unix.Close(o.lockFd) // drops the flock
-		o.lockFd = -1
+	for _, fd := range []*int{&o.lockFd, &o.lockWorkFd} {
+		if *fd >= 0 {
+			unix.Close(*fd) // drops the flock
+			*fd = -1
+		}
 	}
 	return nil
 }
