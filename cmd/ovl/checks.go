@@ -41,20 +41,21 @@ func makeAbsolute(cfg *overlay.Config) error {
 
 // preflight checks what only the command line can: the mountpoint, layers
 // hidden under it, and the means to mount FUSE at all. Checks of the layers
-// themselves are overlay.New's.
-func preflight(mnt string, cfg *overlay.Config) error {
+// themselves are overlay.New's. It returns the mountpoint with symlinks
+// resolved, the path that mountinfo will show.
+func preflight(mnt string, cfg *overlay.Config) (string, error) {
 	st, err := os.Stat(mnt)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("mountpoint %s does not exist", mnt)
+		return "", fmt.Errorf("mountpoint %s does not exist", mnt)
 	case err != nil:
-		return fmt.Errorf("mountpoint: %w", err)
+		return "", fmt.Errorf("mountpoint: %w", err)
 	case !st.IsDir():
-		return fmt.Errorf("mountpoint %s is not a directory", mnt)
+		return "", fmt.Errorf("mountpoint %s is not a directory", mnt)
 	}
 	realMnt, err := filepath.EvalSymlinks(mnt)
 	if err != nil {
-		return fmt.Errorf("mountpoint: %w", err)
+		return "", fmt.Errorf("mountpoint: %w", err)
 	}
 	// A layer under the mountpoint would be hidden by the mount and reached
 	// through it: lookups would recurse into ovl itself. The reverse (the
@@ -71,31 +72,31 @@ func preflight(mnt string, cfg *overlay.Config) error {
 	}
 	for _, l := range cfg.Lowers {
 		if err := check("lowerdir", l); err != nil {
-			return err
+			return "", err
 		}
 	}
 	if cfg.Upper != "" {
 		if err := check("upperdir", cfg.Upper); err != nil {
-			return err
+			return "", err
 		}
 		if err := check("workdir", cfg.Work); err != nil {
-			return err
+			return "", err
 		}
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		return fmt.Errorf("no /dev/fuse (%v): load the fuse module or give the container the device", err)
+		return "", fmt.Errorf("no /dev/fuse (%v): load the fuse module or give the container the device", err)
 	}
 	if os.Geteuid() != 0 {
 		if _, err := fusermountBinary(); err != nil {
-			return fmt.Errorf("not root and no fusermount3 in PATH: install fuse3 (it has the setuid helper fusermount3) or mount as root")
+			return "", fmt.Errorf("not root and no fusermount3 in PATH: install fuse3 (it has the setuid helper fusermount3) or mount as root")
 		}
 		// fusermount3 opens /dev/fuse with the caller's rights; say so
 		// here rather than let it fail with an exit code.
 		if err := unix.Access("/dev/fuse", unix.R_OK|unix.W_OK); err != nil {
-			return fmt.Errorf("cannot open /dev/fuse (%v): unprivileged mounts need it mode 0666", err)
+			return "", fmt.Errorf("cannot open /dev/fuse (%v): unprivileged mounts need it mode 0666", err)
 		}
 	}
-	return nil
+	return realMnt, nil
 }
 
 // fusermountBinary finds the setuid helper that unprivileged users mount

@@ -391,6 +391,20 @@ func TestCallForms(t *testing.T) {
 			}
 		})
 	}
+	t.Run("symlinked mountpoint", func(t *testing.T) {
+		dir := cliTree(t)
+		if err := os.Symlink("m", filepath.Join(dir, "ml")); err != nil {
+			t.Fatal(err)
+		}
+		cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "ml")
+		if cliMountAt(t, filepath.Join(dir, "m")) == nil {
+			t.Fatal("not mounted on the symlink's target")
+		}
+		cliDaemonPid(t, dir, "ml")
+		if r := runOvl(t, dir, "umount", "ml"); r.code != 0 {
+			t.Errorf("umount: %s", r.stderr)
+		}
+	})
 	t.Run("foreground", func(t *testing.T) {
 		dir := cliTree(t)
 		mnt := filepath.Join(dir, "m")

@@ -59,7 +59,7 @@ func prepareMount(inv *invocation) (*mountRequest, error) {
 			return nil, err
 		}
 	}
-	if err := preflight(req.mnt, &res.Overlay); err != nil {
+	if req.mnt, err = preflight(req.mnt, &res.Overlay); err != nil {
 		return nil, err
 	}
 	return req, nil

@@ -84,23 +84,36 @@ func unescapeOctal(s string) string {
 	return b.String()
 }
 
-// resolveMountPoint makes path absolute and resolves symlinks in its parent
-// only: resolving the last part would look the mount's root up through FUSE,
-// which hangs when the daemon does.
+// resolveMountPoint makes path absolute and resolves its symlinks without
+// looking anything up inside a mount at path: a stat of the mount's root
+// goes to its FUSE daemon and hangs when the daemon does. readlink of a
+// mountpoint does not (a directory is not a link), so a symlink as the last
+// part is followed with readlink alone.
 func resolveMountPoint(path string) (string, error) {
-	abs, err := filepath.Abs(path)
+	p, err := filepath.Abs(path)
 	if err != nil {
 		return "", err
 	}
-	dir, base := filepath.Split(abs)
-	realDir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return "", err
+	for range 40 { // the kernel's limit on nested symlinks
+		dir, base := filepath.Split(p)
+		realDir, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			return "", err
+		}
+		if base == "" {
+			return realDir, nil
+		}
+		p = filepath.Join(realDir, base)
+		target, err := os.Readlink(p)
+		if err != nil {
+			return p, nil // not a symlink
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(realDir, target)
+		}
+		p = filepath.Clean(target)
 	}
-	if base == "" {
-		return realDir, nil
-	}
-	return filepath.Join(realDir, base), nil
+	return "", fmt.Errorf("%s: too many levels of symbolic links", path)
 }
 
 // findMount returns the topmost mount at path (as mountinfo lists mounts
