@@ -20,12 +20,19 @@ import (
 // kcPair mounts the kernel's overlayfs and ovl over copies of layers.
 func kcPair(t *testing.T, opts kernelcmp.Options, layers kernelcmp.Layers) *kernelcmp.Pair {
 	t.Helper()
+	return kcPairCfg(t, kernelcmp.Config{Options: opts}, layers)
+}
+
+// kcPairCfg is kcPair with a full Config (Candidate is filled in).
+func kcPairCfg(t *testing.T, cfg kernelcmp.Config, layers kernelcmp.Layers) *kernelcmp.Pair {
+	t.Helper()
 	testutil.RequireRoot(t)
 	var cand kernelcmp.Mounter = kernelcmp.Ovl{Bin: testutil.Binary(t)}
 	if os.Getenv("KCMP_CANDIDATE") == "kernel" && !testutil.CI() {
 		cand = kernelcmp.Kernel{}
 	}
-	return kernelcmp.NewPair(t, kernelcmp.Config{Options: opts, Candidate: cand}, layers)
+	cfg.Candidate = cand
+	return kernelcmp.NewPair(t, cfg, layers)
 }
 
 // kcModes runs f once with trusted.overlay xattrs and once with userxattr.

@@ -35,6 +35,9 @@ type Config struct {
 	NoHash bool
 	// IgnorePaths are left out of view and upper comparisons.
 	IgnorePaths []string
+	// Tmpfs puts all layers on a fresh tmpfs instead of the temp dir's
+	// filesystem (much faster for huge trees; KCMP_TMPFS=1 forces it).
+	Tmpfs bool
 }
 
 // Side is one of the two copies and its mount.
@@ -65,11 +68,12 @@ func (s *Side) Mounted() bool { return s.mounted }
 // Pair is a reference overlay (the kernel) and a candidate (ovl) over two
 // copies of the same layers. Steps run on both and are compared.
 type Pair struct {
-	T    testing.TB
-	Cfg  Config
-	Ref  *Side
-	Cand *Side
-	base string
+	T     testing.TB
+	Cfg   Config
+	Ref   *Side
+	Cand  *Side
+	base  string
+	tmpfs bool
 }
 
 // NewPair builds the layers once, copies them with cp -a to both sides and
@@ -94,6 +98,12 @@ func NewPair(t testing.TB, cfg Config, layers Layers) *Pair {
 	}
 	p := &Pair{T: t, Cfg: cfg, base: base}
 	t.Cleanup(p.cleanup)
+	if cfg.Tmpfs || os.Getenv("KCMP_TMPFS") == "1" {
+		if err := unix.Mount("tmpfs", base, "tmpfs", 0, "mode=0755"); err != nil {
+			t.Fatalf("mount tmpfs: %v", err)
+		}
+		p.tmpfs = true
+	}
 
 	prefix := cfg.Options.Prefix()
 	src := filepath.Join(base, "src")
@@ -176,6 +186,12 @@ func (p *Pair) cleanup() {
 		}
 	}
 	if ok && os.Getenv("KCMP_KEEP") == "" {
+		if p.tmpfs {
+			if err := unix.Unmount(p.base, unix.MNT_DETACH); err != nil {
+				p.T.Errorf("cleanup: umount tmpfs: %v", err)
+				return
+			}
+		}
 		os.RemoveAll(p.base)
 	} else {
 		p.T.Logf("kernelcmp: left %s", p.base)
