@@ -64,6 +64,9 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		Debug:      opts.Debug,
 		MaxWrite:   1 << 20,
 		EnableAcl:  true,
+		// Let the kernel choose readdirplus only when the listing is
+		// followed by stats (ls -l), not for a plain ls -f.
+		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -183,11 +186,13 @@ func toSyscall(st *unix.Stat_t) *syscall.Stat_t {
 }
 
 func (p *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	child, err := p.n.Lookup(name)
+	var st unix.Stat_t
+	child, err := p.n.LookupStat(name, &st)
 	if err != nil {
 		return nil, errno(err)
 	}
-	return p.entry(ctx, name, child, out)
+	out.Attr.FromStat(toSyscall(&st))
+	return p.inode(ctx, name, child), 0
 }
 
 func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -177,6 +177,13 @@ func (o *Overlay) probe(dirfd int, xwh bool, name string, st *unix.Stat_t) (entr
 // new Node; callers that keep a table of nodes by inode number use it to find
 // one they already have, and Forget the new one.
 func (n *Node) Lookup(name string) (*Node, error) {
+	var st unix.Stat_t
+	return n.LookupStat(name, &st)
+}
+
+// LookupStat is Lookup that also returns the new node's attributes, as
+// Getattr would, without a second stat.
+func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	o := n.o
 	o.stats.lookups.Add(1)
 	if !n.IsDir() {
@@ -281,6 +288,11 @@ func (n *Node) Lookup(name string) (*Node, error) {
 		// the link, as in the kernel with index=off: each name is its own
 		// object, so each gets its own inode number.
 		child.ino = linkIno(n.ino, name)
+	}
+	*out = topSt
+	out.Ino = child.ino
+	if child.IsDir() && (child.inUpper && len(child.lowers) > 0 || len(child.lowers) > 1) {
+		out.Nlink = 1 // merged: see Getattr
 	}
 	o.stats.nodes.Add(1)
 	return child, nil
