@@ -120,3 +120,31 @@ func mounted(mnt string) bool {
 
 // errNotMounted is returned when a side that should be mounted is not.
 var errNotMounted = errors.New("not mounted")
+
+// Filesystem magic numbers (statfs f_type).
+const (
+	OverlayfsMagic = 0x794c7630
+	FuseMagic      = 0x65735546
+)
+
+// checkFsType makes sure that a side is served by what it claims to be, so
+// that a harness slip cannot compare the kernel with itself.
+func checkFsType(m Mounter, mnt string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(mnt, &st); err != nil {
+		return err
+	}
+	want := int64(0)
+	switch m.(type) {
+	case Kernel:
+		want = OverlayfsMagic
+	case Ovl:
+		want = FuseMagic
+	default:
+		return nil
+	}
+	if st.Type != want {
+		return fmt.Errorf("%s is a filesystem of type %#x, want %#x", mnt, st.Type, want)
+	}
+	return nil
+}

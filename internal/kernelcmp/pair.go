@@ -209,6 +209,9 @@ func (p *Pair) Mount() {
 			p.T.Fatalf("%s: %v", s.Name, err)
 		}
 		s.mounted = true
+		if err := checkFsType(s.M, s.Layout.Mnt); err != nil {
+			p.T.Fatalf("%s: %v", s.Name, err)
+		}
 	}
 }
 
