@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -13,10 +14,18 @@ import (
 
 // file is an open regular file: a descriptor of the real file the overlay
 // chose at open. It deliberately offers no passthrough descriptor.
+//
+// A read-only descriptor opened before the object was copied up is
+// reopened on the upper copy at the next read, so it sees what was written
+// since, as the kernel's overlay file operations do (ovl_real_fdget).
 type file struct {
+	n        *overlay.Node
+	mu       sync.Mutex // guards lf and fd when a stale read-only fd is swapped
 	lf       *fs.LoopbackFile
 	fd       int
+	flags    int
 	writable bool
+	upper    bool // fd is on the upper layer
 	volatile bool
 }
 
@@ -30,17 +39,35 @@ var (
 	_ fs.FileAllocater = (*file)(nil)
 )
 
-func newFile(ov *overlay.Overlay, fd int, flags int) *file {
+func newFile(ov *overlay.Overlay, n *overlay.Node, fd int, flags int) *file {
 	return &file{
+		n:        n,
 		lf:       fs.NewLoopbackFile(fd).(*fs.LoopbackFile),
 		fd:       fd,
+		flags:    flags,
 		writable: flags&unix.O_ACCMODE != unix.O_RDONLY,
+		upper:    n.InUpper(),
 		volatile: ov.Volatile(),
 	}
 }
 
+// current returns the descriptor to use, moving a read-only one to the
+// upper copy once there is one.
+func (f *file) current(ctx context.Context) *fs.LoopbackFile {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.upper && f.n.InUpper() {
+		if fd, err := f.n.Open(f.flags &^ unix.O_TRUNC); err == nil {
+			old := f.lf
+			f.lf, f.fd, f.upper = fs.NewLoopbackFile(fd).(*fs.LoopbackFile), fd, true
+			old.Release(ctx)
+		}
+	}
+	return f.lf
+}
+
 func (f *file) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return f.lf.Read(ctx, buf, off)
+	return f.current(ctx).Read(ctx, buf, off)
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -56,10 +83,10 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return f.lf.Fsync(ctx, flags)
 }
 
-func (f *file) Release(ctx context.Context) syscall.Errno { return f.lf.Release(ctx) }
+func (f *file) Release(ctx context.Context) syscall.Errno { return f.current(ctx).Release(ctx) }
 
 func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
-	return f.lf.Lseek(ctx, off, whence)
+	return f.current(ctx).Lseek(ctx, off, whence)
 }
 
 func (f *file) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {

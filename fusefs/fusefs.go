@@ -199,7 +199,11 @@ func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 	var st unix.Stat_t
 	if h, ok := f.(*file); ok {
 		// An open file may no longer have a name; stat what is open.
-		if err := unix.Fstat(h.fd, &st); err != nil {
+		h.current(ctx)
+		h.mu.Lock()
+		fd := h.fd
+		h.mu.Unlock()
+		if err := unix.Fstat(fd, &st); err != nil {
 			return errno(err)
 		}
 	} else if err := p.n.Getattr(&st); err != nil {
@@ -253,7 +257,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, errno(err)
 	}
-	return newFile(p.ov, fd, int(flags)), 0, 0
+	return newFile(p.ov, p.n, fd, int(flags)), 0, 0
 }
 
 func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -266,7 +270,7 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
-	return ch, newFile(p.ov, fd, int(flags)), 0, 0
+	return ch, newFile(p.ov, ch.Operations().(*node).n, fd, int(flags)), 0, 0
 }
 
 func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -325,15 +329,20 @@ func (p *node) childNode(name string) *overlay.Node {
 }
 
 func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	child := p.childNode(name)
-	var st unix.Stat_t
-	if child != nil {
-		child.Getattr(&st)
-	}
+	ch := p.GetChild(name)
 	if err := p.n.Unlink(name); err != nil {
 		return errno(err)
 	}
-	if child != nil && st.Nlink <= 1 {
+	if ch == nil {
+		return 0
+	}
+	// Keep the object reachable through another of its links, if go-fuse
+	// knows one; else it has no name any more.
+	p.RmChild(name)
+	child := ch.Operations().(*node).n
+	if pname, pp := ch.Parent(); pp != nil {
+		child.SetLocation(pp.Operations().(*node).n, pname)
+	} else {
 		child.Detach()
 	}
 	return 0

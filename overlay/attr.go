@@ -290,3 +290,11 @@ func (n *Node) Detach() {
 	}
 	n.o.treeMu.Unlock()
 }
+
+// InUpper reports whether the object has been copied up (or was made) in
+// the upper layer.
+func (n *Node) InUpper() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.inUpper
+}

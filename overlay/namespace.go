@@ -8,9 +8,9 @@ import (
 	"github.com/ovl-project/ovl/format"
 )
 
-// Cred is who asks for a new object: its owner, and the umask to apply.
+// Cred is who asks for a new object: its owner, and a umask to apply.
 // The FUSE binding fills it from the request header (the caller's fsuid and
-// fsgid).
+// fsgid); the kernel has applied the caller's umask to the mode already.
 type Cred struct {
 	Uid, Gid uint32
 	Umask    uint32
@@ -82,50 +82,76 @@ func (o *Overlay) removeTemp(tmp string) {
 // maker creates one object at name in dirfd.
 type maker func(dirfd int, name string) error
 
-// create makes a new object at name in n for the caller c (kernel:
-// ovl_create_or_link, ovl_create_upper, ovl_create_over_whiteout). Where the
-// upper holds a whiteout, the object is made in work/ and exchanged with
-// it, and a new directory there is opaque. Owner is set before the name
-// appears where it can; setuid and setgid bits only after the owner is right.
-func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (*Node, error) {
+// place puts a new entry at name in n's upper directory (kernel:
+// ovl_create_or_link, ovl_create_upper, ovl_create_over_whiteout). mk makes
+// it, fix finishes it before it can be seen where that is possible. Where
+// the upper holds a whiteout, the entry is made in work/ and exchanged with
+// it; a new directory there is made opaque. The caller holds no dirMu.
+func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 	o := n.o
 	pfd, err := n.upperDir()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	n.dirMu.Lock()
 	defer n.dirMu.Unlock()
 	var st unix.Stat_t
 	k, err := o.probe(pfd, n.upperXWh, name, &st)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if k == entryDir || k == entryOther {
-		return nil, unix.EEXIST
+		return unix.EEXIST
 	}
-	overWhiteout := k == entryWhiteout
-	if !overWhiteout {
+	if k == entryNone {
 		if pos, err := n.lowerPositive(name); err != nil {
-			return nil, err
+			return err
 		} else if pos {
-			return nil, unix.EEXIST
+			return unix.EEXIST
 		}
+		if err := mk(pfd, name); err != nil {
+			return err
+		}
+		if err := fix(pfd, name); err != nil {
+			unix.Unlinkat(pfd, name, 0)
+			unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
+			return err
+		}
+		return nil
+	}
+	tmp := format.TempName(o.tempSeq.Add(1))
+	if err := mk(o.work, tmp); err != nil {
+		return err
+	}
+	err = fix(o.work, tmp)
+	if err == nil && isDir {
+		err = o.setOpaque(o.work, tmp)
+	}
+	if err == nil {
+		err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE)
+	}
+	o.removeTemp(tmp) // on success, the whiteout
+	return err
+}
+
+// create makes a new object at name in n for the caller c. Its owner is set
+// before the name appears where it can; setuid and setgid bits only after
+// the owner is right.
+func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (*Node, error) {
+	if _, err := n.upperDir(); err != nil {
+		return nil, err
 	}
 	// The upper filesystem gives a new object the group of a setgid
-	// directory; otherwise the caller's.
+	// directory; otherwise it gets the caller's.
 	var pst unix.Stat_t
-	if err := unix.Fstat(pfd, &pst); err != nil {
+	if err := unix.Fstat(n.upperFd, &pst); err != nil {
 		return nil, err
 	}
 	gid := int(c.Gid)
 	if pst.Mode&unix.S_ISGID != 0 {
 		gid = -1
 	}
-	// With a default ACL on the parent, the ACL masks the mode instead of
-	// the umask (POSIX.1e); the upper filesystem applies it.
-	if a, _ := format.Getxattr(pfd, "system.posix_acl_default"); a == nil {
-		mode &^= c.Umask
-	}
+	mode &^= c.Umask
 	special := mode & (unix.S_ISUID | unix.S_ISGID)
 	setOwner := func(dirfd int, nm string) error {
 		if err := unix.Fchownat(dirfd, nm, int(c.Uid), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !(err == unix.EPERM && uint32(unix.Geteuid()) == c.Uid) {
@@ -140,32 +166,8 @@ func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (
 		}
 		return nil
 	}
-	if !overWhiteout {
-		if err := mk(pfd, name); err != nil {
-			return nil, err
-		}
-		if err := setOwner(pfd, name); err != nil {
-			unix.Unlinkat(pfd, name, 0)
-			unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
-			return nil, err
-		}
-	} else {
-		tmp := format.TempName(o.tempSeq.Add(1))
-		if err := mk(o.work, tmp); err != nil {
-			return nil, err
-		}
-		err := setOwner(o.work, tmp)
-		if err == nil && kind == unix.S_IFDIR {
-			err = o.setOpaque(o.work, tmp)
-		}
-		if err == nil {
-			err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE)
-		}
-		if err != nil {
-			o.removeTemp(tmp)
-			return nil, err
-		}
-		o.removeTemp(tmp) // the whiteout
+	if err := n.place(name, kind == unix.S_IFDIR, mk, setOwner); err != nil {
+		return nil, err
 	}
 	return n.adopt(name, kind)
 }
@@ -209,7 +211,9 @@ func (n *Node) Create(name string, flags int, mode uint32, c Cred) (*Node, int, 
 	fd := -1
 	flags = flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_CREAT | unix.O_EXCL
 	child, err := n.create(name, unix.S_IFREG, mode&0o7777, c, func(dirfd int, nm string) error {
-		f, err := format.OpenAt(dirfd, nm, flags, (mode&^c.Umask)&0o777|0o600)
+		// An O_CREAT open returns a descriptor with the access asked for,
+		// whatever the new mode allows.
+		f, err := format.OpenAt(dirfd, nm, flags, mode&^c.Umask&0o777)
 		if err != nil {
 			return err
 		}
@@ -222,22 +226,7 @@ func (n *Node) Create(name string, flags int, mode uint32, c Cred) (*Node, int, 
 		}
 		return nil, -1, err
 	}
-	// The file was created with owner access so we can fix it up; now give
-	// it the mode asked for.
-	if err := unix.Fchmod(fd, n.createMode(mode, c)); err != nil {
-		unix.Close(fd)
-		return nil, -1, err
-	}
 	return child, fd, nil
-}
-
-// createMode is the mode a new regular file ends with (without special bits
-// already set by create).
-func (n *Node) createMode(mode uint32, c Cred) uint32 {
-	if a, _ := format.Getxattr(n.upperFd, "system.posix_acl_default"); a != nil {
-		return mode & 0o7777
-	}
-	return mode &^ c.Umask & 0o7777
 }
 
 // Mkdir makes a directory.
@@ -265,48 +254,17 @@ func (n *Node) Symlink(target, name string, c Cred) (*Node, error) {
 // Link makes name in n a new hard link to target, after copying target up
 // (kernel: ovl_link). It returns target.
 func (n *Node) Link(target *Node, name string) (*Node, error) {
-	o := n.o
 	if target.IsDir() {
 		return nil, unix.EPERM
 	}
 	if err := target.copyUp(false); err != nil {
 		return nil, err
 	}
-	pfd, err := n.upperDir()
-	if err != nil {
-		return nil, err
-	}
 	tp, tname := target.location()
-	n.dirMu.Lock()
-	defer n.dirMu.Unlock()
-	var st unix.Stat_t
-	k, err := o.probe(pfd, n.upperXWh, name, &st)
-	if err != nil {
+	link := func(dirfd int, nm string) error { return unix.Linkat(tp.upperFd, tname, dirfd, nm, 0) }
+	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
 		return nil, err
 	}
-	if k == entryDir || k == entryOther {
-		return nil, unix.EEXIST
-	}
-	if k == entryNone {
-		if pos, err := n.lowerPositive(name); err != nil {
-			return nil, err
-		} else if pos {
-			return nil, unix.EEXIST
-		}
-		if err := unix.Linkat(tp.upperFd, tname, pfd, name, 0); err != nil {
-			return nil, err
-		}
-		return target, nil
-	}
-	tmp := format.TempName(o.tempSeq.Add(1))
-	if err := unix.Linkat(tp.upperFd, tname, o.work, tmp, 0); err != nil {
-		return nil, err
-	}
-	if err := unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE); err != nil {
-		unix.Unlinkat(o.work, tmp, 0)
-		return nil, err
-	}
-	o.removeTemp(tmp)
 	return target, nil
 }
 
