@@ -131,10 +131,11 @@ func result(out string, err error) Result {
 // credentials). Ops:
 //
 //	open      open(Path, Flags, Mode), then close
-//	create    open(Path, O_CREAT|O_WRONLY|Flags, Mode), then close
-//	write     open(Path, O_WRONLY|Flags), pwrite(Data, Off)
-//	append    open(Path, O_WRONLY|O_APPEND), write(Data)
-//	read      read all of Path; Out = content (or its sha256 if long)
+//	create    open(Path, O_CREAT|O_WRONLY|O_NONBLOCK|Flags, Mode), then close
+//	write     open(Path, O_WRONLY|O_NONBLOCK|Flags), pwrite(Data, Off)
+//	append    open(Path, O_WRONLY|O_APPEND|O_NONBLOCK), write(Data)
+//	read      read all of Path (O_NONBLOCK: FIFOs do not hang); Out =
+//	          content (or its sha256 if long)
 //	truncate  truncate(Path, Off)
 //	mkdir, rmdir, unlink, mknod (Mode incl. type, Dev)
 //	rename    renameat2(Path, Path2, Flags)
@@ -157,20 +158,20 @@ func (op Op) Apply(root string) Result {
 	case "open":
 		return result("", withOpen(p, op.Flags, op.Mode, nil))
 	case "create":
-		return result("", withOpen(p, op.Flags|unix.O_CREAT|unix.O_WRONLY, op.Mode, nil))
+		return result("", withOpen(p, op.Flags|unix.O_CREAT|unix.O_WRONLY|unix.O_NONBLOCK, op.Mode, nil))
 	case "write":
-		return result("", withOpen(p, op.Flags|unix.O_WRONLY, 0, func(fd int) error {
+		return result("", withOpen(p, op.Flags|unix.O_WRONLY|unix.O_NONBLOCK, 0, func(fd int) error {
 			_, err := unix.Pwrite(fd, []byte(op.Data), op.Off)
 			return err
 		}))
 	case "append":
-		return result("", withOpen(p, unix.O_WRONLY|unix.O_APPEND, 0, func(fd int) error {
+		return result("", withOpen(p, unix.O_WRONLY|unix.O_APPEND|unix.O_NONBLOCK, 0, func(fd int) error {
 			_, err := unix.Write(fd, []byte(op.Data))
 			return err
 		}))
 	case "read":
 		var out string
-		err := withOpen(p, unix.O_RDONLY|op.Flags, 0, func(fd int) error {
+		err := withOpen(p, unix.O_RDONLY|unix.O_NONBLOCK|op.Flags, 0, func(fd int) error {
 			f := fdReader(fd)
 			b, err := io.ReadAll(io.LimitReader(f, 1<<16))
 			if err != nil {
