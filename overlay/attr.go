@@ -193,7 +193,21 @@ func (n *Node) Open(flags int) (int, error) {
 		return -1, err
 	}
 	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY
-	return format.OpenAt(dirfd, name, flags|unix.O_NOFOLLOW, 0)
+	// O_NONBLOCK first: if the name no longer holds this regular file (a
+	// FIFO now), the daemon must not block in its open.
+	fd, err := format.OpenAt(dirfd, name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, unix.ESTALE
+	}
+	if flags&unix.O_NONBLOCK == 0 {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_ACCMODE)
+	}
+	return fd, nil
 }
 
 // Readlink returns a symlink's target.
