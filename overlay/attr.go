@@ -6,56 +6,16 @@ import (
 	"github.com/ovl-project/ovl/format"
 )
 
-// realAt returns where the topmost real object of n is: a directory fd and
-// a name in it, or (fd, "") for a directory, to be used with AT_EMPTY_PATH.
-func (n *Node) realAt() (int, string, error) {
-	if n.IsDir() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		if n.upperFd >= 0 {
-			return n.upperFd, "", nil
-		}
-		if len(n.lowers) == 0 {
-			return -1, "", unix.ESTALE
-		}
-		return n.lowers[0].fd, "", nil
-	}
-	parent, name := n.location()
-	if parent == nil {
-		return -1, "", unix.ESTALE
-	}
+// real returns the O_PATH descriptor of the object's topmost real object.
+// It stays open until the node is forgotten, even after copy-up, so a
+// caller may use it without holding any lock.
+func (n *Node) real() (int, error) {
 	n.mu.Lock()
-	inUpper := n.inUpper
-	var l *layer
-	if len(n.lowers) > 0 {
-		l = n.lowers[0].layer
+	defer n.mu.Unlock()
+	if fd := n.realFd(); fd >= 0 {
+		return fd, nil
 	}
-	n.mu.Unlock()
-	if inUpper {
-		parent.mu.Lock()
-		fd := parent.upperFd
-		parent.mu.Unlock()
-		if fd < 0 {
-			return -1, "", unix.ESTALE
-		}
-		return fd, name, nil
-	}
-	if fd := parent.lowerFd(l); fd >= 0 {
-		return fd, name, nil
-	}
-	return -1, "", unix.ESTALE
-}
-
-// openPath opens an O_PATH fd of the topmost real object.
-func (n *Node) openPath() (int, error) {
-	dirfd, name, err := n.realAt()
-	if err != nil {
-		return -1, err
-	}
-	if name == "" {
-		name = "."
-	}
-	return format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	return -1, unix.ESTALE
 }
 
 // Getattr stats the object (kernel: ovl_getattr): the topmost real object's
@@ -63,15 +23,11 @@ func (n *Node) openPath() (int, error) {
 // one link, as the kernel does, since counting its entries would cost a
 // readdir of every layer.
 func (n *Node) Getattr(st *unix.Stat_t) error {
-	dirfd, name, err := n.realAt()
+	fd, err := n.real()
 	if err != nil {
 		return err
 	}
-	flags := unix.AT_SYMLINK_NOFOLLOW
-	if name == "" {
-		flags |= unix.AT_EMPTY_PATH
-	}
-	if err := unix.Fstatat(dirfd, name, st, flags); err != nil {
+	if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return err
 	}
 	st.Ino = n.ino
@@ -105,15 +61,10 @@ func (n *Node) Setattr(a SetAttr, fd int) error {
 	} else if err := n.copyUp(false); err != nil {
 		return err
 	}
-	dirfd, name, err := n.realAt()
+	pathFd, err := n.real()
 	if err != nil {
 		return err
 	}
-	pathFd, err := format.OpenAt(dirfd, nonEmpty(name), unix.O_PATH|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(pathFd)
 	p := format.ProcPath(pathFd)
 	if a.Uid != nil || a.Gid != nil {
 		uid, gid := -1, -1
@@ -165,13 +116,6 @@ func (n *Node) Setattr(a SetAttr, fd int) error {
 	return nil
 }
 
-func nonEmpty(name string) string {
-	if name == "" {
-		return "."
-	}
-	return name
-}
-
 // Open opens the object for I/O and returns the descriptor. Opening for
 // write or with O_TRUNC copies the object up first (kernel: ovl_open); a
 // read-only open reads the topmost layer in place.
@@ -188,26 +132,17 @@ func (n *Node) Open(flags int) (int, error) {
 			return -1, err
 		}
 	}
-	dirfd, name, err := n.realAt()
+	if n.kind != unix.S_IFREG {
+		return -1, unix.EINVAL // FUSE opens only regular files
+	}
+	pfd, err := n.real()
 	if err != nil {
 		return -1, err
 	}
-	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY
-	// O_NONBLOCK first: if the name no longer holds this regular file (a
-	// FIFO now), the daemon must not block in its open.
-	fd, err := format.OpenAt(dirfd, name, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return -1, err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		return -1, unix.ESTALE
-	}
-	if flags&unix.O_NONBLOCK == 0 {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_ACCMODE)
-	}
-	return fd, nil
+	// Reopen the very inode the node holds: no name is resolved again, so
+	// a rename or unlink in the layer cannot make this open another file.
+	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_NOFOLLOW
+	return unix.Open(format.ProcPath(pfd), flags|unix.O_CLOEXEC, 0)
 }
 
 // Readlink returns a symlink's target.
@@ -215,11 +150,10 @@ func (n *Node) Readlink() (string, error) {
 	if n.kind != unix.S_IFLNK {
 		return "", unix.EINVAL
 	}
-	fd, err := n.openPath()
+	fd, err := n.real()
 	if err != nil {
 		return "", err
 	}
-	defer unix.Close(fd)
 	return readlinkFd(fd)
 }
 
@@ -227,11 +161,10 @@ func (n *Node) Readlink() (string, error) {
 // escaped, so users reach theirs, never the overlay's (kernel: ovl_xattr_get).
 func (n *Node) Getxattr(name string) ([]byte, error) {
 	name = n.o.names.Escape(name)
-	fd, err := n.openPath()
+	fd, err := n.real()
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fd)
 	v, err := format.Getxattr(fd, name)
 	if err != nil {
 		return nil, err
@@ -244,11 +177,10 @@ func (n *Node) Getxattr(name string) ([]byte, error) {
 
 // Listxattr lists the xattr names, without the overlay's own.
 func (n *Node) Listxattr() ([]string, error) {
-	fd, err := n.openPath()
+	fd, err := n.real()
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fd)
 	names, err := format.Listxattr(fd)
 	if err != nil {
 		return nil, err
@@ -269,11 +201,10 @@ func (n *Node) Setxattr(name string, value []byte, flags int) error {
 	if err := n.copyUp(false); err != nil {
 		return err
 	}
-	fd, err := n.openPath()
+	fd, err := n.real()
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
 	return format.Setxattr(fd, name, value, flags)
 }
 
@@ -287,11 +218,10 @@ func (n *Node) Removexattr(name string) error {
 	if err := n.copyUp(false); err != nil {
 		return err
 	}
-	fd, err := n.openPath()
+	fd, err := n.real()
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
 	return format.Removexattr(fd, name)
 }
 

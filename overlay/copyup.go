@@ -36,11 +36,10 @@ func (n *Node) copyUp(noData bool) error {
 	if err := parent.copyUp(false); err != nil {
 		return err
 	}
-	src, err := n.lowerAt(parent, name)
-	if err != nil {
-		return err
+	if len(n.lowers) == 0 || n.lowers[0].fd < 0 {
+		return fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)
 	}
-	defer src.close()
+	src := n.lowers[0]
 
 	var st unix.Stat_t
 	if err := unix.Fstat(src.fd, &st); err != nil {
@@ -53,7 +52,7 @@ func (n *Node) copyUp(noData bool) error {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
-	origin := o.encodeOrigin(src.layer, src.dirfd, src.name)
+	origin := o.encodeOrigin(src.layer, src.fd)
 	if err := o.copyMeta(src.fd, &st, tmp, origin); err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
@@ -82,44 +81,17 @@ func (n *Node) copyUp(noData bool) error {
 		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
 		o.markImpure(parent)
 	}
-	if n.IsDir() {
-		fd, err := format.OpenAt(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return fmt.Errorf("copy up %s: %w", name, err)
-		}
-		n.upperFd = fd
+	// The lower descriptor stays open until the node is forgotten: another
+	// thread may be using it right now.
+	fd, err := openReal(pfd, name, n.kind, &st)
+	if err != nil {
+		return fmt.Errorf("copy up %s: %w", name, err)
 	}
+	n.upperFd = fd
 	n.inUpper = true
 	o.stats.copyUps.Add(1)
 	o.stats.copyUpBytes.Add(uint64(copied))
 	return nil
-}
-
-// source is an open lower object for copy-up.
-type source struct {
-	fd    int // O_PATH
-	dirfd int // its directory in the lower layer
-	name  string
-	layer *layer
-}
-
-func (s source) close() { unix.Close(s.fd) }
-
-// lowerAt opens the topmost lower object of n.
-func (n *Node) lowerAt(parent *Node, name string) (source, error) {
-	if len(n.lowers) == 0 {
-		return source{}, fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)
-	}
-	l := n.lowers[0].layer
-	dirfd := parent.lowerFd(l)
-	if dirfd < 0 {
-		return source{}, fmt.Errorf("copy up %s: parent lost its lower: %w", name, unix.EIO)
-	}
-	fd, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return source{}, fmt.Errorf("copy up %s: %w", name, err)
-	}
-	return source{fd: fd, dirfd: dirfd, name: name, layer: l}, nil
 }
 
 // lowerFd is the fd of the directory's presence in lower layer l, or -1.

@@ -39,16 +39,28 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 	for _, lr := range lowers {
 		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh})
 	}
-	seen := make(map[string]struct{})
+	// seen maps a listed name to its index in out. fix marks upper entries
+	// whose inode number only a lookup can tell: a directory that merges
+	// with one below, a copied-up file (an origin) in an impure directory.
+	seen := make(map[string]int)
 	var out []DirEntry
+	var fix []int
+	n.mu.Lock()
+	impure := n.impure
+	n.mu.Unlock()
 	for i, d := range dirs {
 		last := i == len(dirs)-1
+		upper := d.l == o.upper
 		err := readDirFd(d.fd, func(name string, ino uint64, dtype uint8) error {
-			if _, dup := seen[name]; dup {
+			if j, dup := seen[name]; dup {
+				if j >= 0 && out[j].Type == unix.S_IFDIR && dtype == unix.DT_DIR {
+					fix = append(fix, j)
+					seen[name] = -1
+				}
 				return nil
 			}
 			if !last {
-				seen[name] = struct{}{}
+				seen[name] = -1
 			}
 			typ := dtypeToMode(dtype)
 			switch {
@@ -63,11 +75,24 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 				}
 				typ = st.Mode & unix.S_IFMT
 			}
+			if upper && !last {
+				seen[name] = len(out)
+			}
+			if upper && impure && typ != unix.S_IFDIR {
+				fix = append(fix, len(out))
+			}
 			out = append(out, DirEntry{Name: name, Ino: o.inoFor(d.l, ino), Type: typ})
 			return nil
 		})
 		if err != nil {
 			return nil, err
+		}
+	}
+	var st unix.Stat_t
+	for _, j := range fix {
+		if child, err := n.LookupStat(out[j].Name, &st); err == nil {
+			out[j].Ino = child.ino
+			child.release()
 		}
 	}
 	return out, nil

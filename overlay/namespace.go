@@ -188,19 +188,15 @@ func (o *Overlay) setOpaque(dirfd int, name string) error {
 // It is upper-only: a new directory is pure or opaque.
 func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 	o := n.o
-	pfd := n.upperFd
 	var st unix.Stat_t
-	if err := format.Lstat(pfd, name, &st); err != nil {
+	if err := format.Lstat(n.upperFd, name, &st); err != nil {
 		return nil, err
 	}
-	child := &Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: -1, inUpper: true, parent: n, name: name}
-	if child.kind == unix.S_IFDIR {
-		fd, err := format.OpenAt(pfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return nil, err
-		}
-		child.upperFd = fd
+	fd, err := openReal(n.upperFd, name, st.Mode&unix.S_IFMT, &st)
+	if err != nil {
+		return nil, err
 	}
+	child := &Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: fd, inUpper: true, parent: n, name: name}
 	o.stats.nodes.Add(1)
 	return child, nil
 }
@@ -260,8 +256,14 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	if err := target.copyUp(false); err != nil {
 		return nil, err
 	}
-	tp, tname := target.location()
-	link := func(dirfd int, nm string) error { return unix.Linkat(tp.upperFd, tname, dirfd, nm, 0) }
+	tfd, err := target.real()
+	if err != nil {
+		return nil, err
+	}
+	// Link the inode the node holds, not whatever its name holds now.
+	link := func(dirfd int, nm string) error {
+		return unix.Linkat(unix.AT_FDCWD, format.ProcPath(tfd), dirfd, nm, unix.AT_SYMLINK_FOLLOW)
+	}
 	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
 		return nil, err
 	}

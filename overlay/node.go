@@ -201,7 +201,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	child := &Node{o: o, upperFd: -1, parent: n, name: name}
 	var st unix.Stat_t
 	var topSt unix.Stat_t // stat of the topmost real object
-	var topLayer *layer
+	var lowerDirIno uint64
 	found := false
 	merge := true // whether lower layers still count
 
@@ -214,7 +214,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		case entryWhiteout:
 			return nil, unix.ENOENT
 		case entryDir:
-			fd, err := format.OpenAt(upperFd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+			fd, err := openReal(upperFd, name, unix.S_IFDIR, &st)
 			if err != nil {
 				return nil, err
 			}
@@ -223,11 +223,15 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			child.impure = o.hasXattr(fd, format.Impure)
 			merge = !o.dirOpaque(fd)
 		case entryOther:
-			child.kind, child.inUpper = st.Mode&unix.S_IFMT, true
+			fd, err := openReal(upperFd, name, st.Mode&unix.S_IFMT, &st)
+			if err != nil {
+				return nil, err
+			}
+			child.kind, child.upperFd, child.inUpper = st.Mode&unix.S_IFMT, fd, true
 			merge = false
 		}
 		if k != entryNone {
-			found, topSt, topLayer = true, st, o.upper
+			found, topSt = true, st
 		}
 	}
 	for i := 0; merge && i < len(lowers); i++ {
@@ -248,15 +252,18 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			// ovl_lookup stops at a non-dir under a dir).
 			break
 		}
+		fd, err := openReal(lr.fd, name, st.Mode&unix.S_IFMT, &st)
+		if err != nil {
+			child.release()
+			return nil, err
+		}
 		if k == entryDir {
-			fd, err := format.OpenAt(lr.fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-			if err != nil {
-				child.release()
-				return nil, err
+			if len(child.lowers) == 0 {
+				lowerDirIno = o.inoFor(lr.layer, st.Ino)
 			}
 			child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: o.dirXWhiteouts(fd)})
 			if !found {
-				found, topSt, topLayer, child.kind = true, st, lr.layer, unix.S_IFDIR
+				found, topSt, child.kind = true, st, unix.S_IFDIR
 			}
 			if o.dirOpaque(fd) {
 				break
@@ -264,30 +271,29 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			continue
 		}
 		child.kind = st.Mode & unix.S_IFMT
-		child.lowers = []lowerRef{{layer: lr.layer, fd: -1}}
-		found, topSt, topLayer = true, st, lr.layer
+		child.lowers = []lowerRef{{layer: lr.layer, fd: fd}}
+		found, topSt = true, st
 		break
 	}
 	if !found {
+		child.release()
 		return nil, unix.ENOENT
 	}
-	child.ino = o.inoFor(topLayer, topSt.Ino)
-	if child.inUpper && len(child.lowers) > 0 {
-		// A merged directory keeps the inode number of the lower directory it
-		// was copied up from, as the kernel does with overlay.origin.
-		var lst unix.Stat_t
-		if child.IsDir() && unix.Fstat(child.lowers[0].fd, &lst) == nil {
-			child.ino = o.inoFor(child.lowers[0].layer, lst.Ino)
-		}
-	}
-	if child.inUpper && !child.IsDir() && topSt.Nlink >= 1 {
-		child.ino = o.originIno(n, name, lowers, child.ino)
-	}
-	if !child.inUpper && !child.IsDir() && topSt.Nlink > 1 {
-		// Without an index, copy-up of one name of a lower hard link breaks
-		// the link, as in the kernel with index=off: each name is its own
-		// object, so each gets its own inode number.
+	switch {
+	case child.IsDir() && len(child.lowers) > 0:
+		// A merged or lower directory has the number of its topmost lower
+		// directory, whether or not it has been copied up (kernel: the
+		// origin's st_ino for directories).
+		child.ino = lowerDirIno
+	case child.inUpper:
+		child.ino = o.upperIno(child.upperFd, &topSt, lowers, name)
+	case topSt.Nlink > 1:
+		// Without an index, copy-up of one name of a lower hard link
+		// splits the link, as in the kernel with index=off, so each name is
+		// its own object and needs its own number (see linkIno).
 		child.ino = linkIno(n.ino, name)
+	default:
+		child.ino = o.inoFor(child.lowers[0].layer, topSt.Ino)
 	}
 	*out = topSt
 	out.Ino = child.ino
@@ -298,46 +304,23 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	return child, nil
 }
 
-// originIno returns the inode number a copied-up non-directory had before
-// its copy-up: when its overlay.origin names the object the lower layers
-// still hold at the same path, that object's number (kernel: ovl_check_origin
-// and OVL_CONST_INO). Otherwise it returns def.
-func (o *Overlay) originIno(parent *Node, name string, lowers []lowerRef, def uint64) uint64 {
-	upperFd := parent.upperFd
-	if upperFd < 0 {
-		return def
+// openReal opens name in dirfd as an O_PATH descriptor and checks that it
+// is still of type kind (the layer was not changed between stat and open);
+// st receives its attributes.
+func openReal(dirfd int, name string, kind uint32, st *unix.Stat_t) (int, error) {
+	flags := unix.O_PATH | unix.O_NOFOLLOW
+	if kind == unix.S_IFDIR {
+		flags |= unix.O_DIRECTORY
 	}
-	origin, _ := format.GetxattrAt(upperFd, name, o.names.Name(format.Origin))
-	if len(origin) == 0 {
-		return def
-	}
-	var st unix.Stat_t
-	for _, lr := range lowers {
-		k, err := o.probe(lr.fd, lr.xwh, name, &st)
-		if err != nil || k == entryNone {
-			continue
-		}
-		if k != entryOther {
-			return def
-		}
-		if enc := o.encodeOrigin(lr.layer, lr.fd, name); enc != nil && format.SameOrigin(enc, origin) {
-			return o.inoFor(lr.layer, st.Ino)
-		}
-		return def
-	}
-	return def
-}
-
-// encodeOrigin encodes the file handle of name in dirfd on layer l, or nil.
-func (o *Overlay) encodeOrigin(l *layer, dirfd int, name string) []byte {
-	if !l.hasID {
-		return nil
-	}
-	h, _, err := unix.NameToHandleAt(dirfd, name, 0)
+	fd, err := format.OpenAt(dirfd, name, flags, 0)
 	if err != nil {
-		return nil
+		return -1, err
 	}
-	return format.EncodeOrigin(h.Type(), h.Bytes(), l.uuid)
+	if err := unix.Fstat(fd, st); err != nil || st.Mode&unix.S_IFMT != kind {
+		unix.Close(fd)
+		return -1, unix.ESTALE
+	}
+	return fd, nil
 }
 
 // location returns the node's parent and name.
@@ -361,6 +344,8 @@ func (n *Node) SetLocation(parent *Node, name string) {
 
 // linkIno is the inode number of one name of a multiply-linked lower file:
 // stable for (parent, name), in a range real inode numbers do not reach.
+// Two names of one lower file are two objects until there is an index
+// (kernel: index=on) that keeps them one across copy-up.
 func linkIno(parent uint64, name string) uint64 {
 	h := fnv.New64a()
 	var b [8]byte

@@ -1,0 +1,110 @@
+package overlay
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/format"
+)
+
+// Inode numbers follow the kernel's xino rules (ovl_map_dev_ino), and come
+// from the layers, never from memory, so a node can be forgotten and found
+// again under the same number:
+//   - st_ino is a real inode number with the index of its real filesystem in
+//     the high bits (inoFor), so numbers from different filesystems never
+//     collide; st_dev is the mount's own.
+//   - A directory with a lower part has the number of its topmost lower
+//     directory, before and after copy-up.
+//   - An upper non-directory whose overlay.origin names a lower object with
+//     one link has that object's number, so copy-up does not change it. A
+//     lower file with several links is split by copy-up (there is no index
+//     yet): the copy keeps its own upper number, as in the kernel, so that two
+//     different objects never share a number.
+//   - A lower file with several links: each name is its own object (as in
+//     the kernel with index=off) with its own number, linkIno. Here the
+//     kernel reports the lower number for every name; FUSE cannot, since it
+//     keys its inodes by number.
+//   - Anything else has the number of its topmost real object.
+//
+// readdir reports the same numbers (ReadDir), so d_ino equals st_ino,
+// except for the names of a lower hard link (linkIno).
+
+// upperIno is the inode number of the upper non-directory open at fd (O_PATH)
+// with attributes st. lowers and name say where a lower object of the same
+// name would be; they are used to check the origin when handles cannot be
+// opened (without CAP_DAC_READ_SEARCH).
+func (o *Overlay) upperIno(fd int, st *unix.Stat_t, lowers []lowerRef, name string) uint64 {
+	def := o.inoFor(o.upper, st.Ino)
+	origin, _ := format.Getxattr(fd, o.names.Name(format.Origin))
+	if len(origin) == 0 {
+		return def
+	}
+	var lst unix.Stat_t
+	l := o.originStat(origin, &lst, lowers, name)
+	if l == nil || lst.Nlink != 1 || lst.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
+		return def
+	}
+	return o.inoFor(l, lst.Ino)
+}
+
+// originStat finds the lower object an overlay.origin value names and stats
+// it into st; it returns its layer, or nil when the origin names nothing in
+// the lower layers any more.
+func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, name string) *layer {
+	typ, handle, uuid, ok := format.DecodeOrigin(origin)
+	if !ok {
+		return nil
+	}
+	for _, l := range o.lowers {
+		if !l.hasID || l.uuid != uuid {
+			continue
+		}
+		fd, err := unix.OpenByHandleAt(l.root, unix.NewFileHandle(typ, handle), unix.O_PATH|unix.O_NOFOLLOW)
+		if err == unix.EPERM || err == unix.ENOSYS || err == unix.EOPNOTSUPP {
+			break // cannot open handles: check by name below
+		}
+		if err != nil {
+			continue // a stale handle, or one of another layer on the same filesystem
+		}
+		err = unix.Fstat(fd, st)
+		unix.Close(fd)
+		if err != nil {
+			return nil
+		}
+		return l
+	}
+	// Without handles: the origin counts when the same name in the lower
+	// layers is the object it names (kernel: ovl_check_origin).
+	for _, lr := range lowers {
+		k, err := o.probe(lr.fd, lr.xwh, name, st)
+		if err != nil || k == entryNone {
+			continue
+		}
+		if k != entryOther {
+			return nil
+		}
+		fd, err := format.OpenAt(lr.fd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil
+		}
+		enc := o.encodeOrigin(lr.layer, fd)
+		unix.Close(fd)
+		if enc != nil && format.SameOrigin(enc, origin) {
+			return lr.layer
+		}
+		return nil
+	}
+	return nil
+}
+
+// encodeOrigin encodes the file handle of the object open at fd on layer l,
+// or returns nil.
+func (o *Overlay) encodeOrigin(l *layer, fd int) []byte {
+	if !l.hasID {
+		return nil
+	}
+	h, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		return nil
+	}
+	return format.EncodeOrigin(h.Type(), h.Bytes(), l.uuid)
+}
