@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -51,7 +52,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
-	root := &node{ov: ov, n: ov.Root()}
+	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}}}
 	entry, attr, neg := time.Second, time.Second, time.Second
 	fsName := opts.FsName
 	if fsName == "" {
@@ -119,8 +120,37 @@ func (s *Server) Unmount() error { return s.srv.Unmount() }
 // node is the go-fuse inode of one overlay node.
 type node struct {
 	fs.Inode
-	ov *overlay.Overlay
-	n  *overlay.Node
+	ov   *overlay.Overlay
+	n    *overlay.Node
+	gens *generations
+}
+
+// generations tells objects apart that reuse an inode number: go-fuse
+// keeps an inode until the kernel forgets it, and an upper filesystem may
+// give a removed object's number to a new one before that. Each removal
+// of an object's last known name starts a new generation of its number
+// (FUSE's nodeid generation), so a lookup never finds the old object.
+type generations struct {
+	mu sync.Mutex
+	m  map[uint64]uint64
+}
+
+func (g *generations) get(ino uint64) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.m[ino]
+}
+
+func (g *generations) bump(ino uint64) {
+	g.mu.Lock()
+	g.m[ino]++
+	g.mu.Unlock()
+}
+
+// gone records that the object of n has no name left that go-fuse knows.
+func (p *node) gone(n *overlay.Node) {
+	n.Detach()
+	p.gens.bump(n.Ino())
 }
 
 var (
@@ -159,7 +189,8 @@ func cred(ctx context.Context) overlay.Cred {
 // inode returns the go-fuse inode for an overlay node, reusing the one
 // go-fuse already has for its inode number: one inode per object.
 func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
-	ch := p.NewInode(ctx, &node{ov: p.ov, n: child}, fs.StableAttr{Mode: child.Kind(), Ino: child.Ino()})
+	ino := child.Ino()
+	ch := p.NewInode(ctx, &node{ov: p.ov, n: child, gens: p.gens}, fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: p.gens.get(ino)})
 	if existing := ch.Operations().(*node); existing.n != child {
 		child.Forget()
 		existing.n.SetLocation(p.n, name)
@@ -336,16 +367,20 @@ func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if ch == nil {
 		return 0
 	}
-	// Keep the object reachable through another of its links, if go-fuse
-	// knows one; else it has no name any more.
 	p.RmChild(name)
+	p.forgetName(ch)
+	return 0
+}
+
+// forgetName keeps the object of ch, which just lost a name, reachable
+// through another of its links that go-fuse knows; else it has no name.
+func (p *node) forgetName(ch *fs.Inode) {
 	child := ch.Operations().(*node).n
 	if pname, pp := ch.Parent(); pp != nil {
 		child.SetLocation(pp.Operations().(*node).n, pname)
 	} else {
-		child.Detach()
+		p.gone(child)
 	}
-	return 0
 }
 
 func (p *node) Rmdir(ctx context.Context, name string) syscall.Errno {
@@ -354,14 +389,28 @@ func (p *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return errno(err)
 	}
 	if child != nil {
-		child.Detach()
+		p.gone(child)
 	}
 	return 0
 }
 
 func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np := newParent.(*node)
-	return errno(p.n.Rename(name, p.childNode(name), np.n, newName, np.childNode(newName), flags))
+	tch := np.GetChild(newName)
+	var target *overlay.Node
+	if tch != nil {
+		target = tch.Operations().(*node).n
+	}
+	if err := p.n.Rename(name, p.childNode(name), np.n, newName, target, flags); err != nil {
+		return errno(err)
+	}
+	if tch != nil && flags&unix.RENAME_EXCHANGE == 0 {
+		// The replaced object may live on under another name go-fuse
+		// knows (a hard link); else it has none left.
+		np.RmChild(newName)
+		p.forgetName(tch)
+	}
+	return 0
 }
 
 func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {

@@ -6,16 +6,78 @@ import (
 	"github.com/ovl-project/ovl/format"
 )
 
-// real returns the O_PATH descriptor of the object's topmost real object.
-// It stays open until the node is forgotten, even after copy-up, so a
-// caller may use it without holding any lock.
-func (n *Node) real() (int, error) {
+// real returns an O_PATH descriptor of the object's topmost real object
+// and a function that releases it. A directory holds its descriptors for
+// its lifetime. A non-directory holds none (there may be far more of them
+// than a process may open): it is opened by name in its parent's layer
+// directory, and the inode found must be the one the node stands for, so a
+// stale name gives ESTALE, never another object.
+func (n *Node) real() (int, func(), error) {
+	if n.IsDir() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if fd := n.realFd(); fd >= 0 {
+			return fd, func() {}, nil
+		}
+		return -1, nil, unix.ESTALE
+	}
+	var err error
+	for try := 0; try < 2; try++ { // again if a copy-up moved it meanwhile
+		var dirfd, fd int
+		var name string
+		if dirfd, name, err = n.realAt(); err != nil {
+			return -1, nil, err
+		}
+		if fd, err = format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0); err != nil {
+			if err != unix.ENOENT {
+				return -1, nil, err
+			}
+			err = unix.ESTALE
+			continue
+		}
+		var st unix.Stat_t
+		if err = unix.Fstat(fd, &st); err == nil && n.isReal(&st) {
+			return fd, func() { unix.Close(fd) }, nil
+		}
+		unix.Close(fd)
+		err = unix.ESTALE
+	}
+	return -1, nil, err
+}
+
+// isReal reports whether st is the node's real object.
+func (n *Node) isReal(st *unix.Stat_t) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if fd := n.realFd(); fd >= 0 {
-		return fd, nil
+	return st.Ino == n.realIno && st.Mode&unix.S_IFMT == n.kind
+}
+
+// realAt returns the layer directory and name where the non-directory n's
+// topmost real object is.
+func (n *Node) realAt() (int, string, error) {
+	parent, name := n.location()
+	if parent == nil {
+		return -1, "", unix.ESTALE
 	}
-	return -1, unix.ESTALE
+	n.mu.Lock()
+	inUpper := n.inUpper
+	var l *layer
+	if len(n.lowers) > 0 {
+		l = n.lowers[0].layer
+	}
+	n.mu.Unlock()
+	fd := -1
+	if inUpper {
+		parent.mu.Lock()
+		fd = parent.upperFd
+		parent.mu.Unlock()
+	} else {
+		fd = parent.lowerFd(l)
+	}
+	if fd < 0 {
+		return -1, "", unix.ESTALE
+	}
+	return fd, name, nil
 }
 
 // Getattr stats the object (kernel: ovl_getattr): the topmost real object's
@@ -23,12 +85,23 @@ func (n *Node) real() (int, error) {
 // one link, as the kernel does, since counting its entries would cost a
 // readdir of every layer.
 func (n *Node) Getattr(st *unix.Stat_t) error {
-	fd, err := n.real()
-	if err != nil {
-		return err
-	}
-	if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return err
+	if n.IsDir() {
+		fd, _, err := n.real()
+		if err != nil {
+			return err
+		}
+		if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	} else {
+		// One stat by name, checked, instead of open, stat and close.
+		dirfd, name, err := n.realAt()
+		if err != nil {
+			return err
+		}
+		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil || !n.isReal(st) {
+			return unix.ESTALE
+		}
 	}
 	st.Ino = n.ino
 	if n.IsDir() {
@@ -61,10 +134,11 @@ func (n *Node) Setattr(a SetAttr, fd int) error {
 	} else if err := n.copyUp(false); err != nil {
 		return err
 	}
-	pathFd, err := n.real()
+	pathFd, done, err := n.real()
 	if err != nil {
 		return err
 	}
+	defer done()
 	p := format.ProcPath(pathFd)
 	if a.Uid != nil || a.Gid != nil {
 		uid, gid := -1, -1
@@ -135,10 +209,11 @@ func (n *Node) Open(flags int) (int, error) {
 	if n.kind != unix.S_IFREG {
 		return -1, unix.EINVAL // FUSE opens only regular files
 	}
-	pfd, err := n.real()
+	pfd, done, err := n.real()
 	if err != nil {
 		return -1, err
 	}
+	defer done()
 	// Reopen the very inode the node holds: no name is resolved again, so
 	// a rename or unlink in the layer cannot make this open another file.
 	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_NOFOLLOW
@@ -150,10 +225,11 @@ func (n *Node) Readlink() (string, error) {
 	if n.kind != unix.S_IFLNK {
 		return "", unix.EINVAL
 	}
-	fd, err := n.real()
+	fd, done, err := n.real()
 	if err != nil {
 		return "", err
 	}
+	defer done()
 	return readlinkFd(fd)
 }
 
@@ -161,10 +237,11 @@ func (n *Node) Readlink() (string, error) {
 // escaped, so users reach theirs, never the overlay's (kernel: ovl_xattr_get).
 func (n *Node) Getxattr(name string) ([]byte, error) {
 	name = n.o.names.Escape(name)
-	fd, err := n.real()
+	fd, done, err := n.real()
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	v, err := format.Getxattr(fd, name)
 	if err != nil {
 		return nil, err
@@ -177,10 +254,11 @@ func (n *Node) Getxattr(name string) ([]byte, error) {
 
 // Listxattr lists the xattr names, without the overlay's own.
 func (n *Node) Listxattr() ([]string, error) {
-	fd, err := n.real()
+	fd, done, err := n.real()
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	names, err := format.Listxattr(fd)
 	if err != nil {
 		return nil, err
@@ -201,10 +279,11 @@ func (n *Node) Setxattr(name string, value []byte, flags int) error {
 	if err := n.copyUp(false); err != nil {
 		return err
 	}
-	fd, err := n.real()
+	fd, done, err := n.real()
 	if err != nil {
 		return err
 	}
+	defer done()
 	return format.Setxattr(fd, name, value, flags)
 }
 
@@ -218,10 +297,11 @@ func (n *Node) Removexattr(name string) error {
 	if err := n.copyUp(false); err != nil {
 		return err
 	}
-	fd, err := n.real()
+	fd, done, err := n.real()
 	if err != nil {
 		return err
 	}
+	defer done()
 	return format.Removexattr(fd, name)
 }
 

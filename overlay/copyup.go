@@ -36,14 +36,30 @@ func (n *Node) copyUp(noData bool) error {
 	if err := parent.copyUp(false); err != nil {
 		return err
 	}
-	if len(n.lowers) == 0 || n.lowers[0].fd < 0 {
+	if len(n.lowers) == 0 {
 		return fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)
 	}
 	src := n.lowers[0]
+	if !n.IsDir() {
+		// n.mu is held: find the lower object the way real does.
+		dirfd := parent.lowerFd(src.layer)
+		if dirfd < 0 {
+			return fmt.Errorf("copy up %s: parent lost its lower: %w", name, unix.EIO)
+		}
+		fd, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return fmt.Errorf("copy up %s: %w", name, err)
+		}
+		defer unix.Close(fd)
+		src.fd = fd
+	}
 
 	var st unix.Stat_t
 	if err := unix.Fstat(src.fd, &st); err != nil {
 		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	if !n.IsDir() && (st.Ino != n.realIno || st.Mode&unix.S_IFMT != n.kind) {
+		return fmt.Errorf("copy up %s: the lower layer changed: %w", name, unix.ESTALE)
 	}
 	tmp := format.TempName(o.tempSeq.Add(1))
 	cleanup := func() { unix.Unlinkat(o.work, tmp, 0); unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR) }
@@ -81,13 +97,20 @@ func (n *Node) copyUp(noData bool) error {
 		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
 		o.markImpure(parent)
 	}
-	// The lower descriptor stays open until the node is forgotten: another
-	// thread may be using it right now.
-	fd, err := openReal(pfd, name, n.kind, &st)
-	if err != nil {
-		return fmt.Errorf("copy up %s: %w", name, err)
+	if n.IsDir() {
+		// The lower descriptor stays open until the node is forgotten:
+		// another thread may be using it right now.
+		fd, err := openReal(pfd, name, n.kind, &st)
+		if err != nil {
+			return fmt.Errorf("copy up %s: %w", name, err)
+		}
+		n.upperFd = fd
+	} else {
+		if err := format.Lstat(pfd, name, &st); err != nil {
+			return fmt.Errorf("copy up %s: %w", name, err)
+		}
+		n.realIno = st.Ino
 	}
-	n.upperFd = fd
 	n.inUpper = true
 	o.stats.copyUps.Add(1)
 	o.stats.copyUpBytes.Add(uint64(copied))

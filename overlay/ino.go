@@ -28,13 +28,13 @@ import (
 // readdir reports the same numbers (ReadDir), so d_ino equals st_ino,
 // except for the names of a lower hard link (linkIno).
 
-// upperIno is the inode number of the upper non-directory open at fd (O_PATH)
-// with attributes st. lowers and name say where a lower object of the same
-// name would be; they are used to check the origin when handles cannot be
+// upperIno is the inode number of the upper non-directory name in the upper
+// directory dirfd, with attributes st. lowers are the parent's lower
+// directories, where the origin is checked by name when handles cannot be
 // opened (without CAP_DAC_READ_SEARCH).
-func (o *Overlay) upperIno(fd int, st *unix.Stat_t, lowers []lowerRef, name string) uint64 {
+func (o *Overlay) upperIno(dirfd int, name string, st *unix.Stat_t, lowers []lowerRef) uint64 {
 	def := o.inoFor(o.upper, st.Ino)
-	origin, _ := format.Getxattr(fd, o.names.Name(format.Origin))
+	origin, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Origin))
 	if len(origin) == 0 {
 		return def
 	}

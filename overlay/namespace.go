@@ -117,6 +117,13 @@ func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 			unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
 			return err
 		}
+		if isDir && o.followRedirects && len(n.lowers) > 0 {
+			// With redirects followed, a lower directory may later be
+			// found under this name; a new directory must not merge with
+			// it. The kernel sets this where it forbids offline changes
+			// to the lower layers (ovl_create_upper); failure is harmless.
+			o.setOpaque(pfd, name)
+		}
 		return nil
 	}
 	tmp := format.TempName(o.tempSeq.Add(1))
@@ -192,11 +199,14 @@ func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 	if err := format.Lstat(n.upperFd, name, &st); err != nil {
 		return nil, err
 	}
-	fd, err := openReal(n.upperFd, name, st.Mode&unix.S_IFMT, &st)
-	if err != nil {
-		return nil, err
+	child := &Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name}
+	if child.kind == unix.S_IFDIR {
+		fd, err := openReal(n.upperFd, name, unix.S_IFDIR, &st)
+		if err != nil {
+			return nil, err
+		}
+		child.upperFd = fd
 	}
-	child := &Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: fd, inUpper: true, parent: n, name: name}
 	o.stats.nodes.Add(1)
 	return child, nil
 }
@@ -256,10 +266,11 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	if err := target.copyUp(false); err != nil {
 		return nil, err
 	}
-	tfd, err := target.real()
+	tfd, done, err := target.real()
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	// Link the inode the node holds, not whatever its name holds now.
 	link := func(dirfd int, nm string) error {
 		return unix.Linkat(unix.AT_FDCWD, format.ProcPath(tfd), dirfd, nm, unix.AT_SYMLINK_FOLLOW)

@@ -3,6 +3,7 @@ package overlay
 import (
 	"encoding/binary"
 	"hash/fnv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +22,9 @@ type Node struct {
 	mu sync.Mutex // copy-up lock; guards the fields below (written also under parent's dirMu)
 	// upperFd is the O_PATH fd of the upper directory (directories), or -1.
 	upperFd int
+	// realIno is the inode number of a non-directory's topmost real object,
+	// which checks that its name still holds it (see real).
+	realIno uint64
 	// inUpper: the object exists in the upper layer.
 	inUpper bool
 	// lowers: for a directory, the lower directories it merges, top first,
@@ -30,6 +34,10 @@ type Node struct {
 	upperXWh bool
 	// impure: the upper directory is marked overlay.impure.
 	impure bool
+	// redirect: the directory's overlay.redirect, where its lower part is
+	// (relative: a name in the parent's lower directories; absolute: a path
+	// from the lower roots).
+	redirect string
 
 	dirMu sync.Mutex // directories: serialises namespace changes inside
 
@@ -223,57 +231,110 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			child.impure = o.hasXattr(fd, format.Impure)
 			merge = !o.dirOpaque(fd)
 		case entryOther:
-			fd, err := openReal(upperFd, name, st.Mode&unix.S_IFMT, &st)
-			if err != nil {
-				return nil, err
-			}
-			child.kind, child.upperFd, child.inUpper = st.Mode&unix.S_IFMT, fd, true
+			child.kind, child.inUpper, child.realIno = st.Mode&unix.S_IFMT, true, st.Ino
 			merge = false
 		}
 		if k != entryNone {
 			found, topSt = true, st
 		}
 	}
-	for i := 0; merge && i < len(lowers); i++ {
-		lr := lowers[i]
-		k, err := o.probe(lr.fd, lr.xwh, name, &st)
+	// Where the lower layers hold the object: look is the name in the
+	// parent's lower directories, or an absolute path from the lower roots
+	// once an absolute redirect was met (kernel: ovl_lookup, d.name and
+	// poe = roe).
+	look, cands, fromRoot := name, lowers, false
+	if merge && child.upperFd >= 0 && o.followRedirects {
+		r, err := o.redirectOf(child.upperFd)
 		if err != nil {
 			child.release()
 			return nil, err
 		}
-		if k == entryNone {
-			continue
+		if r != "" {
+			child.redirect, look = r, r
+			if r[0] == '/' {
+				cands, fromRoot = o.root.lowers, true
+			}
 		}
-		if k == entryWhiteout {
-			break
-		}
-		if found && (child.kind != unix.S_IFDIR || k != entryDir) {
-			// A non-directory below a directory ends the merge (kernel:
-			// ovl_lookup stops at a non-dir under a dir).
-			break
-		}
-		fd, err := openReal(lr.fd, name, st.Mode&unix.S_IFMT, &st)
+	}
+	for i := 0; merge && i < len(cands); i++ {
+		lr := cands[i]
+		w, err := o.walkLower(lr, look)
 		if err != nil {
 			child.release()
 			return nil, err
 		}
-		if k == entryDir {
-			if len(child.lowers) == 0 {
-				lowerDirIno = o.inoFor(lr.layer, st.Ino)
+		k := entryNone
+		if w.found {
+			k, err = o.probe(w.dirfd, w.xwh, w.leaf, &st)
+		}
+		if err != nil || k == entryNone || k == entryWhiteout {
+			w.close()
+			if err != nil {
+				child.release()
+				return nil, err
 			}
-			child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: o.dirXWhiteouts(fd)})
-			if !found {
-				found, topSt, child.kind = true, st, unix.S_IFDIR
-			}
-			if o.dirOpaque(fd) {
+			if k == entryWhiteout {
 				break
 			}
 			continue
 		}
-		child.kind = st.Mode & unix.S_IFMT
-		child.lowers = []lowerRef{{layer: lr.layer, fd: fd}}
-		found, topSt = true, st
-		break
+		if found && (child.kind != unix.S_IFDIR || k != entryDir) {
+			// A non-directory below a directory ends the merge (kernel:
+			// ovl_lookup stops at a non-dir under a dir).
+			w.close()
+			break
+		}
+		if k != entryDir {
+			// Non-directories hold no descriptor: they are found by name
+			// in their parent's layer directory (see Node.real).
+			w.close()
+			child.kind, child.realIno = st.Mode&unix.S_IFMT, st.Ino
+			child.lowers = []lowerRef{{layer: lr.layer, fd: -1}}
+			found, topSt = true, st
+			break
+		}
+		fd, err := openReal(w.dirfd, w.leaf, unix.S_IFDIR, &st)
+		w.close()
+		if err != nil {
+			child.release()
+			return nil, err
+		}
+		if len(child.lowers) == 0 {
+			lowerDirIno = o.inoFor(lr.layer, st.Ino)
+		}
+		child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: o.dirXWhiteouts(fd)})
+		if !found {
+			found, topSt, child.kind = true, st, unix.S_IFDIR
+		}
+		if o.dirOpaque(fd) || w.stop {
+			break
+		}
+		if !o.followRedirects || i == len(cands)-1 {
+			continue
+		}
+		// A lower layer written by another overlay may redirect too.
+		r, err := o.redirectOf(fd)
+		if err != nil {
+			child.release()
+			return nil, err
+		}
+		switch {
+		case r == "":
+		case r[0] == '/':
+			look = r
+			if !fromRoot {
+				cands, fromRoot = o.root.lowers, true
+				for j, rl := range cands {
+					if rl.layer == lr.layer {
+						i = j
+					}
+				}
+			}
+		case look[0] == '/':
+			look = look[:strings.LastIndexByte(look, '/')+1] + r
+		default:
+			look = r
+		}
 	}
 	if !found {
 		child.release()
@@ -286,7 +347,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		// origin's st_ino for directories).
 		child.ino = lowerDirIno
 	case child.inUpper:
-		child.ino = o.upperIno(child.upperFd, &topSt, lowers, name)
+		child.ino = o.upperIno(upperFd, name, &topSt, lowers)
 	case topSt.Nlink > 1:
 		// Without an index, copy-up of one name of a lower hard link
 		// splits the link, as in the kernel with index=off, so each name is

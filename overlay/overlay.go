@@ -51,6 +51,34 @@ type Config struct {
 	UserXattr bool
 	// Volatile skips every fsync of the upper, as the kernel's "volatile" option.
 	Volatile bool
+	// RedirectDir is the kernel's redirect_dir=: "on" renames directories
+	// that have a lower part by writing overlay.redirect, and follows
+	// redirects; "follow" and "off" follow them but rename such
+	// directories with EXDEV; "nofollow" ignores them. Empty means "on",
+	// or "nofollow" with UserXattr (the kernel refuses redirects there).
+	RedirectDir string
+}
+
+// redirectMode resolves Config.RedirectDir: whether redirects are made and
+// whether they are followed.
+func (c Config) redirectMode() (create, follow bool, err error) {
+	switch c.RedirectDir {
+	case "":
+		return !c.UserXattr, !c.UserXattr, nil
+	case "on":
+		if c.UserXattr {
+			return false, false, errors.New("redirect_dir=on conflicts with userxattr (the kernel does not follow redirects in user.overlay.*)")
+		}
+		return true, true, nil
+	case "follow", "off":
+		if c.UserXattr && c.RedirectDir == "follow" {
+			return false, false, errors.New("redirect_dir=follow conflicts with userxattr")
+		}
+		return false, !c.UserXattr, nil
+	case "nofollow":
+		return false, false, nil
+	}
+	return false, false, fmt.Errorf("redirect_dir=%s: want on, follow, nofollow or off", c.RedirectDir)
 }
 
 // Stats counts what the overlay has done since it was created.
@@ -90,6 +118,9 @@ type Overlay struct {
 	tempSeq  atomic.Uint64
 	xinoBits uint // high bits that carry the filesystem index in inode numbers
 
+	createRedirects bool // rename directories with a lower part (overlay.redirect)
+	followRedirects bool // lookups follow overlay.redirect
+
 	stats struct {
 		copyUps, copyUpBytes, whiteouts, lookups atomic.Uint64
 		nodes                                    atomic.Int64
@@ -109,9 +140,14 @@ func New(cfg Config) (*Overlay, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, errors.New("upperdir and workdir must be given together")
 	}
+	createRedirects, followRedirects, err := cfg.redirectMode()
+	if err != nil {
+		return nil, err
+	}
 	raiseFileLimit()
 	syscall.Umask(0)
-	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1, lockWorkFd: -1}
+	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1, lockWorkFd: -1,
+		createRedirects: createRedirects, followRedirects: followRedirects}
 	ok := false
 	defer func() {
 		if !ok {

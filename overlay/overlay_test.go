@@ -145,9 +145,22 @@ func TestCopyUpAndWhiteouts(t *testing.T) {
 	if err := r.Rmdir("d"); err != unix.ENOTEMPTY {
 		t.Errorf("rmdir of non-empty merged dir: %v, want ENOTEMPTY", err)
 	}
-	// A directory with a lower part cannot move without redirects.
-	if err := r.Rename("d", nil, r, "d2", nil, 0); err != unix.EXDEV {
-		t.Errorf("rename of merged dir: %v, want EXDEV", err)
+	// A directory with a lower part moves by a redirect to its old name,
+	// and its old name is whited out.
+	if err := r.Rename("d", nil, r, "d2", nil, 0); err != nil {
+		t.Errorf("rename of merged dir: %v", err)
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Getxattr(filepath.Join(root, "u/d2"), format.TrustedPrefix+format.Redirect, buf); err != nil || string(buf[:n]) != "d" {
+		t.Errorf("redirect of renamed dir = %q, %v; want \"d\"", buf[:max(n, 0)], err)
+	}
+	if err := unix.Lstat(filepath.Join(root, "u/d"), &st); err != nil || !format.IsWhiteoutStat(&st) {
+		t.Errorf("rename of a merged dir left no whiteout")
+	}
+	if d2, err := r.Lookup("d2"); err != nil {
+		t.Errorf("lookup of renamed dir: %v", err)
+	} else if ents, err := d2.ReadDir(); err != nil || len(ents) == 0 {
+		t.Errorf("renamed dir lost its lower entries: %v %v", ents, err)
 	}
 	// mkdir over a whiteout makes an opaque directory.
 	if _, err := r.Mkdir("only2", 0o755, Cred{}); err != nil {
@@ -163,7 +176,7 @@ func TestCopyUpAndWhiteouts(t *testing.T) {
 	if err := unix.Lstat(filepath.Join(root, "u/a"), &st); err != nil || !format.IsWhiteoutStat(&st) {
 		t.Errorf("rename of a lower file left no whiteout")
 	}
-	if got, want := names(t, r), []string{"b", "d", "od", "only2"}; !equal(got, want) {
+	if got, want := names(t, r), []string{"b", "d2", "od", "only2"}; !equal(got, want) {
 		t.Errorf("root lists %v, want %v", got, want)
 	}
 }

@@ -14,8 +14,8 @@ func (n *Node) mergeOrLower() bool { return len(n.lowers) > 0 }
 // old is the node of the source and target that of the destination (nil if
 // none); callers that track nodes pass theirs so copy-up and locations
 // update the objects they hold. flags are RENAME_NOREPLACE and
-// RENAME_EXCHANGE. Without redirects a directory with a lower part cannot
-// move: EXDEV, as the kernel's default.
+// RENAME_EXCHANGE. A directory with a lower part moves by recording a
+// redirect (see redirect.go); without redirects it cannot move: EXDEV.
 func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, target *Node, flags uint32) error {
 	o := n.o
 	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
@@ -53,10 +53,10 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	if flags&unix.RENAME_NOREPLACE != 0 && target != nil {
 		return unix.EEXIST
 	}
-	if old.IsDir() && old.mergeOrLower() {
+	if old.IsDir() && old.mergeOrLower() && !o.createRedirects {
 		return unix.EXDEV
 	}
-	if exchange && target.IsDir() && target.mergeOrLower() {
+	if exchange && target.IsDir() && target.mergeOrLower() && !o.createRedirects {
 		return unix.EXDEV
 	}
 	if target != nil && !exchange {
@@ -88,6 +88,17 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	}
 	if exchange {
 		if err := target.copyUp(false); err != nil {
+			return err
+		}
+	}
+	samedir := n == newParent
+	if old.IsDir() && old.mergeOrLower() {
+		if err := o.setRedirect(old, samedir); err != nil {
+			return err
+		}
+	}
+	if exchange && target.IsDir() && target.mergeOrLower() {
+		if err := o.setRedirect(target, samedir); err != nil {
 			return err
 		}
 	}
@@ -148,12 +159,12 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	// A pure upper directory moving under a merged parent must not start
 	// merging with what the lower layers hold there.
 	// (kernel: ovl_set_opaque_xerr in ovl_rename, whenever the new parent merges).
-	if old.IsDir() && len(newParent.lowers) > 0 && !o.dirOpaque(old.upperFd) {
+	if old.IsDir() && !old.mergeOrLower() && len(newParent.lowers) > 0 && !o.dirOpaque(old.upperFd) {
 		if err := format.Setxattr(old.upperFd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
 			return unix.EXDEV
 		}
 	}
-	if exchange && target.IsDir() && len(n.lowers) > 0 && !o.dirOpaque(target.upperFd) {
+	if exchange && target.IsDir() && !target.mergeOrLower() && len(n.lowers) > 0 && !o.dirOpaque(target.upperFd) {
 		if err := format.Setxattr(target.upperFd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
 			return unix.EXDEV
 		}

@@ -228,6 +228,7 @@ func TestCLIErrors(t *testing.T) {
 	}{
 		{"unknown option", []string{"mount", "-o", cliLayerOpts + ",bogus", "m"}, []string{"unknown option", "bogus"}},
 		{"refused option", []string{"mount", "-o", cliLayerOpts + ",index=on", "m"}, []string{`"index=on"`, "not supported", "index=off"}},
+		{"redirects with userxattr", []string{"mount", "-o", cliLayerOpts + ",userxattr,redirect_dir=on", "m"}, []string{"redirect_dir=on", "userxattr"}},
 		{"refused fuse-overlayfs option", []string{"-o", cliLayerOpts + ",uidmapping=0:1000:1", "m"}, []string{"uidmapping", "not supported"}},
 		{"missing lowerdir", []string{"mount", "-o", "upperdir=u,workdir=w", "m"}, []string{"missing lowerdir"}},
 		{"upperdir without workdir", []string{"mount", "-o", "lowerdir=l1,upperdir=u", "m"}, []string{"upperdir", "workdir"}},

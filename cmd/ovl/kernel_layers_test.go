@@ -84,9 +84,15 @@ func TestKernelThreeLowers(t *testing.T) {
 		kcCheckUpper(p, "deep", "dir", kcAttrs(0o750, 5, 6))
 		kcCheckUpper(p, "deep/x/y/z/t2", "file")
 		kcCheckUpper(p, "xw/keep", "whiteout")
-		// The whiteout is in a lower layer, so the kernel makes a plain
-		// directory (lookup stops at the lower whiteout anyway).
-		kcCheckUpper(p, "gonedir", "dir", kcNotOpaque)
+		// The whiteout is in a lower layer, so without redirects the kernel
+		// makes a plain directory (lookup stops at the lower whiteout
+		// anyway); where redirects are followed, a new directory in a merged
+		// parent is always opaque (ovl_create_upper).
+		if p.Cfg.Options.Redirect() == "nofollow" {
+			kcCheckUpper(p, "gonedir", "dir", kcNotOpaque)
+		} else {
+			kcCheckUpper(p, "gonedir", "dir", kcOpaque)
+		}
 		p.OpsExpect(nil, []syscall.Errno{syscall.ENOENT}, kcOp("lstat", "gonedir/f"))
 		p.Finish()
 	})

@@ -70,8 +70,10 @@ Options (as the kernel's overlayfs; "\" escapes "," and ":"):
   upperdir=U, workdir=W   the writable layer and its work directory (same filesystem)
   userxattr         keep overlay xattrs in user.overlay.* (unprivileged mounts)
   volatile, fsync=ordered|volatile   skip or keep fsync on the upper
-  redirect_dir=off|nofollow, index=off, metacopy=off, nfs_export=off, uuid=null|off,
-  verity=off, xino=off|auto        accepted; other values are not supported yet
+  redirect_dir=on|follow|nofollow|off   directory renames by redirect (default on;
+                    nofollow with userxattr)
+  index=off, metacopy=off, nfs_export=off, uuid=null|off, verity=off,
+  xino=off|auto     accepted; other values are not supported yet
   ro, rw, nosuid, suid, nodev, dev, noexec, exec, allow_other, allow_root,
   default_permissions, fsname=NAME, debug, log=FILE
   As root the mount allows other users and keeps setuid and device files;

@@ -13,10 +13,10 @@ import (
 type Options struct {
 	// UserXattr uses user.overlay.* instead of trusted.overlay.*.
 	UserXattr bool
-	// RedirectDir is the kernel's redirect_dir= value. "nofollow" (redirects
-	// neither created nor followed; the only value other than "on" that
-	// userxattr accepts) matches ovl without redirects: renaming a lower or
-	// merged directory fails with EXDEV. "on" creates overlay.redirect.
+	// RedirectDir is the redirect_dir= value both sides get. Empty means
+	// ovl's default: "on" (renaming a lower or merged directory writes
+	// overlay.redirect), or "nofollow" with userxattr, where the kernel
+	// refuses redirects (such renames fail with EXDEV).
 	RedirectDir string
 	// Index, Metacopy, Xino are the kernel's index=, metacopy=, xino=.
 	Index, Metacopy, Xino string
@@ -28,15 +28,26 @@ type Options struct {
 	OvlExtra []string
 }
 
-// DefaultOptions is what ovl implements now: no redirects, no index, no
-// metacopy, no xino, no uuid.
+// DefaultOptions is what ovl does by default: redirects (not with
+// userxattr), no index, no metacopy, no xino, no uuid.
 func DefaultOptions() Options {
-	return Options{RedirectDir: "nofollow", Index: "off", Metacopy: "off", Xino: "off", UUID: "off"}
+	return Options{Index: "off", Metacopy: "off", Xino: "off", UUID: "off"}
+}
+
+// Redirect is the effective redirect_dir= value.
+func (o Options) Redirect() string {
+	switch {
+	case o.RedirectDir != "":
+		return o.RedirectDir
+	case o.UserXattr:
+		return "nofollow"
+	}
+	return "on"
 }
 
 // RedirectsEnabled reports whether renaming a lower or merged directory
 // succeeds (with overlay.redirect) instead of failing with EXDEV.
-func (o Options) RedirectsEnabled() bool { return o.RedirectDir == "on" }
+func (o Options) RedirectsEnabled() bool { return o.Redirect() == "on" }
 
 // Prefix is the overlay xattr prefix for these options.
 func (o Options) Prefix() string { return OverlayPrefix(o.UserXattr) }
@@ -78,7 +89,7 @@ func (o Options) KernelOptions(l Layout) string {
 			opts = append(opts, k+"="+v)
 		}
 	}
-	add("redirect_dir", o.RedirectDir)
+	add("redirect_dir", o.Redirect())
 	add("index", o.Index)
 	add("metacopy", o.Metacopy)
 	add("xino", o.Xino)
@@ -92,8 +103,8 @@ func (o Options) OvlOptions(l Layout) string {
 	if o.ReadOnly {
 		opts = append(opts, "ro")
 	}
-	if o.RedirectDir == "on" {
-		opts = append(opts, "redirect_dir=on")
+	if o.RedirectDir != "" {
+		opts = append(opts, "redirect_dir="+o.RedirectDir)
 	}
 	opts = append(opts, o.OvlExtra...)
 	return strings.Join(opts, ",")

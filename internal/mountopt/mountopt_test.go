@@ -147,6 +147,18 @@ func TestParseOverlayFlags(t *testing.T) {
 	}
 }
 
+func TestParseRedirectDir(t *testing.T) {
+	for _, v := range []string{"on", "follow", "nofollow", "off"} {
+		r := mustParse(t, true, "lowerdir=/a,redirect_dir="+v)
+		if r.Overlay.RedirectDir != v {
+			t.Errorf("redirect_dir=%s: RedirectDir = %q", v, r.Overlay.RedirectDir)
+		}
+	}
+	if r := mustParse(t, true, "lowerdir=/a"); r.Overlay.RedirectDir != "" {
+		t.Errorf("default RedirectDir = %q, want empty (the overlay's default)", r.Overlay.RedirectDir)
+	}
+}
+
 func TestParseAccepted(t *testing.T) {
 	for _, opt := range []string{
 		"redirect_dir=off", "redirect_dir=nofollow", "index=off", "metacopy=off",
@@ -198,8 +210,7 @@ func TestParseErrors(t *testing.T) {
 		{"lowerdir=/a,userxattr=1", `option "userxattr" takes no value`},
 		{"lowerdir=/a,index", `option "index" needs a value`},
 		{"lowerdir=/a,index=maybe", `invalid value "maybe" (want one of off, on)`},
-		{"lowerdir=/a,redirect_dir=on", `option "redirect_dir=on" is not supported yet (ovl writes and follows no redirects); use redirect_dir=off`},
-		{"lowerdir=/a,redirect_dir=follow", `option "redirect_dir=follow" is not supported yet`},
+		{"lowerdir=/a,redirect_dir=sometimes", `option "redirect_dir" has an invalid value "sometimes"`},
 		{"lowerdir=/a,index=on", `option "index=on" is not supported yet (ovl writes no index); use index=off`},
 		{"lowerdir=/a,metacopy=on", `option "metacopy=on" is not supported yet`},
 		{"lowerdir=/a,nfs_export=on", `option "nfs_export=on" is not supported yet`},

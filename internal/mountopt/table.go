@@ -40,8 +40,8 @@ var options = map[string]option{
 
 	// Kernel features that change what lands on disk.
 	"redirect_dir": {
-		values: map[string]bool{"on": false, "follow": false, "nofollow": true, "off": true},
-		lacks:  "ovl writes and follows no redirects", use: "redirect_dir=off",
+		values: map[string]bool{"on": true, "follow": true, "nofollow": true, "off": true},
+		set:    func(s *state, v string) error { s.res.Overlay.RedirectDir = v; return nil },
 	},
 	"index": {
 		values: map[string]bool{"on": false, "off": true},
