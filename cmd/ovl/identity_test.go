@@ -11,12 +11,14 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"syscall"
 	"testing"
 
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
+	"github.com/ovl-project/ovl/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -140,6 +142,9 @@ var copyUpEverything = []k.Op{
 // pseudo devices for non-directories (st_ino alone collides); with xino=on
 // it puts the layer in the high bits of st_ino.
 func TestIdentityStDevIno(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		testutil.Skip(t, "needs mkfs.ext4 for a lower on its own ext4: %v", err)
+	}
 	for _, xino := range []string{"off", "on"} {
 		t.Run("kernel_xino="+xino, func(t *testing.T) {
 			opts := k.DefaultOptions()
