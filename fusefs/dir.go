@@ -10,13 +10,16 @@ import (
 	"github.com/ovl-project/ovl/overlay"
 )
 
-// dir is an open directory: the merged listing taken at opendir (as the
-// kernel caches it per open file), with "." and ".." first. Offsets are
-// positions in that list, so telldir/seekdir are exact within one open.
+// dir is an open directory: the merged listing taken at the first readdir
+// and again at each rewind (as the kernel's overlayfs caches it per open
+// file), with "." and ".." first. Offsets are positions in that list, so
+// telldir/seekdir are exact within one listing, and names that stay are
+// listed once however the directory changes meanwhile.
 type dir struct {
-	n    *overlay.Node
-	ents []fuse.DirEntry
-	pos  int
+	n         *overlay.Node
+	parentIno uint64
+	ents      []fuse.DirEntry // nil: not listed yet
+	pos       int
 }
 
 var (
@@ -25,21 +28,35 @@ var (
 	_ fs.FileFsyncdirer   = (*dir)(nil)
 )
 
-func newDir(n *overlay.Node, ents []overlay.DirEntry, parentIno uint64) *dir {
-	d := &dir{n: n, ents: make([]fuse.DirEntry, 0, len(ents)+2)}
+func newDir(n *overlay.Node, parentIno uint64) *dir {
+	return &dir{n: n, parentIno: parentIno}
+}
+
+// list takes the merged listing.
+func (d *dir) list() syscall.Errno {
+	ents, err := d.n.ReadDir()
+	if err != nil {
+		return errno(err)
+	}
+	d.ents = make([]fuse.DirEntry, 0, len(ents)+2)
 	d.ents = append(d.ents,
-		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: n.Ino()},
-		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno})
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.Ino()},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: d.parentIno})
 	for _, e := range ents {
 		d.ents = append(d.ents, fuse.DirEntry{Name: e.Name, Mode: e.Type, Ino: e.Ino})
 	}
 	for i := range d.ents {
 		d.ents[i].Off = uint64(i + 1)
 	}
-	return d
+	return 0
 }
 
 func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if d.ents == nil {
+		if e := d.list(); e != 0 {
+			return nil, e
+		}
+	}
 	if d.pos >= len(d.ents) {
 		return nil, 0
 	}
@@ -50,11 +67,10 @@ func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 
 // Seekdir positions after the entry whose offset is off (0: the start).
 func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	if off == 0 {
+	if off == 0 || d.ents == nil {
 		// rewinddir: list afresh, as the kernel does on seek to 0.
-		if ents, err := d.n.ReadDir(); err == nil {
-			nd := newDir(d.n, ents, d.ents[1].Ino)
-			d.ents = nd.ents
+		if e := d.list(); e != 0 {
+			return e
 		}
 	}
 	if off > uint64(len(d.ents)) {

@@ -65,9 +65,12 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		Debug:      opts.Debug,
 		MaxWrite:   1 << 20,
 		EnableAcl:  true,
-		// Let the kernel choose readdirplus only when the listing is
-		// followed by stats (ls -l), not for a plain ls -f.
-		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+		// No readdirplus: go-fuse (v2.12.1) drops an entry when the kernel
+		// re-reads part of a plain READDIR batch as READDIRPLUS (its redo
+		// no longer fits the reply), which READDIRPLUS_AUTO does whenever
+		// stats come between two getdents; always-plus makes ls -f do a
+		// lookup per entry.
+		DisableReadDirPlus: true,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -414,15 +417,14 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 }
 
 func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	ents, err := p.n.ReadDir()
-	if err != nil {
-		return nil, 0, errno(err)
+	if !p.n.IsDir() {
+		return nil, 0, syscall.ENOTDIR
 	}
 	parentIno := p.n.Ino()
 	if _, parent := p.Parent(); parent != nil {
 		parentIno = parent.StableAttr().Ino
 	}
-	return newDir(p.n, ents, parentIno), 0, 0
+	return newDir(p.n, parentIno), 0, 0
 }
 
 func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {

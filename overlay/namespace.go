@@ -26,11 +26,26 @@ func (n *Node) upperDir() (int, error) {
 		return -1, err
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.upperFd < 0 {
+	fd := n.upperFd
+	n.mu.Unlock()
+	if fd < 0 {
 		return -1, unix.ENOENT
 	}
-	return n.upperFd, nil
+	// The upper directory must still be where the overlay sees it: if it
+	// was moved or replaced underneath the mount, a change made through its
+	// descriptor would land somewhere else (kernel: the upper parent checks
+	// in ovl_remove_upper and ovl_rename).
+	if parent, name := n.location(); parent != nil {
+		parent.mu.Lock()
+		pfd := parent.upperFd
+		parent.mu.Unlock()
+		var here, st unix.Stat_t
+		if pfd < 0 || unix.Fstat(fd, &here) != nil || format.Lstat(pfd, name, &st) != nil ||
+			st.Ino != here.Ino || st.Dev != here.Dev {
+			return -1, unix.ESTALE
+		}
+	}
+	return fd, nil
 }
 
 // lowerPositive reports whether name in directory n shows something from a
