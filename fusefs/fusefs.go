@@ -287,6 +287,7 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	defer p.afterCopyUp(p.n.InUpper())
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
 		return nil, 0, errno(err)
@@ -364,7 +365,13 @@ func (p *node) childNode(name string) *overlay.Node {
 
 func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	ch := p.GetChild(name)
+	if ch != nil {
+		ch.Operations().(*node).n.Pin()
+	}
 	if err := p.n.Unlink(name); err != nil {
+		if ch != nil {
+			ch.Operations().(*node).n.Unpin()
+		}
 		return errno(err)
 	}
 	if ch == nil {
@@ -381,6 +388,7 @@ func (p *node) forgetName(ch *fs.Inode) {
 	child := ch.Operations().(*node).n
 	if pname, pp := ch.Parent(); pp != nil {
 		child.SetLocation(pp.Operations().(*node).n, pname)
+		child.Unpin()
 	} else {
 		p.gone(child)
 	}
@@ -404,7 +412,13 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if tch != nil {
 		target = tch.Operations().(*node).n
 	}
+	if target != nil && flags&unix.RENAME_EXCHANGE == 0 {
+		target.Pin()
+	}
 	if err := p.n.Rename(name, p.childNode(name), np.n, newName, target, flags); err != nil {
+		if target != nil {
+			target.Unpin()
+		}
 		return errno(err)
 	}
 	if tch != nil && flags&unix.RENAME_EXCHANGE == 0 {
@@ -450,11 +464,22 @@ func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (p *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	defer p.afterCopyUp(p.n.InUpper())
 	return errno(p.n.Setxattr(attr, data, int(flags)))
 }
 
 func (p *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	defer p.afterCopyUp(p.n.InUpper())
 	return errno(p.n.Removexattr(attr))
+}
+
+// afterCopyUp drops the attributes the kernel cached for p if the request
+// copied it up: they were the lower object's (the st_nlink of a lower hard
+// link, for one), and requests without an attribute reply leave them.
+func (p *node) afterCopyUp(wasUp bool) {
+	if !wasUp && p.n.InUpper() {
+		p.NotifyContent(-1, 0) // a negative offset: attributes only
+	}
 }
 
 func (p *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {

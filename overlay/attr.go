@@ -21,6 +21,13 @@ func (n *Node) real() (int, func(), error) {
 		}
 		return -1, nil, unix.ESTALE
 	}
+	n.mu.Lock()
+	if n.pinned {
+		fd := n.pinFd
+		n.mu.Unlock()
+		return fd, func() {}, nil
+	}
+	n.mu.Unlock()
 	var err error
 	for try := 0; try < 2; try++ { // again if a copy-up moved it meanwhile
 		var dirfd, fd int
@@ -43,6 +50,47 @@ func (n *Node) real() (int, func(), error) {
 		err = unix.ESTALE
 	}
 	return -1, nil, err
+}
+
+// Pin makes a non-directory whose name is about to go away (unlink, or a
+// rename over it) reachable without a name until Unpin or Forget: the kernel
+// may still stat it, e.g. through an open FIFO, which the daemon never sees.
+func (n *Node) Pin() {
+	if n.IsDir() {
+		return
+	}
+	fd, done, err := n.real()
+	if err != nil {
+		return
+	}
+	defer done()
+	pfd, err := unix.Open(format.ProcPath(fd), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pinned {
+		unix.Close(pfd)
+		return
+	}
+	n.pinFd, n.pinned = pfd, true
+}
+
+// Unpin undoes Pin: the object still has a name.
+func (n *Node) Unpin() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pinned {
+		unix.Close(n.pinFd)
+		n.pinned = false
+	}
+}
+
+func (n *Node) pinnedFd() (int, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pinFd, n.pinned
 }
 
 // isReal reports whether st is the node's real object.
@@ -90,6 +138,10 @@ func (n *Node) Getattr(st *unix.Stat_t) error {
 		if err != nil {
 			return err
 		}
+		if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	} else if fd, ok := n.pinnedFd(); ok {
 		if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return err
 		}

@@ -170,11 +170,16 @@ func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (
 		return nil, err
 	}
 	gid := int(c.Gid)
-	if pst.Mode&unix.S_ISGID != 0 {
-		gid = -1
-	}
 	mode &^= c.Umask
 	special := mode & (unix.S_ISUID | unix.S_ISGID)
+	if pst.Mode&unix.S_ISGID != 0 {
+		// Set explicitly: over a whiteout the object is made in work/,
+		// which is not setgid (kernel: inode_init_owner on the overlay).
+		gid = int(pst.Gid)
+		if kind == unix.S_IFDIR {
+			special |= unix.S_ISGID
+		}
+	}
 	setOwner := func(dirfd int, nm string) error {
 		if err := unix.Fchownat(dirfd, nm, int(c.Uid), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !(err == unix.EPERM && uint32(unix.Geteuid()) == c.Uid) {
 			return fmt.Errorf("chown new %s: %w", nm, err)

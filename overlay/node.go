@@ -25,6 +25,10 @@ type Node struct {
 	// realIno is the inode number of a non-directory's topmost real object,
 	// which checks that its name still holds it (see real).
 	realIno uint64
+	// pinFd, when pinned, holds a non-directory whose name is going away
+	// (see Pin).
+	pinFd  int
+	pinned bool
 	// inUpper: the object exists in the upper layer.
 	inUpper bool
 	// lowers: for a directory, the lower directories it merges, top first,
@@ -134,6 +138,10 @@ func (n *Node) Forget() {
 func (n *Node) release() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.pinned {
+		unix.Close(n.pinFd)
+		n.pinned = false
+	}
 	if n.upperFd >= 0 {
 		unix.Close(n.upperFd)
 		n.upperFd = -1

@@ -59,6 +59,10 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	if exchange && target.IsDir() && target.mergeOrLower() && !o.createRedirects {
 		return unix.EXDEV
 	}
+	// A pure upper target directory that is not empty fails in the final
+	// rename, after the source got its markers, as in the kernel (whose
+	// vfs_rename reports it); one with a lower part fails here.
+	lateNotEmpty := false
 	if target != nil && !exchange {
 		switch {
 		case old.IsDir() && !target.IsDir():
@@ -70,9 +74,10 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			if err != nil {
 				return err
 			}
-			if !empty {
+			if !empty && target.mergeOrLower() {
 				return unix.ENOTEMPTY
 			}
+			lateNotEmpty = !empty
 		}
 	}
 	if err := old.copyUp(false); err != nil {
@@ -127,7 +132,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	cleanupWhiteout := false
 	var cleared string // an emptied target directory moved to work/
 	if !exchange {
-		if target != nil && target.IsDir() && newKind == entryDir {
+		if target != nil && target.IsDir() && newKind == entryDir && !lateNotEmpty {
 			// The target directory may still hold whiteouts of a lower part it
 			// no longer shows; move it aside (kernel: ovl_clear_empty).
 			if err := unix.Unlinkat(nfd, newName, unix.AT_REMOVEDIR); err == unix.ENOTEMPTY || err == unix.EEXIST {
@@ -176,6 +181,9 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		o.markImpure(n)
 	}
 
+	if lateNotEmpty {
+		return unix.ENOTEMPTY
+	}
 	o.treeMu.Lock()
 	err = unix.Renameat2(ofd, name, nfd, newName, rflags)
 	if err == unix.EINVAL && rflags&unix.RENAME_WHITEOUT != 0 {
