@@ -64,7 +64,7 @@ func (n *Node) Pin() {
 		return
 	}
 	defer done()
-	pfd, err := unix.Open(format.ProcPath(fd), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	pfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
