@@ -415,6 +415,14 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if target != nil && flags&unix.RENAME_EXCHANGE == 0 {
 		target.Pin()
 	}
+	// Renaming copies up: the kernel's cached attributes of the moved
+	// objects were the lower ones.
+	if sch := p.GetChild(name); sch != nil {
+		defer sch.Operations().(*node).afterCopyUp(sch.Operations().(*node).n.InUpper())
+	}
+	if tch != nil && flags&unix.RENAME_EXCHANGE != 0 {
+		defer tch.Operations().(*node).afterCopyUp(target.InUpper())
+	}
 	if err := p.n.Rename(name, p.childNode(name), np.n, newName, target, flags); err != nil {
 		if target != nil {
 			target.Unpin()
