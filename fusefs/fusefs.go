@@ -53,7 +53,10 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
 	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}}}
-	entry, attr, neg := time.Second, time.Second, time.Second
+	// Long caches: the lower layers never change under a mount and the
+	// upper changes only through it; the kernel updates or drops what a
+	// request changes, and ovl drops what a copy-up changes (afterCopyUp).
+	entry, attr, neg := time.Hour, time.Hour, time.Hour
 	fsName := opts.FsName
 	if fsName == "" {
 		fsName = "ovl"
