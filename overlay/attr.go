@@ -109,6 +109,13 @@ func (n *Node) realAt() (int, string, error) {
 	}
 	n.mu.Lock()
 	inUpper := n.inUpper
+	if n.inIndex {
+		// The index entry is the object whichever of its names are
+		// linked up, and it does not move.
+		in := n.indexName
+		n.mu.Unlock()
+		return n.o.index, in, nil
+	}
 	var l *layer
 	if len(n.lowers) > 0 {
 		l = n.lowers[0].layer
@@ -153,6 +160,15 @@ func (n *Node) Getattr(st *unix.Stat_t) error {
 		}
 		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil || !n.isReal(st) {
 			return unix.ESTALE
+		}
+		n.mu.Lock()
+		in := n.indexName
+		if !n.inIndex {
+			in = ""
+		}
+		n.mu.Unlock()
+		if in != "" {
+			st.Nlink = n.o.overlayNlinkAt(n.o.index, in, st)
 		}
 	}
 	st.Ino = n.ino

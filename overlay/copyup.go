@@ -36,6 +36,9 @@ func (n *Node) copyUp(noData bool) error {
 	if err := parent.copyUp(false); err != nil {
 		return err
 	}
+	if n.inIndex {
+		return o.linkUp(n, parent, name)
+	}
 	if len(n.lowers) == 0 {
 		return fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)
 	}
@@ -72,6 +75,9 @@ func (n *Node) copyUp(noData bool) error {
 	if err := o.copyMeta(src.fd, &st, tmp, origin); err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	if o.indexOn && !n.IsDir() && n.indexName != "" {
+		return o.copyUpIndexed(n, parent, name, tmp, &st, copied)
 	}
 
 	// Publish: rename into the parent's upper directory, under its lock so
@@ -320,4 +326,72 @@ func readlinkFd(fd int) (string, error) {
 		}
 		buf = make([]byte, len(buf)*2)
 	}
+}
+
+// copyUpIndexed publishes tmp, the copy of the lower hard link n, as its
+// index entry, then links it at name (kernel: ovl_copy_up with c->indexed).
+func (o *Overlay) copyUpIndexed(n, parent *Node, name, tmp string, lst *unix.Stat_t, copied int64) error {
+	cleanup := func() { unix.Unlinkat(o.work, tmp, 0) }
+	// Every name of the lower file is a name of the copy; the index entry
+	// is the copy's only upper link so far.
+	fd, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err == nil {
+		err = format.Setxattr(fd, o.names.Name(format.Nlink), fmt.Appendf(nil, "U%+d", int64(lst.Nlink)-1), 0)
+		unix.Close(fd)
+	}
+	if err != nil {
+		cleanup()
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	if err := unix.Renameat2(o.work, tmp, o.index, n.indexName, unix.RENAME_NOREPLACE); err != nil {
+		cleanup()
+		if err != unix.EEXIST {
+			return fmt.Errorf("copy up %s: rename into index: %w", name, err)
+		}
+		// Another name of the file was copied up meanwhile: use its copy.
+	} else {
+		o.stats.copyUps.Add(1)
+		o.stats.copyUpBytes.Add(uint64(copied))
+	}
+	var ist unix.Stat_t
+	if err := format.Lstat(o.index, n.indexName, &ist); err != nil {
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	n.inIndex, n.realIno = true, ist.Ino
+	return o.linkUp(n, parent, name)
+}
+
+// linkUp links the index entry of n at name in parent's upper directory:
+// the copy-up of a name of a hard link whose data is already up (kernel:
+// ovl_link_up). n.mu is held.
+func (o *Overlay) linkUp(n, parent *Node, name string) error {
+	parent.dirMu.Lock()
+	defer parent.dirMu.Unlock()
+	if p, nm := n.location(); p != parent || nm != name {
+		return unix.ENOENT
+	}
+	parent.mu.Lock()
+	pfd, impure := parent.upperFd, parent.impure
+	parent.mu.Unlock()
+	var ist unix.Stat_t
+	if err := format.Lstat(o.index, n.indexName, &ist); err != nil {
+		return fmt.Errorf("link up %s: %w", name, err)
+	}
+	cur := int64(o.overlayNlinkAt(o.index, n.indexName, &ist))
+	if err := unix.Linkat(o.index, n.indexName, pfd, name, 0); err != nil {
+		if err == unix.EEXIST {
+			return unix.ENOENT // the name was removed or replaced meanwhile
+		}
+		return fmt.Errorf("link up %s: %w", name, err)
+	}
+	// One more upper link, no new overlay name.
+	if fd, err := format.OpenAt(o.index, n.indexName, unix.O_PATH|unix.O_NOFOLLOW, 0); err == nil {
+		o.setNlink(fd, cur)
+		unix.Close(fd)
+	}
+	if !impure {
+		o.markImpure(parent)
+	}
+	n.inUpper, n.realIno = true, ist.Ino
+	return nil
 }

@@ -40,7 +40,8 @@ func (o *Overlay) upperIno(dirfd int, name string, st *unix.Stat_t, lowers []low
 	}
 	var lst unix.Stat_t
 	l := o.originStat(origin, &lst, lowers, name)
-	if l == nil || lst.Nlink != 1 || lst.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
+	// With an index, every name of a lower hard link stays one object.
+	if l == nil || (lst.Nlink != 1 && !o.indexOn) || lst.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
 		return def
 	}
 	return o.inoFor(l, lst.Ino)

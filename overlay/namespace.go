@@ -376,5 +376,9 @@ func (n *Node) remove(name string, isDir bool) error {
 		o.removeTemp(wh)
 		return fmt.Errorf("whiteout %s: %w", name, err)
 	}
+	if child.inIndex {
+		// A name of an indexed hard link that was never linked up went.
+		o.addNlink(child, -1)
+	}
 	return nil
 }

@@ -25,6 +25,12 @@ type Node struct {
 	// realIno is the inode number of a non-directory's topmost real object,
 	// which checks that its name still holds it (see real).
 	realIno uint64
+	// indexName, for a lower hard link with index=on, names its entry in
+	// the index directory; inIndex says the entry exists, so the object's
+	// data is there even where this name is not linked in the upper yet.
+	indexName string
+	inIndex   bool
+	lowerIno  uint64 // the lower inode number of an indexed object
 	// pinFd, when pinned, holds a non-directory whose name is going away
 	// (see Pin).
 	pinFd  int
@@ -295,10 +301,13 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if k != entryDir {
 			// Non-directories hold no descriptor: they are found by name
 			// in their parent's layer directory (see Node.real).
-			w.close()
 			child.kind, child.realIno = st.Mode&unix.S_IFMT, st.Ino
 			child.lowers = []lowerRef{{layer: lr.layer, fd: -1}}
 			found, topSt = true, st
+			if o.indexOn && st.Nlink > 1 {
+				o.lookupIndex(child, lr.layer, w.dirfd, w.leaf, &topSt)
+			}
+			w.close()
 			break
 		}
 		fd, err := openReal(w.dirfd, w.leaf, unix.S_IFDIR, &st)
@@ -356,6 +365,11 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		child.ino = lowerDirIno
 	case child.inUpper:
 		child.ino = o.upperIno(upperFd, name, &topSt, lowers)
+		if o.indexOn {
+			o.upperIndex(child, upperFd, name, &topSt)
+		}
+	case child.indexName != "":
+		child.ino = o.inoFor(child.lowers[0].layer, child.lowerIno)
 	case topSt.Nlink > 1:
 		// Without an index, copy-up of one name of a lower hard link
 		// splits the link, as in the kernel with index=off, so each name is

@@ -57,6 +57,9 @@ type Config struct {
 	// directories with EXDEV; "nofollow" ignores them. Empty means "on",
 	// or "nofollow" with UserXattr (the kernel refuses redirects there).
 	RedirectDir string
+	// Index is the kernel's index=: "on" keeps the names of a lower hard
+	// link one object across copy-up (see index.go). Empty means "off".
+	Index string
 }
 
 // redirectMode resolves Config.RedirectDir: whether redirects are made and
@@ -118,6 +121,9 @@ type Overlay struct {
 	tempSeq  atomic.Uint64
 	xinoBits uint // high bits that carry the filesystem index in inode numbers
 
+	index   int  // O_PATH fd of workdir/index, -1 without index
+	indexOn bool // index=on
+
 	createRedirects bool // rename directories with a lower part (overlay.redirect)
 	followRedirects bool // lookups follow overlay.redirect
 
@@ -146,7 +152,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	raiseFileLimit()
 	syscall.Umask(0)
-	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1, lockWorkFd: -1,
+	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1, lockWorkFd: -1, index: -1,
 		createRedirects: createRedirects, followRedirects: followRedirects}
 	ok := false
 	defer func() {
@@ -200,6 +206,17 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	for len(devs) > 1<<o.xinoBits {
 		o.xinoBits++
+	}
+	switch cfg.Index {
+	case "", "on", "off":
+	default:
+		return nil, fmt.Errorf("index=%s: want on or off", cfg.Index)
+	}
+	if o.upper != nil && cfg.Index == "on" {
+		if err := o.setupIndex(o.lockWorkFd); err != nil {
+			return nil, err
+		}
+		o.indexOn = true
 	}
 	root, err := o.newRoot()
 	if err != nil {
@@ -385,9 +402,11 @@ func (o *Overlay) Close() error {
 			l.root = -1
 		}
 	}
-	if o.work >= 0 {
-		unix.Close(o.work)
-		o.work = -1
+	for _, fd := range []*int{&o.work, &o.index} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
 	}
 	for _, fd := range []*int{&o.lockFd, &o.lockWorkFd} {
 		if *fd >= 0 {

@@ -31,7 +31,15 @@ type Options struct {
 // DefaultOptions is what ovl does by default: redirects (not with
 // userxattr), no index, no metacopy, no xino, no uuid.
 func DefaultOptions() Options {
-	return Options{Index: "off", Metacopy: "off", Xino: "off", UUID: "off"}
+	return Options{Metacopy: "off", Xino: "off", UUID: "off"}
+}
+
+// IndexMode is the effective index= value (ovl's default is "off").
+func (o Options) IndexMode() string {
+	if o.Index != "" {
+		return o.Index
+	}
+	return "off"
 }
 
 // Redirect is the effective redirect_dir= value.
@@ -90,7 +98,9 @@ func (o Options) KernelOptions(l Layout) string {
 		}
 	}
 	add("redirect_dir", o.Redirect())
-	add("index", o.Index)
+	if !o.ReadOnly {
+		add("index", o.IndexMode())
+	}
 	add("metacopy", o.Metacopy)
 	add("xino", o.Xino)
 	add("uuid", o.UUID)
@@ -105,6 +115,9 @@ func (o Options) OvlOptions(l Layout) string {
 	}
 	if o.RedirectDir != "" {
 		opts = append(opts, "redirect_dir="+o.RedirectDir)
+	}
+	if o.Index != "" && !o.ReadOnly {
+		opts = append(opts, "index="+o.Index)
 	}
 	opts = append(opts, o.OvlExtra...)
 	return strings.Join(opts, ",")

@@ -410,7 +410,7 @@ func (p *Pair) Finish() {
 }
 
 // Interchange mounts each side's layers (after Unmount) with the other
-// side's mounter, on a fresh work dir, and checks that the view equals the
+// side's mounter, on a fresh work dir (the same one with index=on), and checks that the view equals the
 // one the writer saw (refView for the reference's layers, candView for the
 // candidate's). The mounts are undone before it returns.
 func (p *Pair) Interchange(refView, candView *Tree) {
@@ -419,9 +419,13 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 	for _, pair := range [][2]*Side{{p.Ref, p.Cand}, {p.Cand, p.Ref}} {
 		owner, reader := pair[0], pair[1]
 		l := owner.Layout
-		l.Work = filepath.Join(owner.Dir, "work2")
+		if p.Cfg.Options.IndexMode() != "on" {
+			// With an index the work dir belongs to the upper (its index/
+			// holds the hard links); else start from an empty one.
+			l.Work = filepath.Join(owner.Dir, "work2")
+			os.RemoveAll(l.Work)
+		}
 		l.Mnt = filepath.Join(owner.Dir, "mnt2")
-		os.RemoveAll(l.Work)
 		for _, d := range []string{l.Work, l.Mnt} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				p.T.Fatal(err)

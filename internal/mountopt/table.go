@@ -44,8 +44,8 @@ var options = map[string]option{
 		set:    func(s *state, v string) error { s.res.Overlay.RedirectDir = v; return nil },
 	},
 	"index": {
-		values: map[string]bool{"on": false, "off": true},
-		lacks:  "ovl writes no index", use: "index=off",
+		values: map[string]bool{"on": true, "off": true},
+		set:    func(s *state, v string) error { s.res.Overlay.Index = v; return nil },
 	},
 	"metacopy": {
 		values: map[string]bool{"on": false, "off": true},
