@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -69,16 +72,57 @@ func ProcPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 // Getxattr reads an xattr of the object fd refers to (fd may be O_PATH).
 // It returns nil, nil when the attribute is absent.
 func Getxattr(fd int, name string) ([]byte, error) {
+	return getxattr(fd, "", name)
+}
+
+// GetxattrAt reads an xattr of name (one path component) in dirfd without
+// following it. It returns nil, nil when the attribute is absent.
+func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {
+	if strings.ContainsRune(name, '/') || name == ".." {
+		return nil, unix.EINVAL
+	}
+	return getxattr(dirfd, name, attr)
+}
+
+// noXattrAt is set once getxattrat(2) (Linux 6.13) is known to be missing.
+var noXattrAt atomic.Bool
+
+// getxattr reads attr of name in dirfd ("": dirfd itself). getxattrat
+// reads it in one call, without the walk through /proc that the
+// path-based calls need for an O_PATH descriptor.
+func getxattr(dirfd int, name, attr string) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Getxattr(ProcPath(fd), name, buf)
-		switch {
-		case err == unix.ERANGE:
-			sz, err2 := unix.Getxattr(ProcPath(fd), name, nil)
-			if err2 != nil {
-				return nil, err2
+		var n int
+		var err error
+		if !noXattrAt.Load() {
+			// An O_PATH descriptor cannot be read with AT_EMPTY_PATH, but a
+			// directory's "." can be looked up from it.
+			at := name
+			if at == "" {
+				at = "."
 			}
-			buf = make([]byte, sz+1)
+			n, err = getxattrat(dirfd, at, attr, buf)
+			if err == unix.ENOSYS {
+				noXattrAt.Store(true)
+				continue
+			}
+			if err == unix.ENOTDIR && name == "" {
+				n, err = unix.Getxattr(ProcPath(dirfd), attr, buf)
+			}
+		} else if name == "" {
+			n, err = unix.Getxattr(ProcPath(dirfd), attr, buf)
+		} else {
+			var fd int
+			if fd, err = OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0); err != nil {
+				return nil, err
+			}
+			n, err = unix.Getxattr(ProcPath(fd), attr, buf)
+			unix.Close(fd)
+		}
+		switch {
+		case err == unix.ERANGE && len(buf) < 1<<16:
+			buf = make([]byte, 1<<16)
 			continue
 		case err == unix.ENODATA || err == unix.EOPNOTSUPP:
 			return nil, nil
@@ -89,14 +133,34 @@ func Getxattr(fd int, name string) ([]byte, error) {
 	}
 }
 
-// GetxattrAt reads an xattr of name in dirfd without following it.
-func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {
-	fd, err := OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+// xattrArgs is struct xattr_args of getxattrat(2).
+type xattrArgs struct {
+	value uint64
+	size  uint32
+	flags uint32
+}
+
+func getxattrat(dirfd int, name, attr string, buf []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	defer unix.Close(fd)
-	return Getxattr(fd, attr)
+	a, err := unix.BytePtrFromString(attr)
+	if err != nil {
+		return 0, err
+	}
+	args := xattrArgs{size: uint32(len(buf))}
+	if len(buf) > 0 {
+		args.value = uint64(uintptr(unsafe.Pointer(&buf[0])))
+	}
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	r, _, e := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(flags),
+		uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+	runtime.KeepAlive(buf)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // Setxattr sets an xattr on the object fd refers to (fd may be O_PATH).

@@ -123,9 +123,15 @@ func (o *Overlay) hasXattr(fd int, suffix string) bool {
 // dirXWhiteouts reports whether a layer directory is marked as holding
 // xattr whiteouts (overlay.opaque=x).
 func (o *Overlay) dirXWhiteouts(fd int) bool {
-	v, _ := format.Getxattr(fd, o.names.Name(format.Opaque))
-	_, x := format.ParseOpaque(v)
+	_, x := o.opaqueOf(fd)
 	return x
+}
+
+// opaqueOf reads a layer directory's overlay.opaque once: whether it hides
+// the layers below, and whether it holds xattr whiteouts.
+func (o *Overlay) opaqueOf(fd int) (opaque, xwhiteouts bool) {
+	v, _ := format.Getxattr(fd, o.names.Name(format.Opaque))
+	return format.ParseOpaque(v)
 }
 
 // dirOpaque reports whether a layer directory hides the layers below it.
@@ -215,7 +221,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		return nil, unix.ENOENT
 	}
 	n.mu.Lock()
-	upperFd, upperXWh := n.upperFd, n.upperXWh
+	upperFd, upperXWh, impure := n.upperFd, n.upperXWh, n.impure
 	lowers := n.lowers
 	// The fds stay open while n is alive; n.mu only guards the slice header.
 	n.mu.Unlock()
@@ -241,9 +247,10 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 				return nil, err
 			}
 			child.kind, child.upperFd, child.inUpper = unix.S_IFDIR, fd, true
-			child.upperXWh = o.dirXWhiteouts(fd)
+			opaque, xwh := o.opaqueOf(fd)
+			child.upperXWh = xwh
 			child.impure = o.hasXattr(fd, format.Impure)
-			merge = !o.dirOpaque(fd)
+			merge = !opaque
 		case entryOther:
 			child.kind, child.inUpper, child.realIno = st.Mode&unix.S_IFMT, true, st.Ino
 			merge = false
@@ -319,11 +326,12 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if len(child.lowers) == 0 {
 			lowerDirIno = o.inoFor(lr.layer, st.Ino)
 		}
-		child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: o.dirXWhiteouts(fd)})
+		opaque, xwh := o.opaqueOf(fd)
+		child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: xwh})
 		if !found {
 			found, topSt, child.kind = true, st, unix.S_IFDIR
 		}
-		if o.dirOpaque(fd) || w.stop {
+		if opaque || w.stop {
 			break
 		}
 		if !o.followRedirects || i == len(cands)-1 {
@@ -363,6 +371,10 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		// directory, whether or not it has been copied up (kernel: the
 		// origin's st_ino for directories).
 		child.ino = lowerDirIno
+	case child.inUpper && !impure:
+		// Only an impure directory holds copied-up objects, whose
+		// origin says their number (kernel: ovl_set_impure).
+		child.ino = o.inoFor(o.upper, topSt.Ino)
 	case child.inUpper:
 		child.ino = o.upperIno(upperFd, name, &topSt, lowers)
 		if o.indexOn {
