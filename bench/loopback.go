@@ -45,6 +45,7 @@ func serveLoopback(src, mnt string) error {
 	if err != nil {
 		return fmt.Errorf("loopback mount %s: %w", mnt, err)
 	}
+	fmt.Println("ready")
 	srv.Wait()
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -83,6 +84,7 @@ type mounted struct {
 	pid  int           // the serving daemon, 0 if none
 	cmd  *exec.Cmd     // the foreground server
 	done chan error    // the foreground server's exit
+	out  *output       // the foreground server's output
 }
 
 // mount mounts l with s and checks that the mount is what s claims to be.
@@ -93,8 +95,8 @@ func mount(e *env, s *system, l layout) (*mounted, error) {
 		}
 	}
 	cmd := s.command(e, l)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := newOutput()
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Dir = "/" // a server must not keep a directory busy
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -113,13 +115,30 @@ func mount(e *env, s *system, l layout) (*mounted, error) {
 		case <-time.After(200 * time.Microsecond):
 		}
 	}
+	// A FUSE mount is in mountinfo before its server answers: the stat
+	// waits for that.
+	var st unix.Stat_t
+	serr := unix.Stat(l.mnt, &st)
 	m.took = time.Since(start)
 	fail := func(err error) (*mounted, error) {
 		unix.Unmount(l.mnt, unix.MNT_DETACH)
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
+	if serr != nil {
+		return fail(fmt.Errorf("stat %s: %w", l.mnt, serr))
+	}
 	if s.foreground {
-		m.cmd, m.done, m.pid = cmd, done, cmd.Process.Pid
+		// Wait for the server to say that its mount call is done, so that
+		// an unmount cannot catch it halfway.
+		m.cmd, m.done, m.pid, m.out = cmd, done, cmd.Process.Pid, out
+		select {
+		case <-out.ready:
+		case err := <-done:
+			done <- err
+			return fail(fmt.Errorf("%s exited (%v): %s", cmd.Path, err, oneLine(out.String())))
+		case <-time.After(10 * time.Second):
+			return fail(fmt.Errorf("%s is not ready after 10s: %s", cmd.Path, oneLine(out.String())))
+		}
 	} else if err := <-done; err != nil {
 		return fail(fmt.Errorf("%s: %v: %s", cmd.Path, err, oneLine(out.String())))
 	}
@@ -161,7 +180,7 @@ func (m *mounted) unmount(e *env) error {
 		select {
 		case err := <-m.done:
 			if err != nil {
-				return fmt.Errorf("%s server: %w", m.sys.name, err)
+				return fmt.Errorf("%s server: %w: %s", m.sys.name, err, oneLine(m.out.String()))
 			}
 		case <-time.After(10 * time.Second):
 			m.cmd.Process.Kill()
@@ -332,6 +351,33 @@ func cleanMounts(dir string) {
 			unix.Unmount(tab[i].point, unix.MNT_DETACH)
 		}
 	}
+}
+
+// output collects a command's output and notices the line "ready", which
+// the loopback server prints once it serves.
+type output struct {
+	mu    sync.Mutex
+	b     bytes.Buffer
+	ready chan struct{}
+	once  sync.Once
+}
+
+func newOutput() *output { return &output{ready: make(chan struct{})} }
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.b.Write(p)
+	if bytes.Contains(o.b.Bytes(), []byte("ready\n")) {
+		o.once.Do(func() { close(o.ready) })
+	}
+	return len(p), nil
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
 }
 
 func oneLine(s string) string {

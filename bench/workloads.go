@@ -300,12 +300,12 @@ var workloads = []*workload{
 		}},
 
 	{name: "mount", set: "lowers10",
-		rows: []row{{name: "mount time, 10 lowers (exec to visible)", unit: "ms", ratio: true, target: "≤50 ms"}},
+		rows: []row{{name: "mount time, 10 lowers (exec to mounted and answering)", unit: "ms", ratio: true, target: "≤50 ms"}},
 		run: func(c *runCtx) (map[string]float64, error) {
 			if _, err := os.Stat(filepath.Join(c.mnt, "d", "l9-9")); err != nil {
 				return nil, err
 			}
-			return map[string]float64{"mount time, 10 lowers (exec to visible)": float64(c.m.took) / float64(time.Millisecond)}, nil
+			return map[string]float64{"mount time, 10 lowers (exec to mounted and answering)": float64(c.m.took) / float64(time.Millisecond)}, nil
 		}},
 
 	{name: "page-cache", set: "pagecache",
