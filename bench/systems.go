@@ -1,0 +1,389 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A system is one way to present a stack of layers at a mountpoint.
+type system struct {
+	name string
+	// fstype is what /proc/self/mountinfo must show for the mount, so that
+	// a harness slip cannot time one system under another's name. Empty
+	// for plain, a bind mount of whatever holds the work dir.
+	fstype string
+	// flat: the system serves the flattened copy, not the layers.
+	flat bool
+	// daemon: a FUSE server process serves the mount.
+	daemon bool
+	// command is the command that mounts l; it returns once the mount is
+	// ready, except for loopback, which serves in the foreground.
+	command func(e *env, l layout) *exec.Cmd
+	// foreground: the command is the server and runs until the unmount.
+	foreground bool
+}
+
+// layout is where one mount of a system gets its layers and is mounted.
+type layout struct {
+	lowers      []string // topmost first
+	flat        string   // the lowers flattened into one directory
+	upper, work string
+	mnt         string
+}
+
+func (l layout) overlayOpts() string {
+	return "lowerdir=" + strings.Join(l.lowers, ":") + ",upperdir=" + l.upper + ",workdir=" + l.work
+}
+
+// allSystems lists the systems in the table's column order.
+var allSystems = []*system{
+	{name: "plain", command: func(e *env, l layout) *exec.Cmd {
+		return exec.Command("mount", "--bind", l.flat, l.mnt)
+	}, flat: true},
+	{name: "kernel", fstype: "overlay", command: func(e *env, l layout) *exec.Cmd {
+		return exec.Command("mount", "-t", "overlay", "overlay", "-o", l.overlayOpts(), l.mnt)
+	}},
+	{name: "kernel-volatile", fstype: "overlay", command: func(e *env, l layout) *exec.Cmd {
+		return exec.Command("mount", "-t", "overlay", "overlay", "-o", l.overlayOpts()+",volatile", l.mnt)
+	}},
+	{name: "fuse-overlayfs", fstype: "fuse.fuse-overlayfs", daemon: true, command: func(e *env, l layout) *exec.Cmd {
+		return exec.Command("fuse-overlayfs", "-o", l.overlayOpts(), l.mnt)
+	}},
+	{name: "loopback", fstype: "fuse." + loopbackName, daemon: true, flat: true, foreground: true,
+		command: func(e *env, l layout) *exec.Cmd {
+			cmd := exec.Command(e.self)
+			cmd.Env = append(os.Environ(), loopbackEnv+"="+l.flat, loopbackMntEnv+"="+l.mnt)
+			return cmd
+		}},
+	{name: "ovl", fstype: "fuse.ovl", daemon: true, command: func(e *env, l layout) *exec.Cmd {
+		opts := l.overlayOpts()
+		if e.ovlOpts != "" {
+			opts += "," + e.ovlOpts
+		}
+		return exec.Command(e.ovlBin, "mount", "-o", opts, l.mnt)
+	}},
+}
+
+// mounted is one live mount.
+type mounted struct {
+	sys  *system
+	l    layout
+	took time.Duration // from exec to the mount being in mountinfo
+	pid  int           // the serving daemon, 0 if none
+	cmd  *exec.Cmd     // the foreground server
+	done chan error    // the foreground server's exit
+	out  *output       // the foreground server's output
+}
+
+// mount mounts l with s and checks that the mount is what s claims to be.
+func mount(e *env, s *system, l layout) (*mounted, error) {
+	for _, d := range []string{l.upper, l.work, l.mnt} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	cmd := s.command(e, l)
+	out := newOutput()
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Dir = "/" // a server must not keep a directory busy
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	m := &mounted{sys: s, l: l}
+	for !isMounted(l.mnt) {
+		select {
+		case err := <-done:
+			if !isMounted(l.mnt) {
+				return nil, fmt.Errorf("%s: %s exited (%v) without mounting: %s", s.name, cmd.Path, err, oneLine(out.String()))
+			}
+			done <- err // for the checks below
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+	// A FUSE mount is in mountinfo before its server answers: the stat
+	// waits for that.
+	var st unix.Stat_t
+	serr := unix.Stat(l.mnt, &st)
+	m.took = time.Since(start)
+	fail := func(err error) (*mounted, error) {
+		unix.Unmount(l.mnt, unix.MNT_DETACH)
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	if serr != nil {
+		return fail(fmt.Errorf("stat %s: %w", l.mnt, serr))
+	}
+	if s.foreground {
+		// Wait for the server to say that its mount call is done, so that
+		// an unmount cannot catch it halfway.
+		m.cmd, m.done, m.pid, m.out = cmd, done, cmd.Process.Pid, out
+		select {
+		case <-out.ready:
+		case err := <-done:
+			done <- err
+			return fail(fmt.Errorf("%s exited (%v): %s", cmd.Path, err, oneLine(out.String())))
+		case <-time.After(10 * time.Second):
+			return fail(fmt.Errorf("%s is not ready after 10s: %s", cmd.Path, oneLine(out.String())))
+		}
+	} else if err := <-done; err != nil {
+		return fail(fmt.Errorf("%s: %v: %s", cmd.Path, err, oneLine(out.String())))
+	}
+	if err := checkFsType(s, l.mnt); err != nil {
+		return fail(err)
+	}
+	if s.daemon && m.pid == 0 {
+		pid, err := daemonPid(e, s, l.mnt)
+		if err != nil {
+			return fail(err)
+		}
+		m.pid = pid
+	}
+	return m, nil
+}
+
+// unmount unmounts m and waits for its daemon to exit, so that nothing of
+// one run is still working during the next.
+func (m *mounted) unmount(e *env) error {
+	pidfd := -1
+	if m.pid != 0 && m.cmd == nil {
+		if fd, err := unix.PidfdOpen(m.pid, 0); err == nil {
+			pidfd = fd
+			defer unix.Close(fd)
+		}
+	}
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = unix.Unmount(m.l.mnt, 0); err != unix.EBUSY {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		unix.Unmount(m.l.mnt, unix.MNT_DETACH)
+		return fmt.Errorf("umount %s (%s): %w", m.l.mnt, m.sys.name, err)
+	}
+	if m.cmd != nil {
+		select {
+		case err := <-m.done:
+			if err != nil {
+				return fmt.Errorf("%s server: %w: %s", m.sys.name, err, oneLine(m.out.String()))
+			}
+		case <-time.After(10 * time.Second):
+			m.cmd.Process.Kill()
+			return fmt.Errorf("%s server still running 10s after umount", m.sys.name)
+		}
+	}
+	if pidfd >= 0 {
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		if n, _ := unix.Poll(fds, 10000); n == 0 {
+			return fmt.Errorf("%s daemon %d still running 10s after umount", m.sys.name, m.pid)
+		}
+	}
+	return nil
+}
+
+// mountEntry is one line of /proc/self/mountinfo.
+type mountEntry struct {
+	root, point, fstype string
+}
+
+func mountTable() ([]mountEntry, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var out []mountEntry
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		sep := -1
+		for i, x := range f {
+			if x == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 5 || sep+1 >= len(f) {
+			continue
+		}
+		out = append(out, mountEntry{root: unescape(f[3]), point: unescape(f[4]), fstype: f[sep+1]})
+	}
+	return out, nil
+}
+
+// unescape undoes mountinfo's octal escapes (\040 for a space).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// lookupMount returns the topmost mount at mnt.
+func lookupMount(mnt string) (mountEntry, bool) {
+	tab, err := mountTable()
+	if err != nil {
+		return mountEntry{}, false
+	}
+	for i := len(tab) - 1; i >= 0; i-- {
+		if tab[i].point == mnt {
+			return tab[i], true
+		}
+	}
+	return mountEntry{}, false
+}
+
+func isMounted(mnt string) bool {
+	_, ok := lookupMount(mnt)
+	return ok
+}
+
+func checkFsType(s *system, mnt string) error {
+	me, ok := lookupMount(mnt)
+	if !ok {
+		return fmt.Errorf("%s is not in /proc/self/mountinfo", mnt)
+	}
+	if s.fstype == "" {
+		if me.fstype == "overlay" || strings.HasPrefix(me.fstype, "fuse") {
+			return fmt.Errorf("%s is of type %s, want a plain filesystem", mnt, me.fstype)
+		}
+		return nil
+	}
+	if me.fstype != s.fstype {
+		return fmt.Errorf("%s is of type %s, want %s", mnt, me.fstype, s.fstype)
+	}
+	return nil
+}
+
+// daemonPid finds the process serving mnt: ovl says so itself; for others
+// it is the process with mnt among its arguments.
+func daemonPid(e *env, s *system, mnt string) (int, error) {
+	if s.name == "ovl" {
+		st, err := ovlStats(e, mnt)
+		if err != nil {
+			return 0, err
+		}
+		return int(st["pid"]), nil
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		for _, a := range args[1:] {
+			if a == mnt {
+				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+				if pid != os.Getpid() {
+					return pid, nil
+				}
+			}
+		}
+	}
+	return 0, fmt.Errorf("no process serves %s", mnt)
+}
+
+// ovlStats runs "ovl stats mnt".
+func ovlStats(e *env, mnt string) (map[string]float64, error) {
+	out, err := exec.Command(e.ovlBin, "stats", mnt).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, oneLine(string(ee.Stderr)))
+		}
+		return nil, fmt.Errorf("ovl stats %s: %w", mnt, err)
+	}
+	var st map[string]float64
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("ovl stats %s: %w in %q", mnt, err, out)
+	}
+	return st, nil
+}
+
+// procStatus reads a "Key: N kB" field of /proc/PID/status, in bytes.
+func procStatus(pid int, key string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, key)
+}
+
+// cleanMounts unmounts whatever an earlier, interrupted run left under dir,
+// deepest first.
+func cleanMounts(dir string) {
+	tab, _ := mountTable()
+	for i := len(tab) - 1; i >= 0; i-- {
+		if strings.HasPrefix(tab[i].point, dir+"/") {
+			unix.Unmount(tab[i].point, unix.MNT_DETACH)
+		}
+	}
+}
+
+// output collects a command's output and notices the line "ready", which
+// the loopback server prints once it serves.
+type output struct {
+	mu    sync.Mutex
+	b     bytes.Buffer
+	ready chan struct{}
+	once  sync.Once
+}
+
+func newOutput() *output { return &output{ready: make(chan struct{})} }
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.b.Write(p)
+	if bytes.Contains(o.b.Bytes(), []byte("ready\n")) {
+		o.once.Do(func() { close(o.ready) })
+	}
+	return len(p), nil
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
