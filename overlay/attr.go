@@ -54,9 +54,13 @@ func (n *Node) real() (int, func(), error) {
 
 // Pin makes a non-directory whose name is about to go away (unlink, or a
 // rename over it) reachable without a name until Unpin or Forget: the kernel
-// may still stat it, e.g. through an open FIFO, which the daemon never sees.
+// may still stat it through an open FIFO, socket or device, whose opens the
+// daemon never sees.
 func (n *Node) Pin() {
-	if n.IsDir() {
+	switch n.kind {
+	case unix.S_IFDIR, unix.S_IFREG, unix.S_IFLNK:
+		// Directories hold their descriptors; an open regular file is
+		// stat'ed through its handle; a symlink cannot be open.
 		return
 	}
 	fd, done, err := n.real()
