@@ -211,3 +211,38 @@ func benchCopyUp(b *testing.B, volatile bool, names []string, fill func(l string
 		b.StartTimer()
 	}
 }
+
+// BenchmarkRenameLowerDir moves a lower directory of 50,000 files back and
+// forth between two parents: with redirects each move writes one xattr and
+// renames one upper directory, whatever the tree holds (issue 4: O(1)
+// directory rename).
+func BenchmarkRenameLowerDir(b *testing.B) {
+	cfg := benchStack(b, 1, func(l string, _ int) {
+		benchMkdir(b, filepath.Join(l, "a", "tree"))
+		benchMkdir(b, filepath.Join(l, "b"))
+		for i := range 50000 {
+			f, err := os.Create(filepath.Join(l, "a", "tree", fmt.Sprintf("f%05d", i)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+		}
+	})
+	if cfg.UserXattr {
+		testutil.Skip(b, "redirects need trusted xattrs (root)")
+	}
+	o := benchNew(b, cfg)
+	defer o.Close()
+	dirs := [2]*Node{benchLookup(b, o.Root(), "a"), benchLookup(b, o.Root(), "b")}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		from, to := dirs[i%2], dirs[(i+1)%2]
+		if err := from.Rename("tree", nil, to, "tree", nil, 0); err != nil {
+			b.Fatalf("rename %d: %v", i, err)
+		}
+	}
+	b.StopTimer()
+	if o.Stats().CopyUps > 3 { // a, b and tree, once
+		b.Errorf("copy-ups = %d: the tree was copied", o.Stats().CopyUps)
+	}
+}
