@@ -335,3 +335,30 @@ func filepathDir(p string) string {
 	}
 	return p[:i]
 }
+
+// HasXattrs reports whether the directory dirfd (O_PATH is fine) has any
+// extended attribute in the namespace of prefix, with one listxattrat(2)
+// (Linux 6.13; before, it answers true so that callers read each one).
+// Most layer directories have none, and one call then replaces a read of
+// every overlay attribute.
+func HasXattrs(dirfd int, prefix string) bool {
+	if noXattrAt.Load() {
+		return true
+	}
+	var buf [1024]byte
+	p, _ := unix.BytePtrFromString(".")
+	r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(unix.AT_SYMLINK_NOFOLLOW),
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0)
+	if e != 0 {
+		if e == unix.ENOSYS {
+			noXattrAt.Store(true)
+		}
+		return e != unix.EOPNOTSUPP // ERANGE and others: do not guess
+	}
+	for _, name := range strings.Split(string(buf[:r]), "\x00") {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}

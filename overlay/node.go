@@ -127,6 +127,12 @@ func (o *Overlay) dirXWhiteouts(fd int) bool {
 	return x
 }
 
+// opaque reports overlay.opaque=y.
+func (o *Overlay) opaque(fd int) bool {
+	y, _ := o.opaqueOf(fd)
+	return y
+}
+
 // opaqueOf reads a layer directory's overlay.opaque once: whether it hides
 // the layers below, and whether it holds xattr whiteouts.
 func (o *Overlay) opaqueOf(fd int) (opaque, xwhiteouts bool) {
@@ -231,7 +237,8 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	var topSt unix.Stat_t // stat of the topmost real object
 	var lowerDirIno uint64
 	found := false
-	merge := true // whether lower layers still count
+	merge := true      // whether lower layers still count
+	hasXattrs := false // the upper directory has overlay xattrs
 
 	if upperFd >= 0 {
 		k, err := o.probe(upperFd, upperXWh, name, &st)
@@ -247,9 +254,11 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 				return nil, err
 			}
 			child.kind, child.upperFd, child.inUpper = unix.S_IFDIR, fd, true
-			opaque, xwh := o.opaqueOf(fd)
+			ours := format.HasXattrs(fd, o.names.Prefix())
+			opaque, xwh := ours && o.opaque(fd), ours && o.dirXWhiteouts(fd)
 			child.upperXWh = xwh
-			child.impure = o.hasXattr(fd, format.Impure)
+			child.impure = ours && o.hasXattr(fd, format.Impure)
+			hasXattrs = ours
 			merge = !opaque
 		case entryOther:
 			child.kind, child.inUpper, child.realIno = st.Mode&unix.S_IFMT, true, st.Ino
@@ -264,7 +273,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	// once an absolute redirect was met (kernel: ovl_lookup, d.name and
 	// poe = roe).
 	look, cands, fromRoot := name, lowers, false
-	if merge && child.upperFd >= 0 && o.followRedirects {
+	if merge && child.upperFd >= 0 && o.followRedirects && hasXattrs {
 		r, err := o.redirectOf(child.upperFd)
 		if err != nil {
 			child.release()
@@ -326,7 +335,11 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if len(child.lowers) == 0 {
 			lowerDirIno = o.inoFor(lr.layer, st.Ino)
 		}
-		opaque, xwh := o.opaqueOf(fd)
+		ours := format.HasXattrs(fd, o.names.Prefix())
+		opaque, xwh := false, false
+		if ours {
+			opaque, xwh = o.opaqueOf(fd)
+		}
 		child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: xwh})
 		if !found {
 			found, topSt, child.kind = true, st, unix.S_IFDIR
@@ -334,7 +347,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if opaque || w.stop {
 			break
 		}
-		if !o.followRedirects || i == len(cands)-1 {
+		if !o.followRedirects || i == len(cands)-1 || !ours {
 			continue
 		}
 		// A lower layer written by another overlay may redirect too.
