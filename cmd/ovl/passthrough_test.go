@@ -230,6 +230,40 @@ var ptSeqs = []ptSeq{
 		},
 	},
 	{
+		// fcntl (OFD) and flock locks belong to the object: taken before a
+		// copy-up, they conflict with handles opened after it.
+		name: "locks",
+		run: func(tr *ptTranscript, f string) {
+			a := tr.open("open A ro", f, unix.O_RDONLY)
+			tr.add("A ofd rdlck: %s", errName(ofdLock(a, unix.F_RDLCK)))
+			tr.add("A flock sh: %s", errName(unix.Flock(a, unix.LOCK_SH|unix.LOCK_NB)))
+			tr.add("chmod: %s", errName(unix.Chmod(tr.path(f), 0o600)))
+			c := tr.open("open C ro", f, unix.O_RDONLY)
+			tr.add("C ofd getlk wrlck: %s", ofdGetlk(c, unix.F_WRLCK))
+			tr.add("C flock ex: %s", errName(unix.Flock(c, unix.LOCK_EX|unix.LOCK_NB)))
+			b := tr.open("open B rw", f, unix.O_RDWR)
+			if b >= 0 {
+				tr.add("B ofd wrlck: %s", errName(ofdLock(b, unix.F_WRLCK)))
+				tr.add("B flock ex: %s", errName(unix.Flock(b, unix.LOCK_EX|unix.LOCK_NB)))
+			}
+			tr.add("A ofd unlck: %s", errName(ofdLock(a, unix.F_UNLCK)))
+			closeFd(a)
+			closeFd(b)
+			closeFd(c)
+			d := tr.open("open D rw", f, unix.O_RDWR)
+			tr.add("D ofd wrlck: %s", errName(ofdLock(d, unix.F_WRLCK)))
+			tr.add("D flock ex: %s", errName(unix.Flock(d, unix.LOCK_EX|unix.LOCK_NB)))
+			e := tr.open("open E ro", f, unix.O_RDONLY)
+			tr.add("E ofd getlk rdlck: %s", ofdGetlk(e, unix.F_RDLCK))
+			tr.add("E flock sh: %s", errName(unix.Flock(e, unix.LOCK_SH|unix.LOCK_NB)))
+			closeFd(d)
+			closeFd(e)
+		},
+		on: []string{"open A ro: ok", "A ofd rdlck: ok", "A flock sh: ok", "chmod: ok", "open C ro: ok",
+			"C ofd getlk wrlck: F_RDLCK", "C flock ex: EAGAIN", "open B rw: ETXTBSY", "A ofd unlck: ok",
+			"open D rw: ok", "D ofd wrlck: ok", "D flock ex: ok", "open E ro: ok", "E ofd getlk rdlck: F_WRLCK", "E flock sh: EAGAIN"},
+	},
+	{
 		// Close then write at once: the RELEASE may still be on its way.
 		name: "ro_close_rw",
 		run: func(tr *ptTranscript, f string) {
@@ -340,4 +374,249 @@ func TestPassthroughOpenSequences(t *testing.T) {
 			ptSameSums(t, "unmounted", before, ptLowerSums(t, p.Cand))
 		})
 	}
+}
+
+// ofdLock takes (or drops) a whole-file OFD lock without waiting.
+func ofdLock(fd int, typ int16) error {
+	if fd < 0 {
+		return unix.EBADF
+	}
+	return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &unix.Flock_t{Type: typ})
+}
+
+// ofdGetlk names the lock that would block a whole-file lock of typ.
+func ofdGetlk(fd int, typ int16) string {
+	if fd < 0 {
+		return "no fd"
+	}
+	fl := unix.Flock_t{Type: typ}
+	if err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_GETLK, &fl); err != nil {
+		return errName(err)
+	}
+	return map[int16]string{unix.F_RDLCK: "F_RDLCK", unix.F_WRLCK: "F_WRLCK", unix.F_UNLCK: "F_UNLCK"}[fl.Type]
+}
+
+// ptEnv is one lower layer l shared by several ovl mounts (upper uN, work
+// wN, mountpoint mN, log logN).
+type ptEnv struct {
+	t    *testing.T
+	base string
+}
+
+func newPTEnv(t *testing.T) *ptEnv {
+	t.Helper()
+	testutil.RequireRoot(t)
+	e := &ptEnv{t: t, base: t.TempDir()}
+	if err := os.Mkdir(e.path("l"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *ptEnv) path(rel string) string { return filepath.Join(e.base, rel) }
+
+// bigFile writes a lower file of size bytes of varied data.
+func (e *ptEnv) bigFile(name string, size int) {
+	e.t.Helper()
+	f, err := os.Create(e.path("l/" + name))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for i := 0; i < size; i += len(chunk) {
+		for j := range chunk {
+			chunk[j] = byte(i>>20 + j*7)
+		}
+		if _, err := f.Write(chunk[:min(len(chunk), size-i)]); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// mount mounts ovl number i over l and returns its mountpoint.
+func (e *ptEnv) mount(i int, opts ...string) string {
+	e.t.Helper()
+	n := fmt.Sprint(i)
+	for _, d := range []string{"u" + n, "w" + n, "m" + n} {
+		if err := os.Mkdir(e.path(d), 0o755); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	o := strings.Join(append([]string{"lowerdir=l,upperdir=u" + n + ",workdir=w" + n}, opts...), ",")
+	mnt := e.path("m" + n)
+	cliCleanupMount(e.t, mnt)
+	if r := runOvl(e.t, e.base, "mount", "-o", o, "--log", e.log(i), mnt); r.code != 0 {
+		e.t.Fatalf("ovl mount -o %s: exit %d: %s", o, r.code, r.stderr)
+	}
+	e.t.Cleanup(func() { runOvl(e.t, e.base, "umount", mnt) })
+	return mnt
+}
+
+func (e *ptEnv) log(i int) string { return e.path(fmt.Sprintf("log%d", i)) }
+
+// logLines returns the lines of mount i's log that contain s.
+func (e *ptEnv) logLines(i int, s string) []string {
+	b, _ := os.ReadFile(e.log(i))
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// cachedBytes is how much of fd's file is in the page cache of the inode
+// fd is open on: for a FUSE file, the FUSE inode's own cache.
+func cachedBytes(t *testing.T, fd int) int64 {
+	t.Helper()
+	var cs unix.Cachestat_t
+	if err := unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0); err != nil {
+		t.Fatalf("cachestat: %v", err)
+	}
+	return int64(cs.Cache) * int64(os.Getpagesize())
+}
+
+// meminfoCached is Cached in /proc/meminfo, in bytes.
+func meminfoCached(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		var kb int64
+		if n, _ := fmt.Sscanf(l, "Cached: %d kB", &kb); n == 1 {
+			return kb << 10
+		}
+	}
+	t.Fatal("no Cached in /proc/meminfo")
+	return 0
+}
+
+func dropCaches(t *testing.T) {
+	t.Helper()
+	unix.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0o200); err != nil {
+		t.Fatalf("drop_caches: %v", err)
+	}
+}
+
+// cacheGrowth is what reading name once through each mount did to the
+// page cache: the FUSE inodes' own caches, the lower file's, and Cached.
+type cacheGrowth struct {
+	fuse    []int64
+	lower   int64
+	meminfo int64
+}
+
+func readThrough(t *testing.T, e *ptEnv, name string, mnts []string) cacheGrowth {
+	t.Helper()
+	lower, err := unix.Open(e.path("l/"+name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lower)
+	var fds []int
+	for _, m := range mnts {
+		fd, err := unix.Open(filepath.Join(m, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		fds = append(fds, fd)
+	}
+	dropCaches(t)
+	if c := cachedBytes(t, lower); c > 1<<20 {
+		t.Fatalf("lower file still has %d bytes cached after drop_caches", c)
+	}
+	before := meminfoCached(t)
+	buf := make([]byte, 1<<20)
+	for _, fd := range fds {
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	g := cacheGrowth{lower: cachedBytes(t, lower), meminfo: meminfoCached(t) - before}
+	for _, fd := range fds {
+		g.fuse = append(g.fuse, cachedBytes(t, fd))
+	}
+	return g
+}
+
+const mib = 1 << 20
+
+// TestPassthroughPageCache reads a 64 MiB lower file through one and two
+// ovl mounts. With passthrough the data is cached once, in the lower
+// file's page cache (this is also the check that passthrough is really on:
+// go-fuse would silently serve through the daemon); without, every mount
+// caches it again in its FUSE inode, on top of the lower file's cache
+// filled by the daemon's reads.
+func TestPassthroughPageCache(t *testing.T) {
+	const size = 64 * mib
+	for _, c := range []struct {
+		mode   string
+		mounts int
+	}{{"on", 1}, {"on", 2}, {"off", 2}} {
+		t.Run(fmt.Sprintf("%s_%dmounts", c.mode, c.mounts), func(t *testing.T) {
+			e := newPTEnv(t)
+			e.bigFile("big", size)
+			var mnts []string
+			for i := 0; i < c.mounts; i++ {
+				mnts = append(mnts, e.mount(i, "passthrough="+c.mode))
+			}
+			if c.mode == "on" {
+				ptRequireOn(t, e.log(0))
+			}
+			// Cached is machine-wide: other processes may add to it while
+			// we read, never take from it; retry a noisy measurement.
+			var g cacheGrowth
+			for try := 0; try < 3; try++ {
+				g = readThrough(t, e, "big", mnts)
+				t.Logf("try %d: FUSE caches %v MiB, lower file %d MiB, Cached +%d MiB",
+					try, mibs(g.fuse...), g.lower/mib, g.meminfo/mib)
+				if c.mode == "off" || g.meminfo <= size*12/10 {
+					break
+				}
+			}
+			if g.lower < size*95/100 {
+				t.Errorf("lower file cached: %d MiB, want the whole %d MiB", g.lower/mib, size/mib)
+			}
+			for i, f := range g.fuse {
+				switch {
+				case c.mode == "on" && f != 0:
+					t.Errorf("mount %d: FUSE inode caches %d bytes: reads did not pass through", i, f)
+				case c.mode == "off" && f < size*95/100:
+					t.Errorf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/mib, size/mib)
+				}
+			}
+			switch c.mode {
+			case "on":
+				if g.meminfo > size*12/10 {
+					t.Errorf("Cached grew by %d MiB reading %d MiB through %d mounts, want at most 1.2x", g.meminfo/mib, size/mib, c.mounts)
+				}
+			case "off":
+				if g.meminfo < 2*size {
+					t.Errorf("Cached grew by %d MiB reading %d MiB through %d mounts without passthrough, want at least 2x", g.meminfo/mib, size/mib, c.mounts)
+				}
+			}
+		})
+	}
+}
+
+func mibs(v ...int64) []int64 {
+	var out []int64
+	for _, x := range v {
+		out = append(out, x/mib)
+	}
+	return out
 }
