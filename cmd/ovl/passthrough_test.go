@@ -12,8 +12,12 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
@@ -439,13 +443,19 @@ func (e *ptEnv) bigFile(name string, size int) {
 // mount mounts ovl number i over l and returns its mountpoint.
 func (e *ptEnv) mount(i int, opts ...string) string {
 	e.t.Helper()
+	return e.mountOver(i, "l", opts...)
+}
+
+// mountOver mounts ovl number i over lower (relative to the base).
+func (e *ptEnv) mountOver(i int, lower string, opts ...string) string {
+	e.t.Helper()
 	n := fmt.Sprint(i)
 	for _, d := range []string{"u" + n, "w" + n, "m" + n} {
 		if err := os.Mkdir(e.path(d), 0o755); err != nil {
 			e.t.Fatal(err)
 		}
 	}
-	o := strings.Join(append([]string{"lowerdir=l,upperdir=u" + n + ",workdir=w" + n}, opts...), ",")
+	o := strings.Join(append([]string{"lowerdir=" + lower + ",upperdir=u" + n + ",workdir=w" + n}, opts...), ",")
 	mnt := e.path("m" + n)
 	cliCleanupMount(e.t, mnt)
 	if r := runOvl(e.t, e.base, "mount", "-o", o, "--log", e.log(i), mnt); r.code != 0 {
@@ -619,4 +629,301 @@ func mibs(v ...int64) []int64 {
 		out = append(out, x/mib)
 	}
 	return out
+}
+
+// readAll opens path, reads it and returns the open fd and the data.
+func readAll(t *testing.T, path string) (int, string) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	var out []byte
+	buf := make([]byte, 1<<16)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return fd, string(out)
+		}
+		out = append(out, buf[:n]...)
+	}
+}
+
+// TestPassthroughFallbackStacked puts the lower layer on the kernel's
+// overlayfs: its files cannot be backing files at FUSE stack depth 1. They
+// are served through the daemon (FUSE page cache), logged once for the
+// device; files of the upper layer (ext4) still pass through.
+func TestPassthroughFallbackStacked(t *testing.T) {
+	e := newPTEnv(t)
+	for _, d := range []string{"s1", "s2", "k"} {
+		os.Mkdir(e.path(d), 0o755)
+	}
+	for _, f := range []string{"a", "b"} {
+		os.WriteFile(e.path("s1/"+f), []byte("stacked "+f+"\n"), 0o644)
+	}
+	if err := unix.Mount("overlay", e.path("k"), "overlay", 0, "lowerdir="+e.path("s1")+":"+e.path("s2")); err != nil {
+		testutil.Skip(t, "no kernel overlayfs to stack on: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(e.path("k"), unix.MNT_DETACH) })
+	mnt := e.mountOver(0, "k")
+	ptRequireOn(t, e.log(0))
+	for _, f := range []string{"a", "b"} {
+		fd, data := readAll(t, filepath.Join(mnt, f))
+		if data != "stacked "+f+"\n" {
+			t.Errorf("%s reads %q", f, data)
+		}
+		if c := cachedBytes(t, fd); c == 0 {
+			t.Errorf("%s: no FUSE page cache after a read: it did not fall back to the daemon", f)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "c"), []byte("upper c\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fd, data := readAll(t, filepath.Join(mnt, "c"))
+	if data != "upper c\n" {
+		t.Errorf("c reads %q", data)
+	}
+	if c := cachedBytes(t, fd); c != 0 {
+		t.Errorf("upper file c: %d bytes in the FUSE page cache: no passthrough for the upper layer", c)
+	}
+	lines := e.logLines(0, "passthrough:")
+	if len(lines) != 1 || !strings.Contains(lines[0], "served by the daemon") || !strings.Contains(lines[0], "stacked") {
+		t.Errorf("log: want one line about the stacked filesystem, got %q", lines)
+	}
+}
+
+// TestPassthroughFallbackUnprivileged mounts as an unprivileged user: the
+// daemon has no CAP_SYS_ADMIN, so it cannot register backing files. It says
+// so once in its log and serves every file through the daemon.
+func TestPassthroughFallbackUnprivileged(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, prog := range []string{"fusermount3", "setpriv"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			testutil.Skip(t, "no %s (scripts/test installs it)", prog)
+		}
+	}
+	const name = "ovltest"
+	u, err := user.Lookup(name)
+	if err != nil {
+		if out, err := exec.Command("useradd", "-M", "-r", "-s", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+			t.Fatalf("useradd: %v: %s", err, out)
+		}
+		if u, err = user.Lookup(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	base, err := os.MkdirTemp("", "ovl-pt-unpriv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	bin := filepath.Join(base, "ovl")
+	cliCopyFile(t, testutil.Binary(t), bin, 0o755)
+	for _, d := range []string{"l", "u", "w", "m"} {
+		os.Mkdir(filepath.Join(base, d), 0o755)
+		os.Chown(filepath.Join(base, d), uid, gid)
+	}
+	os.Chown(base, uid, gid)
+	for _, f := range []string{"a", "b"} {
+		os.WriteFile(filepath.Join(base, "l", f), []byte("lower "+f+"\n"), 0o644)
+		os.Chown(filepath.Join(base, "l", f), uid, gid) // cachestat wants the owner
+	}
+	mnt := filepath.Join(base, "m")
+	cliCleanupMount(t, mnt)
+	asUser := func(args ...string) (string, error) {
+		full := append([]string{"--reuid=" + u.Uid, "--regid=" + u.Gid, "--init-groups", "--"}, args...)
+		cmd := exec.Command("setpriv", full...)
+		cmd.Dir = base
+		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + base}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := asUser(bin, "mount", "-o", "lowerdir=l,upperdir=u,workdir=w,userxattr", "--log", "log", "m"); err != nil {
+		t.Fatalf("mount as %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { asUser(bin, "umount", "m") })
+	if out, err := asUser("sh", "-c", "cat m/a m/b && echo new > m/c && cat m/c"); err != nil || out != "lower a\nlower b\nnew\n" {
+		t.Errorf("reading and writing as %s: %q, %v", name, out, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(base, "log"))
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "passthrough") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "passthrough: off") || !strings.Contains(lines[0], "CAP_SYS_ADMIN") {
+		t.Errorf("log: want one line saying passthrough is off for want of CAP_SYS_ADMIN, got %q", lines)
+	}
+	// Served through the daemon: the FUSE inode caches what was read. Only
+	// the user may enter the mount: ask this test binary, run as the user.
+	self := filepath.Join(base, "ovl.test")
+	cliCopyFile(t, os.Args[0], self, 0o755)
+	out, err := asUser("env", ptCacheHelperEnv+"="+filepath.Join(mnt, "a"), self, "-test.run=^TestPTCacheHelperProcess$", "-test.count=1")
+	if err != nil {
+		t.Fatalf("cache helper: %v: %s", err, out)
+	}
+	var cached int64
+	var data string
+	if _, err := fmt.Sscanf(out, "cached %d %q", &cached, &data); err != nil || data != "lower a\n" {
+		t.Fatalf("cache helper printed %q (%v)", out, err)
+	}
+	if cached == 0 {
+		t.Error("no FUSE page cache after a read: not served by the daemon")
+	}
+}
+
+const ptCacheHelperEnv = "OVL_PT_CACHE_HELPER"
+
+// TestPTCacheHelperProcess is not a test: run with ptCacheHelperEnv set to
+// a path, it reads the file and prints how much of it its inode caches.
+func TestPTCacheHelperProcess(t *testing.T) {
+	path := os.Getenv(ptCacheHelperEnv)
+	if path == "" {
+		return
+	}
+	fd, data := readAll(t, path)
+	fmt.Printf("cached %d %q\n", cachedBytes(t, fd), data)
+	os.Exit(0)
+}
+
+// TestPassthroughCloseThenWrite closes a read-only descriptor of a lower
+// file and at once opens it for writing, on many files: the RELEASE of the
+// read-only open may reach the daemon after the write open, which must
+// then wait for it, not fail.
+func TestPassthroughCloseThenWrite(t *testing.T) {
+	e := newPTEnv(t)
+	const n = 50
+	for i := 0; i < n; i++ {
+		os.WriteFile(e.path(fmt.Sprintf("l/f%d", i)), []byte(ptData), 0o644)
+	}
+	mnt := e.mount(0)
+	ptRequireOn(t, e.log(0))
+	for i := 0; i < n; i++ {
+		p := filepath.Join(mnt, fmt.Sprintf("f%d", i))
+		a, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Read(a, make([]byte, 4))
+		unix.Close(a)
+		b, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatalf("f%d: write open right after closing the read-only one: %v", i, err)
+		}
+		unix.Pwrite(b, []byte("NEW"), 0)
+		unix.Close(b)
+		if data, _ := os.ReadFile(p); string(data) != "NEW3456789abcdef" {
+			t.Errorf("f%d reads %q", i, data)
+		}
+		if data, _ := os.ReadFile(e.path(fmt.Sprintf("l/f%d", i))); string(data) != ptData {
+			t.Errorf("lower f%d changed: %q", i, data)
+		}
+	}
+}
+
+// TestPassthroughConcurrentOpens runs readers, writers, mappings, chmods
+// and truncates of the same lower files from several goroutines at once.
+// Only ETXTBSY may fail an operation (a writer while a reader is open); a
+// read returns the original data or one writer's; no lower file changes.
+func TestPassthroughConcurrentOpens(t *testing.T) {
+	e := newPTEnv(t)
+	const files, workers, ops = 6, 4, 60
+	for i := 0; i < files; i++ {
+		os.WriteFile(e.path(fmt.Sprintf("l/f%d", i)), []byte(ptData), 0o644)
+	}
+	before := map[string][32]byte{}
+	for i := 0; i < files; i++ {
+		b, _ := os.ReadFile(e.path(fmt.Sprintf("l/f%d", i)))
+		before[fmt.Sprint(i)] = sha256.Sum256(b)
+	}
+	mnt := e.mount(0)
+	ptRequireOn(t, e.log(0))
+	valid := func(b []byte) bool {
+		s := string(b)
+		if s == ptData {
+			return true
+		}
+		// A writer puts "Wn" at 0; a truncate cuts to 8 bytes.
+		return len(s) >= 8 && s[0] == 'W' && s[2:8] == ptData[2:8] || s == ptData[:8]
+	}
+	errs := make(chan string, workers*ops)
+	var busy atomic.Int32
+	done := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			defer func() { done <- struct{}{} }()
+			seed := uint32(w*7919 + 1)
+			next := func(n int) int {
+				seed = seed*1664525 + 1013904223
+				return int(seed>>8) % n
+			}
+			for o := 0; o < ops; o++ {
+				p := filepath.Join(mnt, fmt.Sprintf("f%d", next(files)))
+				var err error
+				switch next(5) {
+				case 0: // reader
+					var fd int
+					if fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+						b := make([]byte, 32)
+						n, _ := unix.Pread(fd, b, 0)
+						if !valid(b[:n]) {
+							errs <- fmt.Sprintf("%s read %q", p, b[:n])
+						}
+						unix.Close(fd)
+					}
+				case 1: // writer
+					var fd int
+					if fd, err = unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0); err == nil {
+						unix.Pwrite(fd, []byte(fmt.Sprintf("W%d", w)), 0)
+						unix.Close(fd)
+					}
+				case 2: // mapping
+					var fd int
+					if fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+						if m, merr := unix.Mmap(fd, 0, 8, unix.PROT_READ, unix.MAP_SHARED); merr == nil {
+							if !valid(append(append([]byte{}, m...), ptData[8:]...)) {
+								errs <- fmt.Sprintf("%s mapped %q", p, m)
+							}
+							unix.Munmap(m)
+						}
+						unix.Close(fd)
+					}
+				case 3:
+					err = unix.Chmod(p, 0o600+uint32(next(2))*0o40)
+				case 4:
+					if next(4) == 0 {
+						err = unix.Truncate(p, 8)
+					}
+				}
+				if err != nil && err != unix.ETXTBSY {
+					errs <- fmt.Sprintf("worker %d op %d on %s: %v", w, o, p, err)
+				}
+				if err == unix.ETXTBSY {
+					busy.Add(1)
+				}
+			}
+		}(w)
+	}
+	for w := 0; w < workers; w++ {
+		<-done
+	}
+	t.Logf("%d of %d operations got ETXTBSY", busy.Load(), workers*ops)
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	for i := 0; i < files; i++ {
+		b, _ := os.ReadFile(e.path(fmt.Sprintf("l/f%d", i)))
+		if sha256.Sum256(b) != before[fmt.Sprint(i)] {
+			t.Errorf("lower f%d changed: %q", i, b)
+		}
+	}
 }
