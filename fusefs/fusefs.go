@@ -330,7 +330,7 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	defer p.afterCopyUp(p.n.InUpper())
 	if pt := ptFor(p.ov); pt != nil {
-		return pt.open(ctx, p.ov, p.n, flags)
+		return pt.open(ctx, p.n, flags)
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -350,7 +350,7 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, e
 	}
 	if pt := ptFor(p.ov); pt != nil {
-		h, e := pt.create(ctx, p.ov, ch.Operations().(*node).n, fd, flags)
+		h, e := pt.create(ctx, ch.Operations().(*node).n, fd, flags)
 		if e != 0 {
 			return nil, nil, 0, e
 		}

@@ -154,10 +154,10 @@ func cancelOf(ctx context.Context) <-chan struct{} {
 }
 
 // open serves node.Open.
-func (m *ptMount) open(ctx context.Context, ov *overlay.Overlay, n *overlay.Node, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+func (m *ptMount) open(ctx context.Context, n *overlay.Node, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	s := m.pin(n)
 	s.mu.Lock()
-	h, e := m.openLocked(ctx, ov, n, s, int(flags))
+	h, e := m.openLocked(ctx, n, s, int(flags))
 	s.mu.Unlock()
 	if e != 0 {
 		m.unpin(n, s)
@@ -166,11 +166,11 @@ func (m *ptMount) open(ctx context.Context, ov *overlay.Overlay, n *overlay.Node
 	return h, 0, 0
 }
 
-func (m *ptMount) openLocked(ctx context.Context, ov *overlay.Overlay, n *overlay.Node, s *ptNode, flags int) (*file, syscall.Errno) {
+func (m *ptMount) openLocked(ctx context.Context, n *overlay.Node, s *ptNode, flags int) (*file, syscall.Errno) {
 	write := changesData(flags)
 	if write {
 		// Rule 4: no copy-up, no write, while a lower backing is live.
-		if e := s.waitNoLower(); e != 0 {
+		if e := s.waitNoLower(cancelOf(ctx)); e != 0 {
 			return nil, e
 		}
 	}
@@ -189,7 +189,7 @@ func (m *ptMount) openLocked(ctx context.Context, ov *overlay.Overlay, n *overla
 		}
 		upper = true
 	}
-	h := newFile(ov, n, fd, flags)
+	h := newFile(m.ov, n, fd, flags)
 	if e := m.attach(ctx, s, h, upper, write); e != 0 {
 		h.lf.Release(ctx)
 		return nil, e
@@ -198,10 +198,10 @@ func (m *ptMount) openLocked(ctx context.Context, ov *overlay.Overlay, n *overla
 }
 
 // create serves node.Create: fd is a new file in the upper layer.
-func (m *ptMount) create(ctx context.Context, ov *overlay.Overlay, n *overlay.Node, fd int, flags uint32) (fs.FileHandle, syscall.Errno) {
+func (m *ptMount) create(ctx context.Context, n *overlay.Node, fd int, flags uint32) (fs.FileHandle, syscall.Errno) {
 	s := m.pin(n)
 	s.mu.Lock()
-	h := newFile(ov, n, fd, int(flags))
+	h := newFile(m.ov, n, fd, int(flags))
 	e := m.attach(ctx, s, h, true, changesData(int(flags)))
 	s.mu.Unlock()
 	if e != 0 {
@@ -217,8 +217,9 @@ func changesData(flags int) bool {
 }
 
 // waitNoLower waits, with s.mu held (and released meanwhile), until s has
-// no live lower backing; ETXTBSY if it still has one after releaseWait.
-func (s *ptNode) waitNoLower() syscall.Errno {
+// no live lower backing; ETXTBSY if it still has one after releaseWait,
+// EINTR if the caller gives up (cancel closed: FUSE_INTERRUPT).
+func (s *ptNode) waitNoLower(cancel <-chan struct{}) syscall.Errno {
 	var timeout <-chan time.Time
 	for s.id != 0 && s.lower {
 		if timeout == nil {
@@ -231,6 +232,9 @@ func (s *ptNode) waitNoLower() syscall.Errno {
 		select {
 		case <-idle:
 			s.mu.Lock()
+		case <-cancel:
+			s.mu.Lock()
+			return syscall.EINTR
 		case <-timeout:
 			s.mu.Lock()
 			if s.id != 0 && s.lower {
@@ -431,7 +435,7 @@ func ptSetattr(ov *overlay.Overlay, n *overlay.Node, a overlay.SetAttr, fd int) 
 	defer m.unpin(n, s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.waitNoLower(); e != 0 {
+	if e := s.waitNoLower(nil); e != 0 {
 		return e
 	}
 	return n.Setattr(a, fd)
