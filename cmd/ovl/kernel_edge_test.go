@@ -91,14 +91,9 @@ func TestKernelEdgeOps(t *testing.T) {
 // TestKernelCopyUpWithReaderOpen: a copy-up while a read-only open of the
 // lower file exists must not write into the lower file (the passthrough
 // trap), and new opens see the new data.
-//
-// With passthrough (the default) such a writer gets ETXTBSY instead
-// (docs/passthrough.md; TestPassthroughOpenSequences checks that and the
-// lower file): the kernel's behaviour is ovl's with passthrough=off.
+// (The kernel's coherence here is ovl's with passthrough=off: kcCoherent.)
 func TestKernelCopyUpWithReaderOpen(t *testing.T) {
-	opts := k.DefaultOptions()
-	opts.OvlExtra = []string{"passthrough=off"}
-	p := kcPair(t, opts, k.Layers{Lowers: []k.Layer{{k.File("f", "original content")}}})
+	p := kcPair(t, kcCoherent(), k.Layers{Lowers: []k.Layer{{k.File("f", "original content")}}})
 	var oldReads [2]string
 	for i, s := range p.Sides() {
 		r, err := os.Open(s.Path("f"))

@@ -291,6 +291,16 @@ func ptLayers() k.Layers {
 	return k.Layers{Lowers: []k.Layer{l}}
 }
 
+// kcCoherent is k.DefaultOptions with passthrough=off for ovl: the kernel's
+// coherence for a descriptor opened read-only before another one writes
+// (the copy-up). With passthrough that writer gets ETXTBSY instead
+// (docs/passthrough.md; TestPassthroughOpenSequences checks both modes).
+func kcCoherent() k.Options {
+	o := k.DefaultOptions()
+	o.OvlExtra = append(o.OvlExtra, "passthrough=off")
+	return o
+}
+
 // ptPair mounts the kernel's overlayfs and ovl with passthrough=mode; with
 // "on", it makes sure passthrough really is on.
 func ptPair(t *testing.T, mode string, layers k.Layers) *k.Pair {
@@ -507,7 +517,7 @@ func meminfoCached(t *testing.T) int64 {
 	return 0
 }
 
-func dropCaches(t testing.TB) {
+func ptDropPageCache(t testing.TB) {
 	t.Helper()
 	unix.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0o200); err != nil {
@@ -539,7 +549,7 @@ func readThrough(t *testing.T, e *ptEnv, name string, mnts []string) cacheGrowth
 		defer unix.Close(fd)
 		fds = append(fds, fd)
 	}
-	dropCaches(t)
+	ptDropPageCache(t)
 	if c := cachedBytes(t, lower); c > 1<<20 {
 		t.Fatalf("lower file still has %d bytes cached after drop_caches", c)
 	}
@@ -1025,7 +1035,7 @@ func BenchmarkPassthroughSeqRead(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					if cache == "cold" {
 						b.StopTimer()
-						dropCaches(b)
+						ptDropPageCache(b)
 						b.StartTimer()
 					}
 					if n := readFile1M(b, path, buf); n != size {
