@@ -170,7 +170,7 @@ func (m *ptMount) openLocked(ctx context.Context, n *overlay.Node, s *ptNode, fl
 	write := changesData(flags)
 	if write {
 		// Rule 4: no copy-up, no write, while a lower backing is live.
-		if e := s.waitNoLower(cancelOf(ctx)); e != 0 {
+		if e := s.waitNoLower(); e != 0 {
 			return nil, e
 		}
 	}
@@ -217,9 +217,12 @@ func changesData(flags int) bool {
 }
 
 // waitNoLower waits, with s.mu held (and released meanwhile), until s has
-// no live lower backing; ETXTBSY if it still has one after releaseWait,
-// EINTR if the caller gives up (cancel closed: FUSE_INTERRUPT).
-func (s *ptNode) waitNoLower(cancel <-chan struct{}) syscall.Errno {
+// no live lower backing; ETXTBSY if it still has one after releaseWait.
+// It does not give up on FUSE_INTERRUPT: the kernel sends one for any
+// signal (Go programs get SIGURG all the time), and answering EINTR would
+// fail open(2) on a regular file; a fatal signal ends the caller's wait in
+// the kernel anyway.
+func (s *ptNode) waitNoLower() syscall.Errno {
 	var timeout <-chan time.Time
 	for s.id != 0 && s.lower {
 		if timeout == nil {
@@ -232,9 +235,6 @@ func (s *ptNode) waitNoLower(cancel <-chan struct{}) syscall.Errno {
 		select {
 		case <-idle:
 			s.mu.Lock()
-		case <-cancel:
-			s.mu.Lock()
-			return syscall.EINTR
 		case <-timeout:
 			s.mu.Lock()
 			if s.id != 0 && s.lower {
@@ -435,7 +435,7 @@ func ptSetattr(ov *overlay.Overlay, n *overlay.Node, a overlay.SetAttr, fd int) 
 	defer m.unpin(n, s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.waitNoLower(nil); e != 0 {
+	if e := s.waitNoLower(); e != 0 {
 		return e
 	}
 	return n.Setattr(a, fd)
