@@ -597,37 +597,34 @@ func TestPassthroughPageCache(t *testing.T) {
 			if c.mode == "on" {
 				ptRequireOn(t, e.log(0))
 			}
-			// Cached is machine-wide: other processes may add to it while
-			// we read, never take from it; retry a noisy measurement.
-			var g cacheGrowth
-			for try := 0; try < 3; try++ {
-				g = readThrough(t, e, "big", mnts)
+			// Cached is machine-wide: other processes add to it and free
+			// from it while we read. The per-file counts (cachestat) are
+			// exact and must hold every time; Cached gets a few tries.
+			var meminfoOK bool
+			for try := 0; try < 5 && !meminfoOK; try++ {
+				g := readThrough(t, e, "big", mnts)
 				t.Logf("try %d: FUSE caches %v MiB, lower file %d MiB, Cached +%d MiB",
 					try, mibs(g.fuse...), g.lower/mib, g.meminfo/mib)
-				if c.mode == "off" || g.meminfo <= size*12/10 {
-					break
+				if g.lower < size*95/100 {
+					t.Fatalf("lower file cached: %d MiB, want the whole %d MiB", g.lower/mib, size/mib)
+				}
+				for i, f := range g.fuse {
+					switch {
+					case c.mode == "on" && f != 0:
+						t.Fatalf("mount %d: FUSE inode caches %d bytes: reads did not pass through", i, f)
+					case c.mode == "off" && f < size*95/100:
+						t.Fatalf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/mib, size/mib)
+					}
+				}
+				if c.mode == "on" {
+					meminfoOK = g.meminfo <= size*12/10 // one copy, shared
+				} else {
+					meminfoOK = g.meminfo >= 2*size // the lower's and each mount's
 				}
 			}
-			if g.lower < size*95/100 {
-				t.Errorf("lower file cached: %d MiB, want the whole %d MiB", g.lower/mib, size/mib)
-			}
-			for i, f := range g.fuse {
-				switch {
-				case c.mode == "on" && f != 0:
-					t.Errorf("mount %d: FUSE inode caches %d bytes: reads did not pass through", i, f)
-				case c.mode == "off" && f < size*95/100:
-					t.Errorf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/mib, size/mib)
-				}
-			}
-			switch c.mode {
-			case "on":
-				if g.meminfo > size*12/10 {
-					t.Errorf("Cached grew by %d MiB reading %d MiB through %d mounts, want at most 1.2x", g.meminfo/mib, size/mib, c.mounts)
-				}
-			case "off":
-				if g.meminfo < 2*size {
-					t.Errorf("Cached grew by %d MiB reading %d MiB through %d mounts without passthrough, want at least 2x", g.meminfo/mib, size/mib, c.mounts)
-				}
+			if !meminfoOK {
+				t.Errorf("Cached never grew as expected reading %d MiB through %d mounts with passthrough=%s (want at most 1.2x with, at least 2x without)",
+					size/mib, c.mounts, c.mode)
 			}
 		})
 	}
