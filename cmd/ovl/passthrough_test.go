@@ -598,33 +598,38 @@ func TestPassthroughPageCache(t *testing.T) {
 				ptRequireOn(t, e.log(0))
 			}
 			// Cached is machine-wide: other processes add to it and free
-			// from it while we read. The per-file counts (cachestat) are
-			// exact and must hold every time; Cached gets a few tries.
-			var meminfoOK bool
-			for try := 0; try < 5 && !meminfoOK; try++ {
+			// from it while we read, and may drop caches. Only our reads
+			// can put pages in our FUSE inodes: with passthrough there must
+			// never be any. The other counts get a few tries.
+			var why string
+			for try := 0; try < 5; try++ {
 				g := readThrough(t, e, "big", mnts)
 				t.Logf("try %d: FUSE caches %v MiB, lower file %d MiB, Cached +%d MiB",
 					try, mibs(g.fuse...), g.lower/mib, g.meminfo/mib)
+				why = ""
 				if g.lower < size*95/100 {
-					t.Fatalf("lower file cached: %d MiB, want the whole %d MiB", g.lower/mib, size/mib)
+					why = fmt.Sprintf("lower file cached: %d MiB, want the whole %d MiB", g.lower/mib, size/mib)
 				}
 				for i, f := range g.fuse {
 					switch {
 					case c.mode == "on" && f != 0:
 						t.Fatalf("mount %d: FUSE inode caches %d bytes: reads did not pass through", i, f)
 					case c.mode == "off" && f < size*95/100:
-						t.Fatalf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/mib, size/mib)
+						why = fmt.Sprintf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/mib, size/mib)
 					}
 				}
-				if c.mode == "on" {
-					meminfoOK = g.meminfo <= size*12/10 // one copy, shared
-				} else {
-					meminfoOK = g.meminfo >= 2*size // the lower's and each mount's
+				switch {
+				case c.mode == "on" && g.meminfo > size*12/10:
+					why = fmt.Sprintf("Cached grew by %d MiB, want at most 1.2x %d MiB: one copy, shared", g.meminfo/mib, size/mib)
+				case c.mode == "off" && g.meminfo < 2*size:
+					why = fmt.Sprintf("Cached grew by %d MiB, want at least 2x %d MiB: the lower's and each mount's", g.meminfo/mib, size/mib)
+				}
+				if why == "" {
+					break
 				}
 			}
-			if !meminfoOK {
-				t.Errorf("Cached never grew as expected reading %d MiB through %d mounts with passthrough=%s (want at most 1.2x with, at least 2x without)",
-					size/mib, c.mounts, c.mode)
+			if why != "" {
+				t.Error(why)
 			}
 		})
 	}
