@@ -134,6 +134,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	if pt != nil {
 		if err := pt.probe(); err != nil {
 			log.Printf("passthrough: off: %v", err)
+			mounts.Delete(ov) // nothing to track: every open is served by the daemon
 		}
 	}
 	return &Server{srv: srv, mountpoint: mountpoint, ov: ov}, nil

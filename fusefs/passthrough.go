@@ -54,11 +54,12 @@ type ptMount struct {
 	// for good if it failed, every open is served by the daemon.
 	on atomic.Bool
 
-	mu     sync.Mutex
-	nodes  map[*overlay.Node]*ptNode // objects with open handles or opens in progress
-	ids    map[<-chan struct{}]int32 // backing id for the OPEN/CREATE in progress, by its cancel channel
-	badDev map[uint64]bool           // devices whose files cannot be backing files
-	logged map[string]bool
+	mu      sync.Mutex
+	nodes   map[*overlay.Node]*ptNode // objects with open handles or opens in progress
+	ids     map[<-chan struct{}]int32 // backing id for the OPEN/CREATE in progress, by its cancel channel
+	badDev  map[uint64]bool           // devices whose files cannot be backing files
+	noClone bool                      // lower files cannot be cloned read-only: no lower backings
+	logged  map[string]bool
 }
 
 // ptNode is what the kernel keeps per FUSE inode, for one overlay object.
@@ -296,9 +297,9 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 func (m *ptMount) register(fd int, st *unix.Stat_t, upper bool) (int32, bool) {
 	srv := m.srv.Load()
 	m.mu.Lock()
-	bad := m.badDev[st.Dev]
+	skip := m.badDev[st.Dev] || !upper && m.noClone
 	m.mu.Unlock()
-	if bad || srv == nil {
+	if skip || srv == nil {
 		return 0, false
 	}
 	regFd := fd
@@ -306,30 +307,33 @@ func (m *ptMount) register(fd int, st *unix.Stat_t, upper bool) (int32, bool) {
 		ro, err := readOnlyClone(fd)
 		if err != nil {
 			m.logOnce("clone", "lower files are served by the daemon: no read-only clone of a lower file: %v", err)
-			m.markBad(st.Dev)
+			m.mu.Lock()
+			m.noClone = true
+			m.mu.Unlock()
 			return 0, false
 		}
 		defer unix.Close(ro)
 		regFd = ro
 	}
 	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(regFd)})
-	if errno != 0 {
+	switch errno {
+	case 0:
+		return id, true
+	case syscall.ELOOP, syscall.EINVAL, syscall.EOPNOTSUPP, syscall.EPERM:
+		// What the file's filesystem is, not a passing state.
 		why := errno.Error()
 		if errno == syscall.ELOOP {
 			why = "the filesystem is itself stacked (overlayfs, FUSE), too deep for FUSE stack depth 1"
 		}
 		m.logOnce(fmt.Sprint("dev", st.Dev), "files on device %d:%d are served by the daemon: %s",
 			unix.Major(st.Dev), unix.Minor(st.Dev), why)
-		m.markBad(st.Dev)
-		return 0, false
+		m.mu.Lock()
+		m.badDev[st.Dev] = true
+		m.mu.Unlock()
+	default:
+		m.logOnce(fmt.Sprint("errno", errno), "registering a backing file: %v (such opens are served by the daemon)", errno)
 	}
-	return id, true
-}
-
-func (m *ptMount) markBad(dev uint64) {
-	m.mu.Lock()
-	m.badDev[dev] = true
-	m.mu.Unlock()
+	return 0, false
 }
 
 // readOnlyClone returns an O_PATH descriptor of fd's file on a private,
