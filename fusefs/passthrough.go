@@ -12,6 +12,7 @@ package fusefs
 // Lock order: ptNode.mu, then ptMount.mu.
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -55,24 +56,38 @@ type ptMount struct {
 	on atomic.Bool
 
 	mu      sync.Mutex
-	nodes   map[*overlay.Node]*ptNode // objects with open handles or opens in progress
+	nodes   map[*overlay.Node]*ptNode // objects with handles, opens in progress or a cached backing
 	ids     map[<-chan struct{}]int32 // backing id for the OPEN/CREATE in progress, by its cancel channel
 	badDev  map[uint64]bool           // devices whose files cannot be backing files
 	noClone bool                      // lower files cannot be cloned read-only: no lower backings
 	logged  map[string]bool
+	// idle holds the objects whose lower backing stays registered with no
+	// handle open, most recently released first, so that opening the same
+	// lower file again costs no clone and no registration. Upper backings
+	// are not kept: they would keep a deleted upper file's space in use.
+	idle *list.List // of *ptNode
 }
 
-// ptNode is what the kernel keeps per FUSE inode, for one overlay object.
+// idleMax bounds the idle lower backings a mount keeps registered; each
+// holds a read-only clone mount and an open file in the kernel.
+const idleMax = 1024
+
+// ptNode is what the kernel keeps per FUSE inode, for one overlay object,
+// plus a registration kept after the last handle (ptMount.idle).
 type ptNode struct {
-	pins int // handles plus opens in progress; guarded by ptMount.mu
+	n *overlay.Node // immutable
+	// Guarded by ptMount.mu: pins counts handles, opens in progress and
+	// a place in ptMount.idle (elem); the entry goes when pins is 0.
+	pins int
+	elem *list.Element
 
 	mu       sync.Mutex
 	id       int32         // registered backing id, 0 if none
 	lower    bool          // the backing is the lower file
 	dev, ino uint64        // the backing's real file
-	refs     int           // handles opened on the backing
+	refs     int           // handles opened on the backing: it is live in the kernel
 	cached   int           // handles opened without passthrough
-	idle     chan struct{} // closed when a lower backing is released
+	gone     chan struct{} // closed when the last handle on a lower backing is released
 }
 
 func newPTMount(ov *overlay.Overlay) *ptMount {
@@ -82,6 +97,7 @@ func newPTMount(ov *overlay.Overlay) *ptMount {
 		ids:    map[<-chan struct{}]int32{},
 		badDev: map[uint64]bool{},
 		logged: map[string]bool{},
+		idle:   list.New(),
 	}
 }
 
@@ -130,7 +146,7 @@ func (m *ptMount) pin(n *overlay.Node) *ptNode {
 	defer m.mu.Unlock()
 	s := m.nodes[n]
 	if s == nil {
-		s = &ptNode{}
+		s = &ptNode{n: n}
 		m.nodes[n] = s
 	}
 	s.pins++
@@ -225,20 +241,20 @@ func changesData(flags int) bool {
 // the kernel anyway.
 func (s *ptNode) waitNoLower() syscall.Errno {
 	var timeout <-chan time.Time
-	for s.id != 0 && s.lower {
+	for s.refs > 0 && s.lower {
 		if timeout == nil {
 			t := time.NewTimer(releaseWait)
 			defer t.Stop()
 			timeout = t.C
 		}
-		idle := s.idle
+		gone := s.gone
 		s.mu.Unlock()
 		select {
-		case <-idle:
+		case <-gone:
 			s.mu.Lock()
 		case <-timeout:
 			s.mu.Lock()
-			if s.id != 0 && s.lower {
+			if s.refs > 0 && s.lower {
 				return syscall.ETXTBSY
 			}
 		}
@@ -260,6 +276,21 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 	if err := unix.Fstat(h.fd, &st); err != nil {
 		return errno(err)
 	}
+	same := s.id != 0 && s.dev == st.Dev && s.ino == st.Ino
+	if s.id != 0 && s.refs == 0 {
+		// A lower backing kept after its last handle: take it out of the
+		// idle list, and drop it unless it is this file's, for reading.
+		m.mu.Lock()
+		if s.elem != nil {
+			m.idle.Remove(s.elem)
+			s.elem = nil
+			s.pins-- // the idle list's pin; this open holds another
+		}
+		m.mu.Unlock()
+		if !same || write {
+			m.unregister(s)
+		}
+	}
 	switch {
 	case s.id == 0:
 		id, ok := m.register(h.fd, &st, upper)
@@ -269,10 +300,7 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 			return 0
 		}
 		s.id, s.lower, s.dev, s.ino = id, !upper, st.Dev, st.Ino
-		if s.lower {
-			s.idle = make(chan struct{})
-		}
-	case s.dev == st.Dev && s.ino == st.Ino && !(write && s.lower):
+	case same && !(write && s.lower):
 		// The same real file: share its backing.
 	case s.lower && upper && !write:
 		// Copied up (metadata only: data changes wait for the lower
@@ -282,12 +310,25 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 		// both passthrough (EBUSY) and a cached open (EIO).
 		return syscall.ETXTBSY
 	}
+	if s.refs == 0 && s.lower {
+		s.gone = make(chan struct{})
+	}
 	s.refs++
 	h.backed = true
 	m.mu.Lock()
 	m.ids[cancel] = s.id
 	m.mu.Unlock()
 	return 0
+}
+
+// unregister drops s's backing, with s.mu held.
+func (m *ptMount) unregister(s *ptNode) {
+	if srv := m.srv.Load(); srv != nil {
+		if errno := srv.UnregisterBackingFd(s.id); errno != 0 {
+			log.Printf("passthrough: unregistering backing %d: %v", s.id, errno)
+		}
+	}
+	s.id, s.lower = 0, false
 }
 
 // register makes fd's file a backing file. A lower file is registered from
@@ -356,27 +397,55 @@ func readOnlyClone(fd int) (int, error) {
 // it sends the RELEASE that gets here.
 func (m *ptMount) release(h *file) {
 	s := h.pt
+	keep := false
 	s.mu.Lock()
 	switch {
 	case h.backed:
 		if s.refs--; s.refs == 0 {
-			if srv := m.srv.Load(); srv != nil {
-				if errno := srv.UnregisterBackingFd(s.id); errno != 0 {
-					log.Printf("passthrough: unregistering backing %d: %v", s.id, errno)
-				}
+			if s.gone != nil {
+				close(s.gone)
+				s.gone = nil
 			}
-			s.id, s.lower = 0, false
-			if s.idle != nil {
-				close(s.idle)
-				s.idle = nil
+			if keep = s.lower; !keep {
+				m.unregister(s)
 			}
 		}
 	case h.cachedRef:
 		s.cached--
 	}
 	h.backed, h.cachedRef = false, false
+	if keep {
+		m.mu.Lock()
+		s.elem = m.idle.PushFront(s)
+		s.pins++
+		m.mu.Unlock()
+	}
 	s.mu.Unlock()
-	m.unpin(h.n, s)
+	m.unpin(s.n, s)
+	if keep {
+		m.trimIdle()
+	}
+}
+
+// trimIdle unregisters the least recently used idle lower backings beyond
+// idleMax. It holds no ptNode lock on entry.
+func (m *ptMount) trimIdle() {
+	for {
+		m.mu.Lock()
+		if m.idle.Len() <= idleMax {
+			m.mu.Unlock()
+			return
+		}
+		v := m.idle.Remove(m.idle.Back()).(*ptNode)
+		v.elem = nil
+		m.mu.Unlock()
+		v.mu.Lock()
+		if v.refs == 0 && v.id != 0 {
+			m.unregister(v)
+		}
+		v.mu.Unlock()
+		m.unpin(v.n, v)
+	}
 }
 
 // takeID returns the backing id chosen for the request with this cancel

@@ -1106,3 +1106,39 @@ func BenchmarkPassthroughOpenSmall(b *testing.B) {
 		})
 	}
 }
+
+// TestPassthroughIdleBackings reads more lower files than ovl keeps lower
+// backings registered for after their last close (1024), then writes some
+// of the first and of the last ones read, and reads them again: every
+// write lands in the upper and is what a new open reads, whether the
+// file's kept backing was dropped for the limit or at the copy-up.
+func TestPassthroughIdleBackings(t *testing.T) {
+	e := newPTEnv(t)
+	const n = 1100
+	for i := 0; i < n; i++ {
+		os.WriteFile(e.path(fmt.Sprintf("l/f%04d", i)), []byte(ptData), 0o644)
+	}
+	mnt := e.mount(0)
+	ptRequireOn(t, e.log(0))
+	for i := 0; i < n; i++ {
+		if b, err := os.ReadFile(filepath.Join(mnt, fmt.Sprintf("f%04d", i))); err != nil || string(b) != ptData {
+			t.Fatalf("f%04d reads %q, %v", i, b, err)
+		}
+	}
+	for _, i := range []int{0, 1, 500, n - 2, n - 1} {
+		name := fmt.Sprintf("f%04d", i)
+		p := filepath.Join(mnt, name)
+		if err := os.WriteFile(p, []byte("NEW "+name), 0o644); err != nil {
+			t.Fatalf("write %s: %v", name, err)
+		}
+		if b, err := os.ReadFile(p); err != nil || string(b) != "NEW "+name {
+			t.Errorf("%s reads %q after the write, %v", name, b, err)
+		}
+		if b, _ := os.ReadFile(e.path("u0/" + name)); string(b) != "NEW "+name {
+			t.Errorf("upper %s holds %q", name, b)
+		}
+		if b, _ := os.ReadFile(e.path("l/" + name)); string(b) != ptData {
+			t.Errorf("lower %s changed: %q", name, b)
+		}
+	}
+}
