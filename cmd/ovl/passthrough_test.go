@@ -27,7 +27,7 @@ import (
 
 const ptData = "0123456789abcdef"
 
-// ptStep records one step's outcome in a sequence's transcript.
+// ptTranscript records the outcome of each step of a sequence.
 type ptTranscript struct {
 	root  string
 	lines []string
@@ -42,7 +42,7 @@ func (tr *ptTranscript) path(name string) string { return filepath.Join(tr.root,
 // open opens name and records "what: ok" or "what: ERRNO"; -1 on error.
 func (tr *ptTranscript) open(what, name string, flags int) int {
 	fd, err := unix.Open(tr.path(name), flags|unix.O_CLOEXEC, 0)
-	tr.add("%s: %s", what, errName(err))
+	tr.add("%s: %s", what, ptErrName(err))
 	if err != nil {
 		return -1
 	}
@@ -58,7 +58,7 @@ func (tr *ptTranscript) read(what string, fd int) {
 	b := make([]byte, 32)
 	n, err := unix.Pread(fd, b, 0)
 	if err != nil {
-		tr.add("%s: %s", what, errName(err))
+		tr.add("%s: %s", what, ptErrName(err))
 		return
 	}
 	tr.add("%s: %q", what, b[:n])
@@ -70,26 +70,26 @@ func (tr *ptTranscript) write(what string, fd int) {
 		return
 	}
 	_, err := unix.Pwrite(fd, []byte("NEW"), 0)
-	tr.add("%s: %s", what, errName(err))
+	tr.add("%s: %s", what, ptErrName(err))
 }
 
 // readNew records what a fresh read-only open reads.
 func (tr *ptTranscript) readNew(what, name string) {
 	b, err := os.ReadFile(tr.path(name))
 	if err != nil {
-		tr.add("%s: %s", what, errName(err))
+		tr.add("%s: %s", what, ptErrName(err))
 		return
 	}
 	tr.add("%s: %q", what, b)
 }
 
-func closeFd(fd int) {
+func ptCloseFd(fd int) {
 	if fd >= 0 {
 		unix.Close(fd)
 	}
 }
 
-func errName(err error) string {
+func ptErrName(err error) string {
 	if err == nil {
 		return "ok"
 	}
@@ -122,9 +122,9 @@ var ptSeqs = []ptSeq{
 			tr.read("read A", a)
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			tr.write("write B", b)
-			closeFd(b)
+			ptCloseFd(b)
 			tr.read("read A again", a)
-			closeFd(a)
+			ptCloseFd(a)
 			tr.readNew("read new open", f)
 		},
 		on: []string{"open A ro: ok", "read A: " + ptOld, "open B rw: ETXTBSY", "read A again: " + ptOld, "read new open: " + ptOld},
@@ -136,8 +136,8 @@ var ptSeqs = []ptSeq{
 			tr.write("write B", b)
 			a := tr.open("open A ro", f, unix.O_RDONLY)
 			tr.read("read A", a)
-			closeFd(b)
-			closeFd(a)
+			ptCloseFd(b)
+			ptCloseFd(a)
 			tr.readNew("read new open", f)
 		},
 	},
@@ -145,16 +145,16 @@ var ptSeqs = []ptSeq{
 		name: "ro_chmod_rw",
 		run: func(tr *ptTranscript, f string) {
 			a := tr.open("open A ro", f, unix.O_RDONLY)
-			tr.add("chmod: %s", errName(unix.Chmod(tr.path(f), 0o600)))
+			tr.add("chmod: %s", ptErrName(unix.Chmod(tr.path(f), 0o600)))
 			c := tr.open("open C ro", f, unix.O_RDONLY)
 			tr.read("read C", c)
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			tr.write("write B", b)
-			closeFd(b)
+			ptCloseFd(b)
 			tr.read("read A", a)
 			tr.read("read C again", c)
-			closeFd(a)
-			closeFd(c)
+			ptCloseFd(a)
+			ptCloseFd(c)
 			tr.readNew("read new open", f)
 		},
 		on: []string{"open A ro: ok", "chmod: ok", "open C ro: ok", "read C: " + ptOld, "open B rw: ETXTBSY",
@@ -164,11 +164,11 @@ var ptSeqs = []ptSeq{
 		name: "ro_truncate",
 		run: func(tr *ptTranscript, f string) {
 			a := tr.open("open A ro", f, unix.O_RDONLY)
-			tr.add("truncate: %s", errName(unix.Truncate(tr.path(f), 4)))
+			tr.add("truncate: %s", ptErrName(unix.Truncate(tr.path(f), 4)))
 			b := tr.open("open B ro|trunc", f, unix.O_RDONLY|unix.O_TRUNC)
-			closeFd(b)
+			ptCloseFd(b)
 			tr.read("read A", a)
-			closeFd(a)
+			ptCloseFd(a)
 			tr.readNew("read new open", f)
 		},
 		on: []string{"open A ro: ok", "truncate: ETXTBSY", "open B ro|trunc: ETXTBSY", "read A: " + ptOld, "read new open: " + ptOld},
@@ -179,15 +179,15 @@ var ptSeqs = []ptSeq{
 		run: func(tr *ptTranscript, f string) {
 			a := tr.open("open A ro", f, unix.O_RDONLY)
 			m, err := unix.Mmap(a, 0, len(ptData), unix.PROT_READ, unix.MAP_SHARED)
-			tr.add("mmap A: %s", errName(err))
+			tr.add("mmap A: %s", ptErrName(err))
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			tr.write("write B", b)
-			closeFd(b)
+			ptCloseFd(b)
 			if err == nil {
 				tr.add("mapping: %q", m)
 				unix.Munmap(m)
 			}
-			closeFd(a)
+			ptCloseFd(a)
 			tr.readNew("read new open", f)
 		},
 		on: []string{"open A ro: ok", "mmap A: ok", "open B rw: ETXTBSY", "mapping: " + ptOld, "read new open: " + ptOld},
@@ -201,11 +201,11 @@ var ptSeqs = []ptSeq{
 		run: func(tr *ptTranscript, f string) {
 			a := tr.open("open A ro", f, unix.O_RDONLY)
 			m, err := unix.Mmap(a, 0, len(ptData), unix.PROT_READ, unix.MAP_SHARED)
-			tr.add("mmap A: %s", errName(err))
-			closeFd(a)
+			tr.add("mmap A: %s", ptErrName(err))
+			ptCloseFd(a)
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			tr.write("write B", b)
-			closeFd(b)
+			ptCloseFd(b)
 			if err == nil {
 				tr.add("mapping: %q", m)
 				unix.Munmap(m)
@@ -220,16 +220,16 @@ var ptSeqs = []ptSeq{
 		run: func(tr *ptTranscript, f string) {
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			m, err := unix.Mmap(b, 0, len(ptData), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-			tr.add("mmap B: %s", errName(err))
+			tr.add("mmap B: %s", ptErrName(err))
 			if err == nil {
 				copy(m, "MAP")
-				tr.add("msync: %s", errName(unix.Msync(m, unix.MS_SYNC)))
+				tr.add("msync: %s", ptErrName(unix.Msync(m, unix.MS_SYNC)))
 				unix.Munmap(m)
 			}
 			a := tr.open("open A ro", f, unix.O_RDONLY)
 			tr.read("read A", a)
-			closeFd(a)
-			closeFd(b)
+			ptCloseFd(a)
+			ptCloseFd(b)
 			tr.readNew("read new open", f)
 		},
 	},
@@ -239,29 +239,29 @@ var ptSeqs = []ptSeq{
 		name: "locks",
 		run: func(tr *ptTranscript, f string) {
 			a := tr.open("open A ro", f, unix.O_RDONLY)
-			tr.add("A ofd rdlck: %s", errName(ofdLock(a, unix.F_RDLCK)))
-			tr.add("A flock sh: %s", errName(unix.Flock(a, unix.LOCK_SH|unix.LOCK_NB)))
-			tr.add("chmod: %s", errName(unix.Chmod(tr.path(f), 0o600)))
+			tr.add("A ofd rdlck: %s", ptErrName(ptOFDLock(a, unix.F_RDLCK)))
+			tr.add("A flock sh: %s", ptErrName(unix.Flock(a, unix.LOCK_SH|unix.LOCK_NB)))
+			tr.add("chmod: %s", ptErrName(unix.Chmod(tr.path(f), 0o600)))
 			c := tr.open("open C ro", f, unix.O_RDONLY)
-			tr.add("C ofd getlk wrlck: %s", ofdGetlk(c, unix.F_WRLCK))
-			tr.add("C flock ex: %s", errName(unix.Flock(c, unix.LOCK_EX|unix.LOCK_NB)))
+			tr.add("C ofd getlk wrlck: %s", ptOFDGetlk(c, unix.F_WRLCK))
+			tr.add("C flock ex: %s", ptErrName(unix.Flock(c, unix.LOCK_EX|unix.LOCK_NB)))
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			if b >= 0 {
-				tr.add("B ofd wrlck: %s", errName(ofdLock(b, unix.F_WRLCK)))
-				tr.add("B flock ex: %s", errName(unix.Flock(b, unix.LOCK_EX|unix.LOCK_NB)))
+				tr.add("B ofd wrlck: %s", ptErrName(ptOFDLock(b, unix.F_WRLCK)))
+				tr.add("B flock ex: %s", ptErrName(unix.Flock(b, unix.LOCK_EX|unix.LOCK_NB)))
 			}
-			tr.add("A ofd unlck: %s", errName(ofdLock(a, unix.F_UNLCK)))
-			closeFd(a)
-			closeFd(b)
-			closeFd(c)
+			tr.add("A ofd unlck: %s", ptErrName(ptOFDLock(a, unix.F_UNLCK)))
+			ptCloseFd(a)
+			ptCloseFd(b)
+			ptCloseFd(c)
 			d := tr.open("open D rw", f, unix.O_RDWR)
-			tr.add("D ofd wrlck: %s", errName(ofdLock(d, unix.F_WRLCK)))
-			tr.add("D flock ex: %s", errName(unix.Flock(d, unix.LOCK_EX|unix.LOCK_NB)))
+			tr.add("D ofd wrlck: %s", ptErrName(ptOFDLock(d, unix.F_WRLCK)))
+			tr.add("D flock ex: %s", ptErrName(unix.Flock(d, unix.LOCK_EX|unix.LOCK_NB)))
 			e := tr.open("open E ro", f, unix.O_RDONLY)
-			tr.add("E ofd getlk rdlck: %s", ofdGetlk(e, unix.F_RDLCK))
-			tr.add("E flock sh: %s", errName(unix.Flock(e, unix.LOCK_SH|unix.LOCK_NB)))
-			closeFd(d)
-			closeFd(e)
+			tr.add("E ofd getlk rdlck: %s", ptOFDGetlk(e, unix.F_RDLCK))
+			tr.add("E flock sh: %s", ptErrName(unix.Flock(e, unix.LOCK_SH|unix.LOCK_NB)))
+			ptCloseFd(d)
+			ptCloseFd(e)
 		},
 		on: []string{"open A ro: ok", "A ofd rdlck: ok", "A flock sh: ok", "chmod: ok", "open C ro: ok",
 			"C ofd getlk wrlck: F_RDLCK", "C flock ex: EAGAIN", "open B rw: ETXTBSY", "A ofd unlck: ok",
@@ -273,10 +273,10 @@ var ptSeqs = []ptSeq{
 		run: func(tr *ptTranscript, f string) {
 			a := tr.open("open A ro", f, unix.O_RDONLY)
 			tr.read("read A", a)
-			closeFd(a)
+			ptCloseFd(a)
 			b := tr.open("open B rw", f, unix.O_RDWR)
 			tr.write("write B", b)
-			closeFd(b)
+			ptCloseFd(b)
 			tr.readNew("read new open", f)
 		},
 	},
@@ -390,22 +390,22 @@ func TestPassthroughOpenSequences(t *testing.T) {
 	}
 }
 
-// ofdLock takes (or drops) a whole-file OFD lock without waiting.
-func ofdLock(fd int, typ int16) error {
+// ptOFDLock takes (or drops) a whole-file OFD lock without waiting.
+func ptOFDLock(fd int, typ int16) error {
 	if fd < 0 {
 		return unix.EBADF
 	}
 	return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &unix.Flock_t{Type: typ})
 }
 
-// ofdGetlk names the lock that would block a whole-file lock of typ.
-func ofdGetlk(fd int, typ int16) string {
+// ptOFDGetlk names the lock that would block a whole-file lock of typ.
+func ptOFDGetlk(fd int, typ int16) string {
 	if fd < 0 {
 		return "no fd"
 	}
 	fl := unix.Flock_t{Type: typ}
 	if err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_GETLK, &fl); err != nil {
-		return errName(err)
+		return ptErrName(err)
 	}
 	return map[int16]string{unix.F_RDLCK: "F_RDLCK", unix.F_WRLCK: "F_WRLCK", unix.F_UNLCK: "F_UNLCK"}[fl.Type]
 }
@@ -489,9 +489,9 @@ func (e *ptEnv) logLines(i int, s string) []string {
 	return out
 }
 
-// cachedBytes is how much of fd's file is in the page cache of the inode
+// ptCachedBytes is how much of fd's file is in the page cache of the inode
 // fd is open on: for a FUSE file, the FUSE inode's own cache.
-func cachedBytes(t *testing.T, fd int) int64 {
+func ptCachedBytes(t *testing.T, fd int) int64 {
 	t.Helper()
 	var cs unix.Cachestat_t
 	if err := unix.Cachestat(uint(fd), &unix.CachestatRange{}, &cs, 0); err != nil {
@@ -500,8 +500,8 @@ func cachedBytes(t *testing.T, fd int) int64 {
 	return int64(cs.Cache) * int64(os.Getpagesize())
 }
 
-// meminfoCached is Cached in /proc/meminfo, in bytes.
-func meminfoCached(t *testing.T) int64 {
+// ptMeminfoCached is Cached in /proc/meminfo, in bytes.
+func ptMeminfoCached(t *testing.T) int64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
@@ -532,15 +532,15 @@ func ptDropPageCache(t testing.TB, fds ...int) {
 	}
 }
 
-// cacheGrowth is what reading name once through each mount did to the
+// ptCacheGrowth is what reading name once through each mount did to the
 // page cache: the FUSE inodes' own caches, the lower file's, and Cached.
-type cacheGrowth struct {
+type ptCacheGrowth struct {
 	fuse    []int64
 	lower   int64
 	meminfo int64
 }
 
-func readThrough(t *testing.T, e *ptEnv, name string, mnts []string) cacheGrowth {
+func ptReadThrough(t *testing.T, e *ptEnv, name string, mnts []string) ptCacheGrowth {
 	t.Helper()
 	lower, err := unix.Open(e.path("l/"+name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -557,15 +557,15 @@ func readThrough(t *testing.T, e *ptEnv, name string, mnts []string) cacheGrowth
 		fds = append(fds, fd)
 	}
 	ptDropPageCache(t, append([]int{lower}, fds...)...)
-	if c := cachedBytes(t, lower); c > 1<<20 {
+	if c := ptCachedBytes(t, lower); c > 1<<20 {
 		t.Fatalf("lower file still has %d bytes cached after FADV_DONTNEED", c)
 	}
 	for _, fd := range fds {
-		if c := cachedBytes(t, fd); c > 1<<20 {
+		if c := ptCachedBytes(t, fd); c > 1<<20 {
 			t.Fatalf("FUSE file still has %d bytes cached after FADV_DONTNEED", c)
 		}
 	}
-	before := meminfoCached(t)
+	before := ptMeminfoCached(t)
 	buf := make([]byte, 1<<20)
 	for _, fd := range fds {
 		for {
@@ -578,14 +578,14 @@ func readThrough(t *testing.T, e *ptEnv, name string, mnts []string) cacheGrowth
 			}
 		}
 	}
-	g := cacheGrowth{lower: cachedBytes(t, lower), meminfo: meminfoCached(t) - before}
+	g := ptCacheGrowth{lower: ptCachedBytes(t, lower), meminfo: ptMeminfoCached(t) - before}
 	for _, fd := range fds {
-		g.fuse = append(g.fuse, cachedBytes(t, fd))
+		g.fuse = append(g.fuse, ptCachedBytes(t, fd))
 	}
 	return g
 }
 
-const mib = 1 << 20
+const ptMiB = 1 << 20
 
 // TestPassthroughPageCache reads a 64 MiB lower file through one and two
 // ovl mounts. With passthrough the data is cached once, in the lower
@@ -594,7 +594,7 @@ const mib = 1 << 20
 // caches it again in its FUSE inode, on top of the lower file's cache
 // filled by the daemon's reads.
 func TestPassthroughPageCache(t *testing.T) {
-	const size = 64 * mib
+	const size = 64 * ptMiB
 	for _, c := range []struct {
 		mode   string
 		mounts int
@@ -615,26 +615,26 @@ func TestPassthroughPageCache(t *testing.T) {
 			// never be any. The other counts get a few tries.
 			var why string
 			for try := 0; try < 5; try++ {
-				g := readThrough(t, e, "big", mnts)
+				g := ptReadThrough(t, e, "big", mnts)
 				t.Logf("try %d: FUSE caches %v MiB, lower file %d MiB, Cached +%d MiB",
-					try, mibs(g.fuse...), g.lower/mib, g.meminfo/mib)
+					try, ptMiBs(g.fuse...), g.lower/ptMiB, g.meminfo/ptMiB)
 				why = ""
 				if g.lower < size*95/100 {
-					why = fmt.Sprintf("lower file cached: %d MiB, want the whole %d MiB", g.lower/mib, size/mib)
+					why = fmt.Sprintf("lower file cached: %d MiB, want the whole %d MiB", g.lower/ptMiB, size/ptMiB)
 				}
 				for i, f := range g.fuse {
 					switch {
 					case c.mode == "on" && f != 0:
 						t.Fatalf("mount %d: FUSE inode caches %d bytes: reads did not pass through", i, f)
 					case c.mode == "off" && f < size*95/100:
-						why = fmt.Sprintf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/mib, size/mib)
+						why = fmt.Sprintf("mount %d: FUSE inode caches %d MiB, want %d MiB", i, f/ptMiB, size/ptMiB)
 					}
 				}
 				switch {
 				case c.mode == "on" && g.meminfo > size*12/10:
-					why = fmt.Sprintf("Cached grew by %d MiB, want at most 1.2x %d MiB: one copy, shared", g.meminfo/mib, size/mib)
+					why = fmt.Sprintf("Cached grew by %d MiB, want at most 1.2x %d MiB: one copy, shared", g.meminfo/ptMiB, size/ptMiB)
 				case c.mode == "off" && g.meminfo < 2*size:
-					why = fmt.Sprintf("Cached grew by %d MiB, want at least 2x %d MiB: the lower's and each mount's", g.meminfo/mib, size/mib)
+					why = fmt.Sprintf("Cached grew by %d MiB, want at least 2x %d MiB: the lower's and each mount's", g.meminfo/ptMiB, size/ptMiB)
 				}
 				if why == "" {
 					break
@@ -647,16 +647,16 @@ func TestPassthroughPageCache(t *testing.T) {
 	}
 }
 
-func mibs(v ...int64) []int64 {
+func ptMiBs(v ...int64) []int64 {
 	var out []int64
 	for _, x := range v {
-		out = append(out, x/mib)
+		out = append(out, x/ptMiB)
 	}
 	return out
 }
 
-// readAll opens path, reads it and returns the open fd and the data.
-func readAll(t *testing.T, path string) (int, string) {
+// ptReadAll opens path, reads it and returns the open fd and the data.
+func ptReadAll(t *testing.T, path string) (int, string) {
 	t.Helper()
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -696,22 +696,22 @@ func TestPassthroughFallbackStacked(t *testing.T) {
 	mnt := e.mountOver(0, "k")
 	ptRequireOn(t, e.log(0))
 	for _, f := range []string{"a", "b"} {
-		fd, data := readAll(t, filepath.Join(mnt, f))
+		fd, data := ptReadAll(t, filepath.Join(mnt, f))
 		if data != "stacked "+f+"\n" {
 			t.Errorf("%s reads %q", f, data)
 		}
-		if c := cachedBytes(t, fd); c == 0 {
+		if c := ptCachedBytes(t, fd); c == 0 {
 			t.Errorf("%s: no FUSE page cache after a read: it did not fall back to the daemon", f)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(mnt, "c"), []byte("upper c\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fd, data := readAll(t, filepath.Join(mnt, "c"))
+	fd, data := ptReadAll(t, filepath.Join(mnt, "c"))
 	if data != "upper c\n" {
 		t.Errorf("c reads %q", data)
 	}
-	if c := cachedBytes(t, fd); c != 0 {
+	if c := ptCachedBytes(t, fd); c != 0 {
 		t.Errorf("upper file c: %d bytes in the FUSE page cache: no passthrough for the upper layer", c)
 	}
 	lines := e.logLines(0, "passthrough:")
@@ -813,8 +813,8 @@ func TestPTCacheHelperProcess(t *testing.T) {
 	if path == "" {
 		return
 	}
-	fd, data := readAll(t, path)
-	fmt.Printf("cached %d %q\n", cachedBytes(t, fd), data)
+	fd, data := ptReadAll(t, path)
+	fmt.Printf("cached %d %q\n", ptCachedBytes(t, fd), data)
 	os.Exit(0)
 }
 
@@ -993,7 +993,7 @@ func ptBenchSystems(b *testing.B, base string) map[string]string {
 	return mnts
 }
 
-func readFile1M(b *testing.B, path string, buf []byte) int64 {
+func ptReadFile(b *testing.B, path string, buf []byte) int64 {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		b.Fatal(err)
@@ -1047,7 +1047,7 @@ func BenchmarkPassthroughSeqRead(b *testing.B) {
 			b.Run(sys+"/"+cache, func(b *testing.B) {
 				path := filepath.Join(mnts[sys], "big")
 				if cache == "warm" {
-					readFile1M(b, path, buf)
+					ptReadFile(b, path, buf)
 				}
 				b.SetBytes(size)
 				b.ResetTimer()
@@ -1063,7 +1063,7 @@ func BenchmarkPassthroughSeqRead(b *testing.B) {
 						unix.Close(fd)
 						b.StartTimer()
 					}
-					if n := readFile1M(b, path, buf); n != size {
+					if n := ptReadFile(b, path, buf); n != size {
 						b.Fatalf("read %d bytes, want %d", n, size)
 					}
 				}
@@ -1095,12 +1095,12 @@ func BenchmarkPassthroughOpenSmall(b *testing.B) {
 			paths := make([]string, files)
 			for i := range paths {
 				paths[i] = filepath.Join(mnts[sys], fmt.Sprintf("f%04d", i))
-				readFile1M(b, paths[i], buf)
+				ptReadFile(b, paths[i], buf)
 			}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				for _, p := range paths {
-					readFile1M(b, p, buf)
+					ptReadFile(b, p, buf)
 				}
 			}
 		})
