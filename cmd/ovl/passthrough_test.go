@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
 	"github.com/ovl-project/ovl/internal/testutil"
@@ -1141,4 +1142,31 @@ func TestPassthroughIdleBackings(t *testing.T) {
 			t.Errorf("lower %s changed: %q", name, b)
 		}
 	}
+}
+
+// TestPassthroughLowerAtime reads a lower file whose access time is old:
+// the kernel's overlayfs reads its lower layers through noatime clones, and
+// ovl registers lower backings from such clones, so neither updates it
+// (relatime would: the access time is older than the modification time).
+func TestPassthroughLowerAtime(t *testing.T) {
+	p := ptPair(t, "on", k.Layers{Lowers: []k.Layer{{k.File("f", ptData)}}})
+	old := unix.NsecToTimespec(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	for _, s := range p.Sides() {
+		if err := unix.UtimesNano(s.LowerPath(0, "f"), []unix.Timespec{old, {Nsec: unix.UTIME_OMIT}}); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(s.Path("f")); err != nil || string(b) != ptData {
+			t.Fatalf("%s: read %q, %v", s.Name, b, err)
+		}
+	}
+	p.Check("lower atime after a read", func(s *k.Side) error {
+		var st unix.Stat_t
+		if err := unix.Stat(s.LowerPath(0, "f"), &st); err != nil {
+			return err
+		}
+		if st.Atim != old {
+			return fmt.Errorf("lower access time now %v, was %v", time.Unix(st.Atim.Unix()), time.Unix(old.Unix()))
+		}
+		return nil
+	})
 }
