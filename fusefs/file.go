@@ -13,7 +13,13 @@ import (
 )
 
 // file is an open regular file: a descriptor of the real file the overlay
-// chose at open. It deliberately offers no passthrough descriptor.
+// chose at open. It deliberately does not implement
+// fs.FilePassthroughFder: ovl registers backing files itself
+// (passthrough.go), and go-fuse's bridge would attach an inode's first
+// backing to every later open, a writable one included.
+//
+// Reads and writes of a passthrough handle do not reach the daemon; the
+// descriptor still serves fstat, fsync, lseek and fallocate.
 //
 // A read-only descriptor opened before the object was copied up is
 // reopened on the upper copy at the next read, so it sees what was written
@@ -27,6 +33,14 @@ type file struct {
 	writable bool
 	upper    bool // fd is on the upper layer
 	volatile bool
+
+	// Passthrough bookkeeping (nil pm: passthrough=off). backed: the handle
+	// holds a reference on pt's backing; cachedRef: it is counted as a
+	// handle served through the daemon. Set at open, cleared at release.
+	pm        *ptMount
+	pt        *ptNode
+	backed    bool
+	cachedRef bool
 }
 
 var (
@@ -83,7 +97,13 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return f.lf.Fsync(ctx, flags)
 }
 
-func (f *file) Release(ctx context.Context) syscall.Errno { return f.current(ctx).Release(ctx) }
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	e := f.current(ctx).Release(ctx)
+	if f.pm != nil {
+		f.pm.release(f)
+	}
+	return e
+}
 
 func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
 	return f.current(ctx).Lseek(ctx, off, whence)

@@ -7,13 +7,15 @@
 //   - The kernel checks permissions (default_permissions, POSIX ACLs on) and
 //     holds POSIX and flock locks on the FUSE inode itself, so locks belong
 //     to the overlay object and survive copy-up.
-//   - No FUSE passthrough yet: every open is served by the daemon, so an
-//     open never reaches a layer file the overlay did not choose.
+//   - FUSE passthrough (passthrough.go, docs/passthrough.md) serves reads
+//     and writes of open files from the layer files without the daemon; a
+//     lower file is never the backing file of a writable open.
 package fusefs
 
 import (
 	"context"
 	"fmt"
+	"log"
 	"os"
 	"sync"
 	"syscall"
@@ -39,12 +41,17 @@ type Options struct {
 	FsName string
 	// Debug logs every FUSE request.
 	Debug bool
+	// NoPassthrough serves every read and write through the daemon
+	// (passthrough=off): full coherence across copy-up, no page cache
+	// shared with the lower layers.
+	NoPassthrough bool
 }
 
 // Server is a mounted overlay.
 type Server struct {
 	srv        *fuse.Server
 	mountpoint string
+	ov         *overlay.Overlay
 }
 
 // Mount serves ov at mountpoint and returns once the mount is ready.
@@ -104,21 +111,53 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 			mo.Options = append(mo.Options, "ro")
 		}
 	}
-	srv, err := fs.Mount(mountpoint, root, &fs.Options{
+	raw := fs.NewNodeFS(root, &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
 		NegativeTimeout: &neg,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	})
+	var pt *ptMount
+	if opts.NoPassthrough {
+		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
+	} else {
+		pt = newPTMount(ov)
+		raw = &ptRaw{RawFileSystem: raw, m: pt}
+		mounts.Store(ov, pt)
+	}
+	srv, err := serve(mountpoint, raw, &mo)
 	if err != nil {
+		mounts.Delete(ov)
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	return &Server{srv: srv, mountpoint: mountpoint}, nil
+	if pt != nil {
+		if err := pt.probe(); err != nil {
+			log.Printf("passthrough: off: %v", err)
+			mounts.Delete(ov) // nothing to track: every open is served by the daemon
+		}
+	}
+	return &Server{srv: srv, mountpoint: mountpoint, ov: ov}, nil
+}
+
+// serve is fs.Mount for a raw file system.
+func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions) (*fuse.Server, error) {
+	srv, err := fuse.NewServer(raw, mountpoint, mo)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, err
+	}
+	return srv, nil
 }
 
 // Wait blocks until the filesystem is unmounted.
-func (s *Server) Wait() { s.srv.Wait() }
+func (s *Server) Wait() {
+	s.srv.Wait()
+	mounts.Delete(s.ov)
+}
 
 // Unmount unmounts the filesystem; Wait then returns.
 func (s *Server) Unmount() error { return s.srv.Unmount() }
@@ -283,7 +322,7 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if h, ok := f.(*file); ok && h.writable {
 		fd = h.fd
 	}
-	if err := p.n.Setattr(a, fd); err != nil {
+	if err := ptSetattr(p.ov, p.n, a, fd); err != nil {
 		return errno(err)
 	}
 	return p.Getattr(ctx, f, out)
@@ -291,6 +330,9 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	defer p.afterCopyUp(p.n.InUpper())
+	if pt := ptFor(p.ov); pt != nil {
+		return pt.open(ctx, p.n, flags)
+	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
 		return nil, 0, errno(err)
@@ -307,6 +349,13 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if e != 0 {
 		unix.Close(fd)
 		return nil, nil, 0, e
+	}
+	if pt := ptFor(p.ov); pt != nil {
+		h, e := pt.create(ctx, ch.Operations().(*node).n, fd, flags)
+		if e != 0 {
+			return nil, nil, 0, e
+		}
+		return ch, h, 0, 0
 	}
 	return ch, newFile(p.ov, ch.Operations().(*node).n, fd, int(flags)), 0, 0
 }

@@ -367,9 +367,10 @@ func dropCaches(t *testing.T) {
 // it is pristine in a lower layer reads what another process wrote after
 // the write copied it up, fstat on it shows the new size, and it sees a
 // truncation made through another fd, whether that truncation is the
-// copy-up or comes after it.
+// copy-up or comes after it. (The kernel's coherence here is ovl's with
+// passthrough=off: kcCoherent.)
 func TestIdentityOpenFileFollowsCopyUp(t *testing.T) {
-	p := kcPair(t, k.DefaultOptions(), k.Layers{Lowers: []k.Layer{{
+	p := kcPair(t, kcCoherent(), k.Layers{Lowers: []k.Layer{{
 		k.File("f", "0123456789"), k.File("g", "0123456789"), k.File("h", "0123456789"),
 	}}})
 	for _, s := range p.Sides() {
@@ -491,10 +492,12 @@ func ftruncate(t *testing.T, path string, size int64) {
 // (ovl_mmap), the lower one: the old mapping keeps showing the lower data
 // (overlayfs.rst, "Non-standard behavior"), and so does a new mapping made
 // through the old fd after the copy-up, although read(2) on that fd returns
-// the new data. Recorded in docs/semantics.md.
+// the new data. Recorded in docs/semantics.md. (This is ovl with
+// passthrough=off, kcCoherent: with passthrough the write waits for the
+// fd to be closed, and a mapping maps the lower file, as in the kernel.)
 func TestIdentityMmapAcrossCopyUp(t *testing.T) {
 	page := bytes.Repeat([]byte("a"), 4096)
-	p := kcPair(t, k.DefaultOptions(), k.Layers{Lowers: []k.Layer{{k.File("mm", string(page))}}})
+	p := kcPair(t, kcCoherent(), k.Layers{Lowers: []k.Layer{{k.File("mm", string(page))}}})
 	want := map[string]string{"kernel": "aaaa", "ovl": "BBBB"}
 	for _, s := range p.Sides() {
 		old, fresh := mmapAcrossCopyUp(t, s)

@@ -174,14 +174,16 @@ func getLkString(typ int16, pid int32, holder int) string {
 // so the request fails with EAGAIN, F_GETLK names the holder (OFD locks
 // report pid -1), and once the holder lets go the lock is granted. The
 // kernel's overlayfs (6.18) keeps locks on its own overlay inode too, and
-// so behaves the same.
+// so behaves the same. (That is ovl with passthrough=off, kcCoherent: with
+// passthrough the other process's O_RDWR open gets ETXTBSY while the
+// read-only fd is open; TestPassthroughOpenSequences checks locks there.)
 func TestLocksSurviveCopyUp(t *testing.T) {
 	kindsOf := []string{"posix", "ofd", "flock"}
 	var lower k.Layer
 	for _, kind := range kindsOf {
 		lower = append(lower, k.File("d/"+kind, "locked "+kind).Mode(0o644))
 	}
-	p := kcPair(t, k.DefaultOptions(), k.Layers{Lowers: []k.Layer{lower}})
+	p := kcPair(t, kcCoherent(), k.Layers{Lowers: []k.Layer{lower}})
 	want := map[string]lockOutcome{
 		"posix": {Conflict: syscall.EAGAIN, GetLk: fmt.Sprintf("type=%d pid=holder", unix.F_RDLCK)},
 		"ofd":   {Conflict: syscall.EAGAIN, GetLk: fmt.Sprintf("type=%d pid=-1", unix.F_RDLCK)},
