@@ -337,7 +337,9 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, errno(err)
 	}
-	return newFile(p.ov, p.n, fd, int(flags)), 0, 0
+	// The kernel's page cache of the object stays valid across opens:
+	// its data changes only through this mount (copy-up keeps it).
+	return newFile(p.ov, p.n, fd, int(flags)), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
