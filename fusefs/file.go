@@ -60,7 +60,7 @@ func newFile(ov *overlay.Overlay, n *overlay.Node, fd int, flags int) *file {
 		fd:       fd,
 		flags:    flags,
 		writable: flags&unix.O_ACCMODE != unix.O_RDONLY,
-		upper:    n.InUpper(),
+		upper:    n.DataInUpper(),
 		volatile: ov.Volatile(),
 	}
 }
@@ -70,7 +70,7 @@ func newFile(ov *overlay.Overlay, n *overlay.Node, fd int, flags int) *file {
 func (f *file) current(ctx context.Context) *fs.LoopbackFile {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.upper && f.n.InUpper() {
+	if !f.upper && f.n.DataInUpper() {
 		if fd, err := f.n.Open(f.flags &^ unix.O_TRUNC); err == nil {
 			old := f.lf
 			f.lf, f.fd, f.upper = fs.NewLoopbackFile(fd).(*fs.LoopbackFile), fd, true

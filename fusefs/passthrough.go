@@ -191,13 +191,13 @@ func (m *ptMount) openLocked(ctx context.Context, n *overlay.Node, s *ptNode, fl
 			return nil, e
 		}
 	}
-	before := n.InUpper()
+	before := n.DataInUpper()
 	fd, err := n.Open(flags)
 	if err != nil {
 		return nil, errno(err)
 	}
 	upper := before || write // a write open copies up before it opens
-	if !upper && n.InUpper() {
+	if !upper && n.DataInUpper() {
 		// Copied up meanwhile (chmod, another writer): fd may be either;
 		// reopen, now surely on the upper.
 		unix.Close(fd)

@@ -166,13 +166,23 @@ func (n *Node) Getattr(st *unix.Stat_t) error {
 			return unix.ESTALE
 		}
 		n.mu.Lock()
-		in := n.indexName
+		in, meta := n.indexName, n.metacopy
 		if !n.inIndex {
 			in = ""
 		}
 		n.mu.Unlock()
 		if in != "" {
 			st.Nlink = n.o.overlayNlinkAt(n.o.index, in, st)
+		}
+		if meta {
+			// The blocks are the lower data's (kernel: ovl_getattr).
+			if fd, err := n.dataAt(); err == nil {
+				var lst unix.Stat_t
+				if unix.Fstat(fd, &lst) == nil {
+					st.Blocks = lst.Blocks
+				}
+				unix.Close(fd)
+			}
 		}
 	}
 	st.Ino = n.ino
@@ -200,10 +210,10 @@ type SetAttr struct {
 // a size change.
 func (n *Node) Setattr(a SetAttr, fd int) error {
 	if a.Size != nil && fd < 0 {
-		if err := n.copyUp(*a.Size == 0); err != nil {
+		if err := n.copyUp(sizeMode(*a.Size)); err != nil {
 			return err
 		}
-	} else if err := n.copyUp(false); err != nil {
+	} else if err := n.copyUp(copyMeta); err != nil {
 		return err
 	}
 	pathFd, done, err := n.real()
@@ -274,18 +284,31 @@ func (n *Node) Open(flags int) (int, error) {
 		if n.o.upper == nil {
 			return -1, unix.EROFS
 		}
-		if err := n.copyUp(flags&unix.O_TRUNC != 0); err != nil {
+		if err := n.copyUp(openMode(flags)); err != nil {
 			return -1, err
 		}
 	}
 	if n.kind != unix.S_IFREG {
 		return -1, unix.EINVAL // FUSE opens only regular files
 	}
-	pfd, done, err := n.real()
-	if err != nil {
-		return -1, err
+	n.mu.Lock()
+	meta := n.metacopy
+	n.mu.Unlock()
+	var pfd int
+	var err error
+	if meta && !write {
+		// Read-only: the data is still the lower file's.
+		if pfd, err = n.dataAt(); err != nil {
+			return -1, err
+		}
+		defer unix.Close(pfd)
+	} else {
+		var done func()
+		if pfd, done, err = n.real(); err != nil {
+			return -1, err
+		}
+		defer done()
 	}
-	defer done()
 	// Reopen the very inode the node holds: no name is resolved again, so
 	// a rename or unlink in the layer cannot make this open another file.
 	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_NOFOLLOW
@@ -348,7 +371,7 @@ func (n *Node) Listxattr() ([]string, error) {
 // namespace are escaped.
 func (n *Node) Setxattr(name string, value []byte, flags int) error {
 	name = n.o.names.Escape(name)
-	if err := n.copyUp(false); err != nil {
+	if err := n.copyUp(copyMeta); err != nil {
 		return err
 	}
 	fd, done, err := n.real()
@@ -366,7 +389,7 @@ func (n *Node) Removexattr(name string) error {
 		return err
 	}
 	name = n.o.names.Escape(name)
-	if err := n.copyUp(false); err != nil {
+	if err := n.copyUp(copyMeta); err != nil {
 		return err
 	}
 	fd, done, err := n.real()

@@ -15,11 +15,20 @@ import (
 // data, xattrs (not the overlay's own), owner, mode and times, then renamed
 // into place, so no reader sees a half-made object. Concurrent callers wait
 // for one copy-up.
-func (n *Node) CopyUp() error { return n.copyUp(false) }
+func (n *Node) CopyUp() error { return n.copyUp(copyAll) }
 
-// copyUp is CopyUp; noData skips copying the data of a regular file (the
-// caller truncates it to zero anyway: open with O_TRUNC).
-func (n *Node) copyUp(noData bool) error {
+// copyMode says what a copy-up must bring up.
+type copyMode int
+
+const (
+	copyAll  copyMode = iota // data and metadata
+	copyNone                 // metadata; the caller truncates the data to zero (O_TRUNC)
+	copyMeta                 // metadata; with metacopy=on the data stays below
+)
+
+// copyUp is CopyUp with a mode. An object copied up with its data below
+// (metacopy) gets its data when a later copy-up needs it.
+func (n *Node) copyUp(mode copyMode) error {
 	o := n.o
 	if o.upper == nil {
 		return unix.EROFS
@@ -27,13 +36,18 @@ func (n *Node) copyUp(noData bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.inUpper {
+		if n.metacopy && mode != copyMeta {
+			return n.copyUpData(mode == copyNone)
+		}
 		return nil
 	}
+	noData := mode == copyNone
+	meta := mode == copyMeta && o.metacopyOn && n.kind == unix.S_IFREG && n.indexName == ""
 	parent, name := n.location()
 	if parent == nil {
 		return fmt.Errorf("copy up root: %w", unix.EIO)
 	}
-	if err := parent.copyUp(false); err != nil {
+	if err := parent.copyUp(copyAll); err != nil {
 		return err
 	}
 	if n.inIndex {
@@ -66,7 +80,7 @@ func (n *Node) copyUp(noData bool) error {
 	}
 	tmp := format.TempName(o.tempSeq.Add(1))
 	cleanup := func() { unix.Unlinkat(o.work, tmp, 0); unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR) }
-	copied, err := o.makeCopy(src.fd, &st, tmp, noData)
+	copied, err := o.makeCopy(src.fd, &st, tmp, noData || meta)
 	if err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
@@ -75,6 +89,12 @@ func (n *Node) copyUp(noData bool) error {
 	if err := o.copyMeta(src.fd, &st, tmp, origin); err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	if meta {
+		if err := o.markMetacopy(tmp, st.Size); err != nil {
+			cleanup()
+			return fmt.Errorf("copy up %s: %w", name, err)
+		}
 	}
 	if o.indexOn && !n.IsDir() && n.indexName != "" {
 		return o.copyUpIndexed(n, parent, name, tmp, &st, copied)
@@ -117,7 +137,7 @@ func (n *Node) copyUp(noData bool) error {
 		}
 		n.realIno = st.Ino
 	}
-	n.inUpper = true
+	n.inUpper, n.metacopy = true, meta
 	o.stats.copyUps.Add(1)
 	o.stats.copyUpBytes.Add(uint64(copied))
 	return nil

@@ -22,7 +22,7 @@ func (n *Node) upperDir() (int, error) {
 	if !n.IsDir() {
 		return -1, unix.ENOTDIR
 	}
-	if err := n.copyUp(false); err != nil {
+	if err := n.copyUp(copyAll); err != nil {
 		return -1, err
 	}
 	n.mu.Lock()
@@ -283,8 +283,14 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	if target.IsDir() {
 		return nil, unix.EPERM
 	}
-	if err := target.copyUp(false); err != nil {
+	if err := target.copyUp(copyMeta); err != nil {
 		return nil, err
+	}
+	if target.isMetacopy() {
+		// Its upper links may end up in other directories than its data.
+		if err := n.o.setRedirect(target, false); err != nil {
+			return nil, err
+		}
 	}
 	tfd, done, err := target.real()
 	if err != nil {

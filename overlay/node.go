@@ -31,6 +31,9 @@ type Node struct {
 	indexName string
 	inIndex   bool
 	lowerIno  uint64 // the lower inode number of an indexed object
+	// metacopy: the upper file holds metadata only; its data is the lower
+	// file lowers[0] (see metacopy.go).
+	metacopy bool
 	// pinFd, when pinned, holds a non-directory whose name is going away
 	// (see Pin).
 	pinFd  int
@@ -392,6 +395,12 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		child.ino = o.upperIno(upperFd, name, &topSt, lowers)
 		if o.indexOn {
 			o.upperIndex(child, upperFd, name, &topSt)
+		}
+		if topSt.Mode&unix.S_IFMT == unix.S_IFREG {
+			if _, err := o.lookupMetacopy(child, upperFd, name, lowers); err != nil {
+				child.release()
+				return nil, err
+			}
 		}
 	case child.indexName != "":
 		child.ino = o.inoFor(child.lowers[0].layer, child.lowerIno)

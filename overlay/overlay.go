@@ -57,6 +57,10 @@ type Config struct {
 	// directories with EXDEV; "nofollow" ignores them. Empty means "on",
 	// or "nofollow" with UserXattr (the kernel refuses redirects there).
 	RedirectDir string
+	// Metacopy is the kernel's metacopy=: "on" copies up only the metadata
+	// of a regular file for chmod, chown, utimes, xattr changes, link and
+	// rename (see metacopy.go). It needs redirects. Empty means "off".
+	Metacopy string
 	// Index is the kernel's index=: "on" keeps the names of a lower hard
 	// link one object across copy-up (see index.go). Empty means "off".
 	Index string
@@ -121,8 +125,9 @@ type Overlay struct {
 	tempSeq  atomic.Uint64
 	xinoBits uint // high bits that carry the filesystem index in inode numbers
 
-	index   int  // O_PATH fd of workdir/index, -1 without index
-	indexOn bool // index=on
+	index      int  // O_PATH fd of workdir/index, -1 without index
+	indexOn    bool // index=on
+	metacopyOn bool // metacopy=on
 
 	createRedirects bool // rename directories with a lower part (overlay.redirect)
 	followRedirects bool // lookups follow overlay.redirect
@@ -206,6 +211,16 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	for len(devs) > 1<<o.xinoBits {
 		o.xinoBits++
+	}
+	switch cfg.Metacopy {
+	case "", "off":
+	case "on":
+		if !o.createRedirects {
+			return nil, errors.New("metacopy=on needs redirect_dir=on (and is refused with userxattr, as by the kernel)")
+		}
+		o.metacopyOn = true
+	default:
+		return nil, fmt.Errorf("metacopy=%s: want on or off", cfg.Metacopy)
 	}
 	switch cfg.Index {
 	case "", "on", "off":

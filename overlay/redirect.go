@@ -96,8 +96,8 @@ func (o *Overlay) walkLower(lr lowerRef, look string) (walked, error) {
 	return w, nil
 }
 
-// setRedirect records where the directory d (with a lower part, already
-// copied up, located as name in parent) finds its lower part, before it
+// setRedirect records where the directory or metacopy file d (with a
+// lower part, already copied up) finds its lower part, before it
 // moves to another name; samedir says the move stays in parent (kernel:
 // ovl_set_redirect). Without redirects, or when the path is too long, it
 // returns EXDEV: the caller (mv) then copies the tree.
@@ -119,6 +119,15 @@ func (o *Overlay) setRedirect(d *Node, samedir bool) error {
 	}
 	if r == "" || len(r) > redirectMax {
 		return unix.EXDEV
+	}
+	if !d.IsDir() {
+		// A metacopy file holds no descriptor.
+		rfd, done, err := d.real()
+		if err != nil {
+			return unix.EXDEV
+		}
+		defer done()
+		fd = rfd
 	}
 	if err := format.Setxattr(fd, o.names.Name(format.Redirect), []byte(r), 0); err != nil {
 		return unix.EXDEV

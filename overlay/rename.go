@@ -80,7 +80,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			lateNotEmpty = !empty
 		}
 	}
-	if err := old.copyUp(false); err != nil {
+	if err := old.copyUp(copyMeta); err != nil {
 		return err
 	}
 	ofd, err := n.upperDir()
@@ -92,18 +92,18 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		return err
 	}
 	if exchange {
-		if err := target.copyUp(false); err != nil {
+		if err := target.copyUp(copyMeta); err != nil {
 			return err
 		}
 	}
 	samedir := n == newParent
-	if old.IsDir() && old.mergeOrLower() {
-		if err := o.setRedirect(old, samedir); err != nil {
+	if old.IsDir() && old.mergeOrLower() || old.isMetacopy() {
+		if err := o.setRedirect(old, samedir && !old.lowerHardlink()); err != nil {
 			return err
 		}
 	}
-	if exchange && target.IsDir() && target.mergeOrLower() {
-		if err := o.setRedirect(target, samedir); err != nil {
+	if exchange && (target.IsDir() && target.mergeOrLower() || target.isMetacopy()) {
+		if err := o.setRedirect(target, samedir && !target.lowerHardlink()); err != nil {
 			return err
 		}
 	}

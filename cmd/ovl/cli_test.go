@@ -227,7 +227,7 @@ func TestCLIErrors(t *testing.T) {
 		words []string
 	}{
 		{"unknown option", []string{"mount", "-o", cliLayerOpts + ",bogus", "m"}, []string{"unknown option", "bogus"}},
-		{"refused option", []string{"mount", "-o", cliLayerOpts + ",metacopy=on", "m"}, []string{`"metacopy=on"`, "not supported", "metacopy=off"}},
+		{"refused option", []string{"mount", "-o", cliLayerOpts + ",verity=on", "m"}, []string{`"verity=on"`, "not supported", "verity=off"}},
 		{"redirects with userxattr", []string{"mount", "-o", cliLayerOpts + ",userxattr,redirect_dir=on", "m"}, []string{"redirect_dir=on", "userxattr"}},
 		{"refused fuse-overlayfs option", []string{"-o", cliLayerOpts + ",uidmapping=0:1000:1", "m"}, []string{"uidmapping", "not supported"}},
 		{"missing lowerdir", []string{"mount", "-o", "upperdir=u,workdir=w", "m"}, []string{"missing lowerdir"}},

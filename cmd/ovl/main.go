@@ -73,7 +73,8 @@ Options (as the kernel's overlayfs; "\" escapes "," and ":"):
   redirect_dir=on|follow|nofollow|off   directory renames by redirect (default on;
                     nofollow with userxattr)
   index=on|off      keep lower hard links one object across copy-up (default off)
-  metacopy=off, nfs_export=off, uuid=null|off, verity=off,
+  metacopy=on|off   copy up metadata only for chmod/chown/... (default off)
+  nfs_export=off, uuid=null|off, verity=off,
   xino=off|auto     accepted; other values are not supported yet
   ro, rw, nosuid, suid, nodev, dev, noexec, exec, allow_other, allow_root,
   default_permissions, fsname=NAME, debug, log=FILE

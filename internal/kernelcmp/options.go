@@ -119,6 +119,9 @@ func (o Options) OvlOptions(l Layout) string {
 	if o.Index != "" && !o.ReadOnly {
 		opts = append(opts, "index="+o.Index)
 	}
+	if o.Metacopy == "on" {
+		opts = append(opts, "metacopy=on")
+	}
 	opts = append(opts, o.OvlExtra...)
 	return strings.Join(opts, ",")
 }

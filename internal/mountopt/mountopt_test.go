@@ -161,7 +161,7 @@ func TestParseRedirectDir(t *testing.T) {
 
 func TestParseAccepted(t *testing.T) {
 	for _, opt := range []string{
-		"redirect_dir=off", "redirect_dir=nofollow", "index=off", "index=on", "metacopy=off",
+		"redirect_dir=off", "redirect_dir=nofollow", "index=off", "index=on", "metacopy=off", "metacopy=on",
 		"nfs_export=off", "uuid=null", "uuid=off", "verity=off", "xino=off", "xino=auto",
 		"default_permissions", "noxattrs=0", "xattr_permissions=0",
 	} {
@@ -211,8 +211,7 @@ func TestParseErrors(t *testing.T) {
 		{"lowerdir=/a,index", `option "index" needs a value`},
 		{"lowerdir=/a,index=maybe", `invalid value "maybe" (want one of off, on)`},
 		{"lowerdir=/a,redirect_dir=sometimes", `option "redirect_dir" has an invalid value "sometimes"`},
-		{"lowerdir=/a,metacopy=on", `option "metacopy=on" is not supported yet (ovl does no metadata-only copy-up); use metacopy=off`},
-		{"lowerdir=/a,metacopy=on", `option "metacopy=on" is not supported yet`},
+		{"lowerdir=/a,verity=on", `option "verity=on" is not supported yet (ovl checks no fs-verity digests); use verity=off`},
 		{"lowerdir=/a,nfs_export=on", `option "nfs_export=on" is not supported yet`},
 		{"lowerdir=/a,uuid=on", `option "uuid=on" is not supported yet (ovl writes no overlay.uuid); use uuid=off`},
 		{"lowerdir=/a,uuid=auto", `option "uuid=auto" is not supported yet`},

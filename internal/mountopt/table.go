@@ -48,8 +48,8 @@ var options = map[string]option{
 		set:    func(s *state, v string) error { s.res.Overlay.Index = v; return nil },
 	},
 	"metacopy": {
-		values: map[string]bool{"on": false, "off": true},
-		lacks:  "ovl does no metadata-only copy-up", use: "metacopy=off",
+		values: map[string]bool{"on": true, "off": true},
+		set:    func(s *state, v string) error { s.res.Overlay.Metacopy = v; return nil },
 	},
 	"nfs_export": {
 		values: map[string]bool{"on": false, "off": true},
