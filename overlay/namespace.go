@@ -304,6 +304,15 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
 		return nil, err
 	}
+	target.mu.Lock()
+	origin := len(target.lowers) > 0
+	target.mu.Unlock()
+	if origin {
+		// The new name has an origin: its number comes from it, and only
+		// an impure directory's entries are looked up for one (kernel:
+		// ovl_create_or_link marks the new parent impure).
+		n.o.markImpure(n)
+	}
 	return target, nil
 }
 
