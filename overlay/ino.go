@@ -59,7 +59,11 @@ func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, 
 		if !l.hasID || l.uuid != uuid {
 			continue
 		}
-		fd, err := unix.OpenByHandleAt(l.root, unix.NewFileHandle(typ, handle), unix.O_PATH|unix.O_NOFOLLOW)
+		mfd := l.mountFd()
+		if mfd < 0 {
+			break
+		}
+		fd, err := unix.OpenByHandleAt(mfd, unix.NewFileHandle(typ, handle), unix.O_PATH|unix.O_NOFOLLOW)
 		if err == unix.EPERM || err == unix.ENOSYS || err == unix.EOPNOTSUPP {
 			break // cannot open handles: check by name below
 		}
@@ -108,4 +112,16 @@ func (o *Overlay) encodeOrigin(l *layer, fd int) []byte {
 		return nil
 	}
 	return format.EncodeOrigin(h.Type(), h.Bytes(), l.uuid)
+}
+
+// mountFd is a descriptor of the layer root that open_by_handle_at accepts
+// (not O_PATH), opened on first use; -1 if it cannot be opened.
+func (l *layer) mountFd() int {
+	l.mountOnce.Do(func() {
+		l.mfd = -1
+		if fd, err := format.OpenAt(l.root, ".", unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
+			l.mfd = fd
+		}
+	})
+	return l.mfd
 }

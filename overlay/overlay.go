@@ -106,6 +106,9 @@ type layer struct {
 	fsIdx  uint64 // index of the layer's filesystem among the overlay's, for inode numbers
 	uuid   [16]byte
 	hasID  bool // uuid valid: origin handles can be written and checked
+
+	mountOnce sync.Once
+	mfd       int // see mountFd
 }
 
 // Overlay is a merged view of the layers in a Config.
@@ -415,6 +418,13 @@ func (o *Overlay) Close() error {
 		if l != nil && l.root >= 0 {
 			unix.Close(l.root)
 			l.root = -1
+		}
+		if l != nil {
+			l.mountOnce.Do(func() { l.mfd = -1 })
+			if l.mfd >= 0 {
+				unix.Close(l.mfd)
+				l.mfd = -1
+			}
 		}
 	}
 	for _, fd := range []*int{&o.work, &o.index} {
