@@ -7,6 +7,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Gen is the version of the generator: RandomCase(seed, n) gives the same
+// case for the same Gen. Saved reproductions record it; they hold their
+// layers and ops themselves, so they stay valid when it changes.
+const Gen = 1
+
+// RandomCase draws the case of a seed: layers over a small name space,
+// then nOps ops. Even seeds use userxattr.
+func RandomCase(seed int64, nOps int) Case {
+	rng := rand.New(rand.NewSource(seed))
+	c := Case{Seed: seed, Gen: Gen, NOps: nOps, NLowers: 2, UserXattr: seed%2 == 0}
+	c.Layers = RandomLayers(rng, c.NLowers)
+	for i := 0; i < nOps; i++ {
+		c.Ops = append(c.Ops, RandomOp(rng))
+	}
+	return c
+}
+
 // RandomLayers builds a small random layer stack over a fixed name space,
 // so that random ops often hit lower, upper, merged, whited-out and opaque
 // names. Names are in Names().

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	k "github.com/ovl-project/ovl/internal/kernelcmp"
+	"github.com/ovl-project/ovl/internal/testutil"
+)
+
+// TestKernelRegress replays every reproduction the random tester saved in
+// internal/kernelcmp/testdata/repro against the kernel's overlayfs: each
+// op's result, the merged views after every op, the uppers and the
+// interchange must agree. A file there is a bug found once; this test
+// keeps it found until it is fixed, and fixed afterwards.
+func TestKernelRegress(t *testing.T) {
+	testutil.RequireRoot(t)
+	cases, err := k.LoadCases(kcmpReproDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cases) == 0 {
+		t.Fatalf("no reproductions in %s", kcmpReproDir)
+	}
+	cand := k.Ovl{Bin: testutil.Binary(t)}
+	for _, c := range cases {
+		t.Run(c.Name, func(t *testing.T) {
+			rc := c.RunConfig(cand)
+			rc.Every = 1
+			o := k.Run(rc)
+			if !o.Failed() {
+				return
+			}
+			var b strings.Builder
+			for _, f := range o.Failures {
+				b.WriteString("[" + f.Class + "] " + f.Text + "\n")
+			}
+			t.Errorf("%s (%s)\n%s\ndiagnosis guess: %s\nops:\n%s", c.Name, c, b.String(), c.Diagnosis, c.OpLog(len(c.Ops)))
+		})
+	}
+}
