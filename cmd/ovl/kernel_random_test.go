@@ -171,6 +171,7 @@ func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	c := k.RandomCase(seed, kt.set.ops)
 	rc := kt.runConfig(c)
 	rc.Every = kt.set.every
+	rc.StopAtFirst = true
 	o := k.Run(rc)
 	kt.seeds++
 	kt.ops += o.Ran

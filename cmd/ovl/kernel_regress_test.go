@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -13,14 +14,21 @@ import (
 // op's result, the merged views after every op, the uppers and the
 // interchange must agree. A file there is a bug found once; this test
 // keeps it found until it is fixed, and fixed afterwards.
+//
+// KCMP_REPRO=DIR replays the reproductions in DIR instead (e.g. the
+// -kcmp.save directory of TestKernelRandom).
 func TestKernelRegress(t *testing.T) {
 	testutil.RequireRoot(t)
-	cases, err := k.LoadCases(kcmpReproDir)
+	dir := kcmpReproDir
+	if d := os.Getenv("KCMP_REPRO"); d != "" {
+		dir = d
+	}
+	cases, err := k.LoadCases(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cases) == 0 {
-		t.Fatalf("no reproductions in %s", kcmpReproDir)
+		t.Fatalf("no reproductions in %s", dir)
 	}
 	cand := k.Ovl{Bin: testutil.Binary(t)}
 	for _, c := range cases {

@@ -36,6 +36,10 @@ type RunConfig struct {
 	OpTimeout time.Duration
 	// BeforeOp, if set, runs before op i on both sides (a test hook).
 	BeforeOp func(i int, p *Pair)
+	// StopAtFirst ends the run at the first op or periodic view that
+	// differs: after it the sides' states differ and most later reports
+	// are consequences.
+	StopAtFirst bool
 }
 
 // Failure is one mismatch (or harness failure) of a Run.
@@ -234,8 +238,11 @@ func (r *runner) run() {
 		case a != b:
 			r.fail(i, opClass(op, a, b), fmt.Sprintf("op %d %s: %s %s, %s %s", i, op, sides[0].Name, a, sides[1].Name, b))
 		}
+		if rc.StopAtFirst && r.out.Failed() {
+			return
+		}
 		if rc.Every > 0 && (i+1)%rc.Every == 0 && i+1 < len(rc.Ops) {
-			if _, ok := r.views(fmt.Sprintf("after op %d", i)); !ok {
+			if _, ok := r.views(fmt.Sprintf("after op %d", i)); !ok || (rc.StopAtFirst && r.out.Failed()) {
 				return
 			}
 		}
@@ -254,9 +261,87 @@ func opClass(op Op, a, b Result) string {
 		return ErrnoName(r.Errno)
 	}
 	if a.Errno == b.Errno {
-		return fmt.Sprintf("op %s: output differs", op.Op)
+		return fmt.Sprintf("op %s: %s", op.Op, outputDiff(op.Op, a.Out, b.Out))
 	}
 	return fmt.Sprintf("op %s: %s vs %s", op.Op, name(a), name(b))
+}
+
+// outputDiff says what differs between two outputs of an op: the fields
+// of a StatString, or the data and the fstat of a readheld.
+func outputDiff(op, a, b string) string {
+	switch op {
+	case "stat", "lstat":
+		return statDiff(a, b)
+	case "readheld":
+		da, sa := splitHeld(a)
+		db, sb := splitHeld(b)
+		var parts []string
+		if da != db {
+			if strings.HasPrefix(da, "read:") || strings.HasPrefix(db, "read:") {
+				parts = append(parts, fmt.Sprintf("read %s vs %s", heldErr(da), heldErr(db)))
+			} else {
+				parts = append(parts, "data differs")
+			}
+		}
+		if sa != sb {
+			if strings.HasPrefix(sa, "fstat:") || strings.HasPrefix(sb, "fstat:") {
+				parts = append(parts, fmt.Sprintf("fstat %s vs %s", heldErr(sa), heldErr(sb)))
+			} else {
+				parts = append(parts, "fstat "+statDiff(sa, sb))
+			}
+		}
+		return strings.Join(parts, ", ")
+	}
+	return "output differs"
+}
+
+func heldErr(s string) string {
+	if _, e, ok := strings.Cut(s, ":"); ok && !strings.Contains(s, " ") {
+		return e
+	}
+	return "ok"
+}
+
+// splitHeld splits a readheld output into its data part (quoted, or
+// read:ERRNO) and its stat part.
+func splitHeld(s string) (data, st string) {
+	if strings.HasPrefix(s, `"`) {
+		if q, err := strconv.QuotedPrefix(s); err == nil {
+			return q, strings.TrimPrefix(s[len(q):], " ")
+		}
+	}
+	data, st, _ = strings.Cut(s, " ")
+	return data, st
+}
+
+// statDiff names the StatString fields that differ ("nlink differs").
+func statDiff(a, b string) string {
+	fa, fb := strings.Fields(a), strings.Fields(b)
+	names := []string{"type", "perm", "owner"}
+	var diff []string
+	for i := 0; i < max(len(fa), len(fb)); i++ {
+		var x, y string
+		if i < len(fa) {
+			x = fa[i]
+		}
+		if i < len(fb) {
+			y = fb[i]
+		}
+		if x == y {
+			continue
+		}
+		n := fmt.Sprint("field", i)
+		if i < len(names) {
+			n = names[i]
+		} else if k, _, ok := strings.Cut(x+y, "="); ok {
+			n = k
+		}
+		diff = append(diff, n)
+	}
+	if len(diff) == 0 {
+		return "output differs"
+	}
+	return strings.Join(diff, ",") + " differs"
 }
 
 // views snapshots both merged views (each within the timeout), records
