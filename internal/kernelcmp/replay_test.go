@@ -27,10 +27,12 @@ func TestReprosKernelVsKernel(t *testing.T) {
 			if c.Class == "" || c.Diagnosis == "" {
 				t.Errorf("%s: a reproduction needs a class and a diagnosis", c.Name)
 			}
-			rc := c.RunConfig(Kernel{})
-			rc.Every = 1
-			if o := Run(rc); o.Failed() {
-				t.Errorf("kernel vs kernel: %v", o.Failures)
+			for _, every := range []int{0, 1} {
+				rc := c.RunConfig(Kernel{})
+				rc.Every = every
+				if o := Run(rc); o.Failed() {
+					t.Errorf("kernel vs kernel, views every %d ops: %v", every, o.Failures)
+				}
 			}
 		})
 	}
