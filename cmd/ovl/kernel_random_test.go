@@ -180,15 +180,28 @@ func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	}
 	first := o.Failures[0]
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d: %s: %d failures, first after op %d:\n", seed, c, len(o.Failures), first.Op)
+	fmt.Fprintf(&b, "seed %d: %s: %d failures, first after op %d (rerun: -args -kcmp.seeds=%d -kcmp.ops=%d):\n",
+		seed, c, len(o.Failures), first.Op, seed, kt.set.ops)
+	// The op log only for a mismatch not seen before: a known one has
+	// its reproduction already.
+	fresh := false
+	for _, class := range o.Classes() {
+		fresh = fresh || (kt.found[class] == nil && kt.known[class] == "")
+	}
 	for i, f := range o.Failures {
 		if i == 10 {
 			fmt.Fprintf(&b, "... %d more\n", len(o.Failures)-i)
 			break
 		}
-		fmt.Fprintf(&b, "[%s] %s\n", f.Class, f.Text)
+		if fresh {
+			fmt.Fprintf(&b, "[%s] %s\n", f.Class, f.Text)
+		} else {
+			fmt.Fprintf(&b, "[%s] (seen before)\n", f.Class)
+		}
 	}
-	fmt.Fprintf(&b, "ops up to the first failure (rerun: -args -kcmp.seeds=%d -kcmp.ops=%d):\n%s", seed, kt.set.ops, c.OpLog(first.Op+1))
+	if fresh {
+		fmt.Fprintf(&b, "ops up to the first failure:\n%s", c.OpLog(first.Op+1))
+	}
 	t.Error(b.String())
 	for _, class := range o.Classes() {
 		if f := kt.found[class]; f != nil {
