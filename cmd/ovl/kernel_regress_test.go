@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
 	"github.com/ovl-project/ovl/internal/testutil"
@@ -16,7 +17,9 @@ import (
 // keeps it found until it is fixed, and fixed afterwards.
 //
 // KCMP_REPRO=DIR replays the reproductions in DIR instead (e.g. the
-// -kcmp.save directory of TestKernelRandom).
+// -kcmp.save directory of TestKernelRandom). KCMP_RESHRINK=DIR shrinks each
+// one that still fails with its class again (the code may have changed
+// what is needed) and writes the result to DIR.
 func TestKernelRegress(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := kcmpReproDir
@@ -49,6 +52,14 @@ func TestKernelRegress(t *testing.T) {
 				}
 				t.Errorf("%s (%s), views compared every %d ops (0: at the end):\n%s\ndiagnosis guess: %s\nops:\n%s",
 					c.Name, c, every, b.String(), c.Diagnosis, c.OpLog(len(c.Ops)))
+				if out := os.Getenv("KCMP_RESHRINK"); out != "" && o.Has(c.Class) {
+					res := k.Shrink(c, k.ShrinkConfig{Run: func(c k.Case) k.Outcome { return k.Run(c.RunConfig(cand)) }, Class: c.Class, Budget: 5 * time.Minute})
+					file, err := k.SaveCase(out, res.Case)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Logf("shrunk again: %s: %s", res.Describe(), file)
+				}
 				return
 			}
 		})

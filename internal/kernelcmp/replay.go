@@ -26,6 +26,9 @@ type Case struct {
 	NOps      int   `json:"nops,omitempty"`
 	NLowers   int   `json:"nlowers"`
 	UserXattr bool  `json:"userxattr"`
+	// RedirectDir is redirect_dir= for both sides ("": the default of
+	// the day, see Options.Redirect; saved reproductions pin it).
+	RedirectDir string `json:"redirect_dir,omitempty"`
 	// Class is the failure class the case reproduces, Failure the report
 	// of its first such failure when it was saved, Diagnosis a guess at
 	// the cause and Found how it was found (the command).
@@ -44,6 +47,7 @@ type Case struct {
 func (c Case) Options() Options {
 	o := DefaultOptions()
 	o.UserXattr = c.UserXattr
+	o.RedirectDir = c.RedirectDir
 	return o
 }
 
@@ -58,7 +62,8 @@ func (c Case) String() string {
 	if c.UserXattr {
 		mode = "userxattr"
 	}
-	return fmt.Sprintf("seed %d (gen %d, %d lowers, %s): %d layer entries, %d ops", c.Seed, c.Gen, c.NLowers, mode, c.entries(), len(c.Ops))
+	return fmt.Sprintf("seed %d (gen %d, %d lowers, %s, redirect_dir=%s): %d layer entries, %d ops",
+		c.Seed, c.Gen, c.NLowers, mode, c.Options().Redirect(), c.entries(), len(c.Ops))
 }
 
 func (c Case) entries() int {
@@ -182,7 +187,7 @@ func (c Case) Format() ([]byte, error) {
 		}
 	}
 	// Header fields in a fixed order, then the bulky ones.
-	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10}
+	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11}
 	sort.Slice(keys, func(i, j int) bool { return order[keys[i]] < order[keys[j]] })
 	for _, k := range keys {
 		fmt.Fprintf(&out, "  %q: %s,\n", k, m[k])
@@ -282,6 +287,9 @@ func LoadCases(dir string) ([]Case, error) {
 func SaveCase(dir string, c Case) (string, error) {
 	if c.Name == "" {
 		c.Name = fmt.Sprintf("%s-seed%d", Slug(c.Class), c.Seed)
+	}
+	if c.RedirectDir == "" {
+		c.RedirectDir = c.Options().Redirect()
 	}
 	b, err := c.Format()
 	if err != nil {
