@@ -336,3 +336,68 @@ func (g *opGen) next() []Op {
 }
 
 func (g *opGen) pickMode(m ...uint32) uint32 { return m[g.rng.Intn(len(m))] }
+
+// CheckLayers reports a layer stack the generator would not make, so
+// that shrinking stays among the layers a real tool writes: a whiteout
+// (either form) in a directory that does not merge with a directory in
+// the layers below, or inside an opaque directory of its layer; an xattr
+// whiteout in the upper layer, the bottom lower layer or a layer root
+// (the kernel does not look for them there).
+func CheckLayers(ls Layers) error {
+	var stack []Layer // bottom first
+	for i := len(ls.Lowers) - 1; i >= 0; i-- {
+		stack = append(stack, ls.Lowers[i])
+	}
+	stack = append(stack, ls.Upper)
+	below := map[string]bool{}
+	for i, l := range stack {
+		name := fmt.Sprintf("lower %d", len(ls.Lowers)-1-i)
+		if i == len(stack)-1 {
+			name = "upper"
+		}
+		opaque := map[string]bool{}
+		for _, e := range l {
+			if e.Kind == KindDir && strings.HasPrefix(e.Xattrs["overlay.opaque"], "y") {
+				opaque[e.Path] = true
+			}
+		}
+		inOpaque := func(d string) bool {
+			for ; ; d = parentOf(d) {
+				if opaque[d] {
+					return true
+				}
+				if d == "" {
+					return false
+				}
+			}
+		}
+		for _, e := range l {
+			if e.Kind != KindWhiteout && e.Kind != KindXWhiteout {
+				continue
+			}
+			d := parentOf(e.Path)
+			switch {
+			case !merges(below, d):
+				return fmt.Errorf("%s: whiteout %s in a directory that merges with nothing below", name, e.Path)
+			case inOpaque(d):
+				return fmt.Errorf("%s: whiteout %s in an opaque directory", name, e.Path)
+			case e.Kind == KindXWhiteout && (i == 0 || i == len(stack)-1 || d == ""):
+				return fmt.Errorf("%s: xattr whiteout %s where the kernel does not look for one", name, e.Path)
+			}
+		}
+		next := map[string]bool{}
+		for _, e := range l {
+			// Build makes missing parents as directories.
+			for d := parentOf(e.Path); d != ""; d = parentOf(d) {
+				if _, ok := next[d]; !ok {
+					next[d] = true
+				}
+			}
+			next[e.Path] = e.Kind == KindDir
+		}
+		for p, isDir := range next {
+			below[p] = isDir
+		}
+	}
+	return nil
+}

@@ -27,6 +27,9 @@ func TestReprosKernelVsKernel(t *testing.T) {
 			if c.Class == "" || c.Diagnosis == "" {
 				t.Errorf("%s: a reproduction needs a class and a diagnosis", c.Name)
 			}
+			if err := CheckLayers(c.Layers); err != nil {
+				t.Errorf("%s: layers no tool would write: %v", c.Name, err)
+			}
 			for _, every := range []int{0, 1} {
 				rc := c.RunConfig(Kernel{})
 				rc.Every = every
@@ -35,6 +38,32 @@ func TestReprosKernelVsKernel(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckLayers: generated stacks pass; stray whiteouts do not.
+func TestCheckLayers(t *testing.T) {
+	for seed := int64(1); seed <= 300; seed++ {
+		if err := CheckLayers(RandomCase(seed, 0).Layers); err != nil {
+			t.Errorf("seed %d: %v", seed, err)
+		}
+	}
+	bad := map[string]Layers{
+		"whiteout over nothing":       {Lowers: []Layer{{File("f", "")}}, Upper: Layer{Whiteout("d/x")}},
+		"whiteout in opaque dir":      {Lowers: []Layer{{File("d/x", "")}}, Upper: Layer{OpaqueDir("d"), Whiteout("d/x")}},
+		"xwhiteout in upper":          {Lowers: []Layer{{File("d/x", "")}}, Upper: Layer{XWhiteout("d/x")}},
+		"xwhiteout in bottom lower":   {Lowers: []Layer{{File("d/y", "")}, {XWhiteout("d/x")}}},
+		"xwhiteout in a layer root":   {Lowers: []Layer{{XWhiteout("x")}, {File("x", "")}}},
+		"whiteout under a file below": {Lowers: []Layer{{Whiteout("d/x")}, {File("d", "")}}},
+	}
+	for name, ls := range bad {
+		if CheckLayers(ls) == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	good := Layers{Lowers: []Layer{{XWhiteout("d/x"), Whiteout("d/y")}, {File("d/x", ""), File("d/y", "")}}, Upper: Layer{Whiteout("d/z"), Whiteout("r")}}
+	if err := CheckLayers(good); err != nil {
+		t.Errorf("good stack: %v", err)
 	}
 }
 

@@ -38,7 +38,8 @@ type ShrinkResult struct {
 // delta debugging: first it cuts the ops after the failure, then drops
 // chunks of ops (halves, quarters, ... single ops) as long as the failure
 // stays, then does the same with the layer entries. Every try runs on
-// fresh layers built from the case.
+// fresh layers built from the case. Layer stacks that CheckLayers
+// rejects are not tried.
 func Shrink(c Case, sc ShrinkConfig) ShrinkResult {
 	start := time.Now()
 	res := ShrinkResult{Case: c}
@@ -108,6 +109,9 @@ func Shrink(c Case, sc ShrinkConfig) ShrinkResult {
 			} else {
 				cand.Layers.Lowers[r.layer] = append(cand.Layers.Lowers[r.layer], base.Layers.Lowers[r.layer][r.i])
 			}
+		}
+		if CheckLayers(cand.Layers) != nil {
+			return false // not a stack a real tool writes
 		}
 		return try(cand)
 	}, over, func(n int) { logf("shrink: %d layer entries", n) })
