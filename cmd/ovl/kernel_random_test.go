@@ -169,8 +169,8 @@ func (kt *kcmpTester) runConfig(c k.Case) k.RunConfig {
 // seed runs one seed, reports its mismatches on t and shrinks the new ones.
 func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	c := k.RandomCase(seed, kt.set.ops)
+	c.Every = kt.set.every
 	rc := kt.runConfig(c)
-	rc.Every = kt.set.every
 	rc.StopAtFirst = true
 	o := k.Run(rc)
 	kt.seeds++

@@ -36,10 +36,11 @@ func TestKernelRegress(t *testing.T) {
 	cand := k.Ovl{Bin: testutil.Binary(t)}
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
-			// As shrunk (views compared at the end only), and with the
-			// views compared after every op: the extra walks may hide a
-			// stale cache, or show a difference in between.
-			for _, every := range []int{0, 1} {
+			// As shrunk (views compared at the end, or every c.Every
+			// ops), and with the views compared after every op: the
+			// extra walks may hide a stale cache, or show a difference
+			// in between.
+			for _, every := range []int{c.Every, 1} {
 				rc := c.RunConfig(cand)
 				rc.Every = every
 				o := k.Run(rc)
@@ -54,7 +55,11 @@ func TestKernelRegress(t *testing.T) {
 					c.Name, c, every, b.String(), c.Diagnosis, c.OpLog(len(c.Ops)))
 				if out := os.Getenv("KCMP_RESHRINK"); out != "" && o.Has(c.Class) {
 					res := k.Shrink(c, k.ShrinkConfig{Run: func(c k.Case) k.Outcome { return k.Run(c.RunConfig(cand)) }, Class: c.Class, Budget: 5 * time.Minute})
-					file, err := k.SaveCase(out, res.Case)
+					sc := res.Case
+					if f, ok := res.Outcome.First(c.Class); ok {
+						sc.Failure = f.Text
+					}
+					file, err := k.SaveCase(out, sc)
 					if err != nil {
 						t.Fatal(err)
 					}

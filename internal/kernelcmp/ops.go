@@ -163,6 +163,8 @@ func result(out string, err error) Result {
 //	          content read from offset 0 (pread) and the fstat StatString;
 //	          read or fstat errors are part of Out
 //	unhold    close the fd held under Path (EBADF if none)
+//
+// "views" (ViewsOp) is not applied: Run compares the merged views there.
 func (op Op) Apply(root string) Result { return op.ApplyFDs(root, nil) }
 
 // FDs are the file descriptors that "hold" ops keep open on one mount,
@@ -188,6 +190,8 @@ func (op Op) ApplyFDs(root string, fds *FDs) Result {
 	p := filepath.Join(root, filepath.Clean("/"+op.Path))
 	p2 := filepath.Join(root, filepath.Clean("/"+op.Path2))
 	switch op.Op {
+	case ViewsOp:
+		return Result{Err: "views is done by Run, not Apply"}
 	case "hold", "readheld", "unhold":
 		if fds == nil {
 			return Result{Err: op.Op + " needs ApplyFDs"}

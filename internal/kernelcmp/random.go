@@ -14,8 +14,9 @@ import (
 // layers and ops themselves, so they stay valid when it changes.
 //
 // Gen 1 had two lowers, no hard links or xattr whiteouts, and no chown,
-// utimes, rmrf or held fds.
-const Gen = 2
+// utimes, rmrf or held fds. Gen 2 put whiteouts under a directory that an
+// opaque directory of a layer in between cuts off (stray whiteouts).
+const Gen = 3
 
 // RandomCase draws the case of a seed: one to three lower layers and an
 // upper over a small name space, then nOps ops. Even seeds use userxattr,
@@ -137,11 +138,7 @@ func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 			l = append(l, Hardlink(free[i], files[rng.Intn(len(files))]))
 			free = append(free[:i], free[i+1:]...)
 		}
-		// below[p]: the topmost layer so far that has p has a directory
-		// there (a file, symlink or whiteout cuts what lies under it).
-		for _, e := range l {
-			below[e.Path] = e.Kind == KindDir
-		}
+		updateBelow(below, l)
 		return l
 	}
 	var ls Layers
@@ -385,19 +382,34 @@ func CheckLayers(ls Layers) error {
 				return fmt.Errorf("%s: xattr whiteout %s where the kernel does not look for one", name, e.Path)
 			}
 		}
-		next := map[string]bool{}
-		for _, e := range l {
-			// Build makes missing parents as directories.
-			for d := parentOf(e.Path); d != ""; d = parentOf(d) {
-				if _, ok := next[d]; !ok {
-					next[d] = true
-				}
-			}
-			next[e.Path] = e.Kind == KindDir
-		}
-		for p, isDir := range next {
-			below[p] = isDir
-		}
+		updateBelow(below, l)
 	}
 	return nil
+}
+
+// updateBelow adds layer l on top of below, which says for each path
+// whether the topmost layer so far that has it has a directory there (a
+// file, symlink or whiteout cuts what lies under it, and so does an
+// opaque directory).
+func updateBelow(below map[string]bool, l Layer) {
+	next := map[string]bool{}
+	for _, e := range l {
+		// Build makes missing parents as directories.
+		for d := parentOf(e.Path); d != ""; d = parentOf(d) {
+			if _, ok := next[d]; !ok {
+				next[d] = true
+			}
+		}
+		next[e.Path] = e.Kind == KindDir
+		if e.Kind == KindDir && strings.HasPrefix(e.Xattrs["overlay.opaque"], "y") {
+			for p := range below {
+				if strings.HasPrefix(p, e.Path+"/") {
+					delete(below, p)
+				}
+			}
+		}
+	}
+	for p, isDir := range next {
+		below[p] = isDir
+	}
 }

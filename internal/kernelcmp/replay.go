@@ -29,6 +29,10 @@ type Case struct {
 	// RedirectDir is redirect_dir= for both sides ("": the default of
 	// the day, see Options.Redirect; saved reproductions pin it).
 	RedirectDir string `json:"redirect_dir,omitempty"`
+	// Every compares the merged views after every Every-th op as well
+	// (RunConfig.Every): the walks look up and read every object, which
+	// some failures need.
+	Every int `json:"every,omitempty"`
 	// Class is the failure class the case reproduces, Failure the report
 	// of its first such failure when it was saved, Diagnosis a guess at
 	// the cause and Found how it was found (the command).
@@ -53,7 +57,7 @@ func (c Case) Options() Options {
 
 // RunConfig is a RunConfig for c with the given candidate.
 func (c Case) RunConfig(candidate Mounter) RunConfig {
-	return RunConfig{Config: Config{Options: c.Options(), Candidate: candidate}, Layers: c.Layers, Ops: c.Ops}
+	return RunConfig{Config: Config{Options: c.Options(), Candidate: candidate}, Layers: c.Layers, Ops: c.Ops, Every: c.Every}
 }
 
 // String is a short description.
@@ -62,8 +66,12 @@ func (c Case) String() string {
 	if c.UserXattr {
 		mode = "userxattr"
 	}
-	return fmt.Sprintf("seed %d (gen %d, %d lowers, %s, redirect_dir=%s): %d layer entries, %d ops",
-		c.Seed, c.Gen, c.NLowers, mode, c.Options().Redirect(), c.entries(), len(c.Ops))
+	every := ""
+	if c.Every > 0 {
+		every = fmt.Sprintf(", views every %d ops", c.Every)
+	}
+	return fmt.Sprintf("seed %d (gen %d, %d lowers, %s, redirect_dir=%s%s): %d layer entries, %d ops",
+		c.Seed, c.Gen, c.NLowers, mode, c.Options().Redirect(), every, c.entries(), len(c.Ops))
 }
 
 func (c Case) entries() int {
@@ -187,7 +195,7 @@ func (c Case) Format() ([]byte, error) {
 		}
 	}
 	// Header fields in a fixed order, then the bulky ones.
-	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11}
+	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11, "every": 12}
 	sort.Slice(keys, func(i, j int) bool { return order[keys[i]] < order[keys[j]] })
 	for _, k := range keys {
 		fmt.Fprintf(&out, "  %q: %s,\n", k, m[k])

@@ -30,7 +30,7 @@ func TestReprosKernelVsKernel(t *testing.T) {
 			if err := CheckLayers(c.Layers); err != nil {
 				t.Errorf("%s: layers no tool would write: %v", c.Name, err)
 			}
-			for _, every := range []int{0, 1} {
+			for _, every := range []int{c.Every, 1} {
 				rc := c.RunConfig(Kernel{})
 				rc.Every = every
 				if o := Run(rc); o.Failed() {
@@ -49,12 +49,13 @@ func TestCheckLayers(t *testing.T) {
 		}
 	}
 	bad := map[string]Layers{
-		"whiteout over nothing":       {Lowers: []Layer{{File("f", "")}}, Upper: Layer{Whiteout("d/x")}},
-		"whiteout in opaque dir":      {Lowers: []Layer{{File("d/x", "")}}, Upper: Layer{OpaqueDir("d"), Whiteout("d/x")}},
-		"xwhiteout in upper":          {Lowers: []Layer{{File("d/x", "")}}, Upper: Layer{XWhiteout("d/x")}},
-		"xwhiteout in bottom lower":   {Lowers: []Layer{{File("d/y", "")}, {XWhiteout("d/x")}}},
-		"xwhiteout in a layer root":   {Lowers: []Layer{{XWhiteout("x")}, {File("x", "")}}},
-		"whiteout under a file below": {Lowers: []Layer{{Whiteout("d/x")}, {File("d", "")}}},
+		"whiteout over nothing":        {Lowers: []Layer{{File("f", "")}}, Upper: Layer{Whiteout("d/x")}},
+		"whiteout in opaque dir":       {Lowers: []Layer{{File("d/x", "")}}, Upper: Layer{OpaqueDir("d"), Whiteout("d/x")}},
+		"xwhiteout in upper":           {Lowers: []Layer{{File("d/x", "")}}, Upper: Layer{XWhiteout("d/x")}},
+		"xwhiteout in bottom lower":    {Lowers: []Layer{{File("d/y", "")}, {XWhiteout("d/x")}}},
+		"xwhiteout in a layer root":    {Lowers: []Layer{{XWhiteout("x")}, {File("x", "")}}},
+		"whiteout under a file below":  {Lowers: []Layer{{Whiteout("d/x")}, {File("d", "")}}},
+		"whiteout under an opaque dir": {Lowers: []Layer{{OpaqueDir("a")}, {File("a/b/c", "")}}, Upper: Layer{Whiteout("a/b/f")}},
 	}
 	for name, ls := range bad {
 		if CheckLayers(ls) == nil {

@@ -42,6 +42,11 @@ type RunConfig struct {
 	StopAtFirst bool
 }
 
+// ViewsOp is an op that Run does itself: compare the merged views at this
+// point of the sequence (a periodic view check made explicit, so that a
+// shrinker can keep the checks a failure needs and drop the others).
+const ViewsOp = "views"
+
 // Failure is one mismatch (or harness failure) of a Run.
 type Failure struct {
 	// Op is the index of the last op applied when it was seen: Ops[:Op+1]
@@ -215,6 +220,13 @@ func (r *runner) run() {
 	for i, op := range rc.Ops {
 		if rc.BeforeOp != nil {
 			rc.BeforeOp(i, r.p)
+		}
+		if op.Op == ViewsOp {
+			r.last, r.out.Ran = i, i+1
+			if _, ok := r.views(fmt.Sprintf("at op %d", i)); !ok || (rc.StopAtFirst && r.out.Failed()) {
+				return
+			}
+			continue
 		}
 		var res [2]Result
 		for j, s := range sides {

@@ -62,11 +62,26 @@ func Shrink(c Case, sc ShrinkConfig) ShrinkResult {
 		c.Ops = c.Ops[:sc.Upto]
 		res.Case = c
 	}
-	// The first failure of the class says how many ops are needed.
-	if !try(c) {
+	// Without the periodic view walks if it fails so, else with a walk
+	// after every op (they look up and read everything, which some
+	// failures need; after every op, dropping ops does not move them),
+	// else as found.
+	every := c.Every
+	c.Every = 0
+	if !try(c) && !try(withEvery(c, 1)) && (every <= 1 || !try(withEvery(c, every))) {
 		logf("shrink: %s: does not fail with %q again; not shrinking", c, sc.Class)
 		return res
 	}
+	c = res.Case
+	if c.Every > 0 {
+		// Make the periodic view checks explicit ops, so that dropping
+		// ops does not move them and unneeded ones can go.
+		if explicit := explicitViews(c); !try(explicit) {
+			logf("shrink: %s: explicit view ops do not reproduce; keeping every=%d", c, c.Every)
+		}
+		c = res.Case
+	}
+	// The first failure of the class says how many ops are needed.
 	res.Reproduced = true
 	if f, ok := res.Outcome.First(sc.Class); ok && f.Op+1 < len(c.Ops) {
 		cut := c
@@ -120,6 +135,25 @@ func Shrink(c Case, sc ShrinkConfig) ShrinkResult {
 	res.Complete = !over()
 	logf("shrink: done after %d runs in %v: %s", res.Runs, time.Since(start).Round(time.Second), res.Case)
 	return res
+}
+
+// explicitViews is c with a ViewsOp after every c.Every-th op (as Run
+// compares the views when Every is set) and Every 0.
+func explicitViews(c Case) Case {
+	var ops []Op
+	for i, op := range c.Ops {
+		ops = append(ops, op)
+		if (i+1)%c.Every == 0 && i+1 < len(c.Ops) {
+			ops = append(ops, Op{Op: ViewsOp})
+		}
+	}
+	c.Ops, c.Every = ops, 0
+	return c
+}
+
+func withEvery(c Case, every int) Case {
+	c.Every = every
+	return c
 }
 
 func pick[T any](s []T, idx []int) []T {
