@@ -29,6 +29,9 @@ type Case struct {
 	// RedirectDir is redirect_dir= for both sides ("": the default of
 	// the day, see Options.Redirect; saved reproductions pin it).
 	RedirectDir string `json:"redirect_dir,omitempty"`
+	// OvlOptions are extra -o options for ovl only (Options.OvlExtra),
+	// e.g. "passthrough=off".
+	OvlOptions []string `json:"ovl_options,omitempty"`
 	// Every compares the merged views after every Every-th op as well
 	// (RunConfig.Every): the walks look up and read every object, which
 	// some failures need.
@@ -52,6 +55,7 @@ func (c Case) Options() Options {
 	o := DefaultOptions()
 	o.UserXattr = c.UserXattr
 	o.RedirectDir = c.RedirectDir
+	o.OvlExtra = c.OvlOptions
 	return o
 }
 
@@ -67,8 +71,11 @@ func (c Case) String() string {
 		mode = "userxattr"
 	}
 	every := ""
+	if len(c.OvlOptions) > 0 {
+		every = ", ovl " + strings.Join(c.OvlOptions, ",")
+	}
 	if c.Every > 0 {
-		every = fmt.Sprintf(", views every %d ops", c.Every)
+		every += fmt.Sprintf(", views every %d ops", c.Every)
 	}
 	return fmt.Sprintf("seed %d (gen %d, %d lowers, %s, redirect_dir=%s%s): %d layer entries, %d ops",
 		c.Seed, c.Gen, c.NLowers, mode, c.Options().Redirect(), every, c.entries(), len(c.Ops))
@@ -195,7 +202,7 @@ func (c Case) Format() ([]byte, error) {
 		}
 	}
 	// Header fields in a fixed order, then the bulky ones.
-	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11, "every": 12}
+	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11, "ovl_options": 12, "every": 13}
 	sort.Slice(keys, func(i, j int) bool { return order[keys[i]] < order[keys[j]] })
 	for _, k := range keys {
 		fmt.Fprintf(&out, "  %q: %s,\n", k, m[k])
