@@ -1,59 +1,388 @@
 package main
 
 import (
+	"flag"
 	"fmt"
-	"math/rand"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
+	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-// TestKernelRandom is a small seeded differential run: random layers,
-// random ops, every op's result and the final views and uppers compared
-// with the kernel. KCMP_SEEDS=a,b,... picks seeds; KCMP_OPS the op count.
-func TestKernelRandom(t *testing.T) {
-	seeds := []int64{1, 2, 3, 4, 5, 6}
-	if s := os.Getenv("KCMP_SEEDS"); s != "" {
-		seeds = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.ParseInt(f, 10, 64)
+// Knobs of the random differential tester. Each flag (after -args) has
+// an environment variable of the same meaning, for ./scripts/test.
+var (
+	kcmpSeeds     = flag.String("kcmp.seeds", "", "comma-separated seeds to run instead of the CI set (env KCMP_SEEDS)")
+	kcmpOps       = flag.Int("kcmp.ops", 0, "ops per seed (env KCMP_OPS; default 300)")
+	kcmpDuration  = flag.Duration("kcmp.duration", 0, "long mode: run new seeds until this much time has passed (env KCMP_DURATION)")
+	kcmpStart     = flag.Int64("kcmp.start", 0, "long mode: the first seed (env KCMP_START; default: from the clock)")
+	kcmpEvery     = flag.Int("kcmp.every", 0, "also compare the merged views every N ops (env KCMP_EVERY; default 25)")
+	kcmpShrink    = flag.Duration("kcmp.shrink", 0, "time to spend shrinking one mismatch (env KCMP_SHRINK; default 60s in the CI set, 5m in long mode; negative: do not shrink)")
+	kcmpSave      = flag.String("kcmp.save", "", "directory to save shrunk reproductions in (env KCMP_SAVE)")
+	kcmpOpTimeout = flag.Duration("kcmp.optimeout", 0, "per-op timeout (env KCMP_OPTIMEOUT; default kernelcmp.DefaultOpTimeout)")
+)
+
+// kcmpCISeeds are the seeds every test run goes through (about two
+// minutes on two loaded cores).
+var kcmpCISeeds = func() []int64 {
+	var s []int64
+	for i := int64(1); i <= 40; i++ {
+		s = append(s, i)
+	}
+	return s
+}()
+
+// kcmpReproDir holds the saved reproductions (kernel_regress_test.go).
+var kcmpReproDir = filepath.Join("..", "..", "internal", "kernelcmp", "testdata", "repro")
+
+type kcmpSettings struct {
+	seeds    []int64
+	ops      int
+	duration time.Duration
+	start    int64
+	every    int
+	shrink   time.Duration
+	save     string
+	timeout  time.Duration
+}
+
+func kcmpConfig(t *testing.T) kcmpSettings {
+	t.Helper()
+	s := kcmpSettings{ops: 300, every: 25, shrink: 60 * time.Second}
+	str := func(f *string, env string) string {
+		if *f != "" {
+			return *f
+		}
+		return os.Getenv(env)
+	}
+	num := func(f int, env string, def int) int {
+		if f != 0 {
+			return f
+		}
+		if v := os.Getenv(env); v != "" {
+			n, err := strconv.Atoi(v)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s=%q: %v", env, v, err)
 			}
-			seeds = append(seeds, n)
+			return n
+		}
+		return def
+	}
+	dur := func(f time.Duration, env string, def time.Duration) time.Duration {
+		if f != 0 {
+			return f
+		}
+		if v := os.Getenv(env); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Fatalf("%s=%q: %v", env, v, err)
+			}
+			return d
+		}
+		return def
+	}
+	if v := str(kcmpSeeds, "KCMP_SEEDS"); v != "" {
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64)
+			if err != nil {
+				t.Fatalf("seeds %q: %v", v, err)
+			}
+			s.seeds = append(s.seeds, n)
+		}
+	} else {
+		s.seeds = kcmpCISeeds
+	}
+	s.ops = num(*kcmpOps, "KCMP_OPS", s.ops)
+	s.every = num(*kcmpEvery, "KCMP_EVERY", s.every)
+	s.duration = dur(*kcmpDuration, "KCMP_DURATION", 0)
+	if s.duration > 0 {
+		s.shrink = 5 * time.Minute
+	}
+	s.shrink = dur(*kcmpShrink, "KCMP_SHRINK", s.shrink)
+	s.timeout = dur(*kcmpOpTimeout, "KCMP_OPTIMEOUT", 0)
+	s.save = str(kcmpSave, "KCMP_SAVE")
+	s.start = *kcmpStart
+	if v := os.Getenv("KCMP_START"); s.start == 0 && v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("KCMP_START=%q: %v", v, err)
+		}
+		s.start = n
+	}
+	if s.start == 0 {
+		s.start = time.Now().Unix() % 1e6 * 1000
+	}
+	return s
+}
+
+// kcmpTester runs seeds and shrinks each new class of mismatch once.
+type kcmpTester struct {
+	t     *testing.T
+	set   kcmpSettings
+	cand  k.Mounter
+	known map[string]string // class -> saved reproduction
+	found map[string]*kcmpFound
+	order []string // classes in the order found
+	seeds int
+	ops   int
+	// shrinkLeft bounds how many classes are shrunk (the CI set shrinks
+	// one, so that a failing CI run stays short).
+	shrinkLeft int
+}
+
+type kcmpFound struct {
+	class string
+	seeds []int64
+	repro string // JSON of the shrunk case, or the file it was saved in
+	file  string
+}
+
+func newKcmpTester(t *testing.T, set kcmpSettings) *kcmpTester {
+	testutil.RequireRoot(t)
+	kt := &kcmpTester{t: t, set: set, cand: k.Ovl{Bin: testutil.Binary(t)}, known: map[string]string{}, found: map[string]*kcmpFound{}}
+	cases, err := k.LoadCases(kcmpReproDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		for _, class := range append([]string{c.Class}, c.Also...) {
+			if class != "" {
+				kt.known[class] = c.Name
+			}
 		}
 	}
-	nOps := 120
-	if s := os.Getenv("KCMP_OPS"); s != "" {
-		nOps, _ = strconv.Atoi(s)
+	return kt
+}
+
+func (kt *kcmpTester) runConfig(c k.Case) k.RunConfig {
+	rc := c.RunConfig(kt.cand)
+	rc.OpTimeout = kt.set.timeout
+	return rc
+}
+
+// seed runs one seed, reports its mismatches on t and shrinks the new ones.
+func (kt *kcmpTester) seed(t *testing.T, seed int64) {
+	c := k.RandomCase(seed, kt.set.ops)
+	c.Every = kt.set.every
+	rc := kt.runConfig(c)
+	rc.StopAtFirst = true
+	o := k.Run(rc)
+	kt.seeds++
+	kt.ops += o.Ran
+	if !o.Failed() {
+		return
 	}
-	for _, seed := range seeds {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			rng := rand.New(rand.NewSource(seed))
-			opts := k.DefaultOptions()
-			opts.UserXattr = seed%2 == 0
-			p := kcPair(t, opts, k.RandomLayers(rng, 2))
-			var ops []k.Op
-			for i := 0; i < nOps; i++ {
-				ops = append(ops, k.RandomOp(rng))
-			}
-			if os.Getenv("KCMP_PRINTOPS") != "" {
-				for i, op := range ops {
-					fmt.Fprintf(os.Stderr, "seed %d op %3d %s\n", seed, i, op)
-				}
-			}
-			p.Ops(nil, ops...)
-			if t.Failed() {
-				var b strings.Builder
-				for i, op := range ops {
-					fmt.Fprintf(&b, "%3d %s\n", i, op)
-				}
-				t.Logf("seed %d ops:\n%s", seed, b.String())
-			}
-			p.Finish()
-		})
+	first := o.Failures[0]
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d: %s: %d failures, first after op %d (rerun: -args -kcmp.seeds=%d -kcmp.ops=%d):\n",
+		seed, c, len(o.Failures), first.Op, seed, kt.set.ops)
+	// The op log only for a mismatch not seen before: a known one has
+	// its reproduction already.
+	fresh := false
+	for _, class := range o.Classes() {
+		fresh = fresh || (kt.found[class] == nil && kt.known[class] == "")
+	}
+	for i, f := range o.Failures {
+		if i == 10 {
+			fmt.Fprintf(&b, "... %d more\n", len(o.Failures)-i)
+			break
+		}
+		if fresh {
+			fmt.Fprintf(&b, "[%s] %s\n", f.Class, f.Text)
+		} else {
+			fmt.Fprintf(&b, "[%s] (seen before)\n", f.Class)
+		}
+	}
+	if fresh {
+		fmt.Fprintf(&b, "ops up to the first failure:\n%s", c.OpLog(first.Op+1))
+	}
+	t.Error(b.String())
+	for _, class := range o.Classes() {
+		if f := kt.found[class]; f != nil {
+			f.seeds = append(f.seeds, seed)
+			continue
+		}
+		f := &kcmpFound{class: class, seeds: []int64{seed}}
+		kt.found[class] = f
+		kt.order = append(kt.order, class)
+		if name, ok := kt.known[class]; ok {
+			f.file = name + ".json (known)"
+			t.Errorf("[%s]: known mismatch, reproduced by %s.json in %s", class, name, kcmpReproDir)
+			continue
+		}
+		if strings.HasPrefix(class, "harness") || kt.set.shrink < 0 || kt.shrinkLeft == 0 {
+			continue
+		}
+		kt.shrinkLeft--
+		fl, _ := o.First(class)
+		kt.shrinkOne(t, c, class, fl.Op+1, f)
 	}
 }
+
+func (kt *kcmpTester) shrinkOne(t *testing.T, c k.Case, class string, upto int, f *kcmpFound) {
+	start := time.Now()
+	res := k.Shrink(c, k.ShrinkConfig{
+		Run:    func(c k.Case) k.Outcome { return k.Run(kt.runConfig(c)) },
+		Class:  class,
+		Upto:   upto,
+		Budget: kt.set.shrink,
+	})
+	sc := res.Case
+	sc.Class = class
+	sc.Found = fmt.Sprintf("go test ./cmd/ovl -run TestKernelRandom -args -kcmp.seeds=%d -kcmp.ops=%d (gen %d)", c.Seed, kt.set.ops, k.Gen)
+	if fl, ok := res.Outcome.First(class); ok {
+		sc.Failure = fl.Text
+	}
+	js, err := sc.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.repro = string(js)
+	t.Errorf("[%s]: shrunk in %v: %s\n%s", class, time.Since(start).Round(time.Second), res.Describe(), js)
+	if kt.set.save != "" && res.Reproduced {
+		file, err := k.SaveCase(kt.set.save, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.file = file
+		t.Logf("saved %s", file)
+	}
+}
+
+// summary lists what was found.
+func (kt *kcmpTester) summary(elapsed time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "kcmp: %d seeds, %d ops in %v; %d distinct mismatches\n", kt.seeds, kt.ops, elapsed.Round(time.Second), len(kt.order))
+	for _, class := range kt.order {
+		f := kt.found[class]
+		seeds := f.seeds
+		more := ""
+		if len(seeds) > 8 {
+			seeds, more = seeds[:8], fmt.Sprintf(" ... (%d seeds)", len(f.seeds))
+		}
+		where := f.file
+		if where == "" && f.repro != "" {
+			where = "shrunk (printed above)"
+		}
+		if where == "" {
+			where = "not shrunk"
+		}
+		fmt.Fprintf(&b, "  [%s] seeds %v%s: %s\n", class, seeds, more, where)
+	}
+	return b.String()
+}
+
+// TestKernelRandom is the seeded differential test: random layers (several
+// lowers, hard links, whiteouts of both forms, opaque dirs) and random ops
+// on the kernel's overlayfs and on ovl, every op's errno and output, the
+// merged views every few ops and at the end, the uppers and the layer
+// interchange compared. A mismatch is shrunk to a short reproduction,
+// printed as JSON for internal/kernelcmp/testdata/repro.
+//
+// By default it runs the CI seeds. Long mode runs new seeds for as long as
+// asked, trusted and userxattr alternately:
+//
+//	go test ./cmd/ovl -run TestKernelRandom -timeout 0 -args -kcmp.duration=30m -kcmp.ops=500 -kcmp.save=/tmp/repros
+//
+// Environment variables KCMP_SEEDS, KCMP_OPS, KCMP_DURATION, KCMP_START,
+// KCMP_EVERY, KCMP_SHRINK, KCMP_SAVE, KCMP_OPTIMEOUT do the same.
+func TestKernelRandom(t *testing.T) {
+	set := kcmpConfig(t)
+	kt := newKcmpTester(t, set)
+	start := time.Now()
+	if set.duration > 0 {
+		kt.shrinkLeft = -1
+		deadline := start.Add(set.duration)
+		seed := set.start
+		for time.Now().Before(deadline) {
+			kt.seed(t, seed)
+			seed++
+		}
+		t.Logf("seeds %d..%d\n%s", set.start, seed-1, kt.summary(time.Since(start)))
+		return
+	}
+	kt.shrinkLeft = 1
+	if os.Getenv("KCMP_SEEDS") != "" || *kcmpSeeds != "" {
+		kt.shrinkLeft = -1
+	}
+	for _, seed := range set.seeds {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { kt.seed(t, seed) })
+	}
+	t.Log(kt.summary(time.Since(start)))
+}
+
+// TestKernelRandomTimeout checks that a hung FUSE op fails the run with the
+// op instead of hanging it: the ovl daemon is stopped before an op that
+// needs it, so the op never gets an answer until the harness aborts the
+// connection.
+func TestKernelRandomTimeout(t *testing.T) {
+	kt := newKcmpTester(t, kcmpSettings{})
+	c := k.Case{Seed: 1, NLowers: 1, Layers: k.Layers{Lowers: []k.Layer{{k.File("f", "lower")}}},
+		Ops: []k.Op{{Op: "lstat", Path: "f"}, {Op: "create", Path: "new", Mode: 0o644}, {Op: "lstat", Path: "new"}}}
+	rc := kt.runConfig(c)
+	rc.OpTimeout = 3 * time.Second
+	var pid int
+	rc.BeforeOp = func(i int, p *k.Pair) {
+		if i != 1 {
+			return
+		}
+		st, ok := p.OvlStats()
+		if !ok {
+			t.Fatal("no ovl stats")
+		}
+		pid = int(st["pid"].(float64))
+		if err := kcmpSignal(pid, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := k.Run(rc)
+	if pid != 0 {
+		kcmpSignal(pid, false) // let it see the abort and exit
+	}
+	if !o.TimedOut || len(o.Failures) != 1 || o.Failures[0].Op != 1 || o.Failures[0].Class != "timeout: op create on ovl" {
+		t.Fatalf("want one timeout of op 1 (create) on ovl, got timed out=%v, %v", o.TimedOut, o.Failures)
+	}
+	if o.Ran != 1 {
+		t.Errorf("ran %d ops, want 1", o.Ran)
+	}
+	t.Logf("%s", o.Failures[0])
+	// The daemon must be gone (the abort ended its connection).
+	for i := 0; i < 100 && kcmpAlive(pid); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if kcmpAlive(pid) {
+		t.Errorf("ovl daemon %d still running after its connection was aborted", pid)
+	}
+}
+
+func kcmpSignal(pid int, stop bool) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	if stop {
+		return p.Signal(sigStop)
+	}
+	return p.Signal(sigCont)
+}
+
+func kcmpAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie has exited.
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}
+
+const (
+	sigStop = syscall.SIGSTOP
+	sigCont = syscall.SIGCONT
+)

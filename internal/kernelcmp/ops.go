@@ -151,10 +151,55 @@ func result(out string, err error) Result {
 //	umask     umask(Mode)
 //	waitstdin read stdin to EOF (a start barrier for child processes)
 //	sleep     sleep Off milliseconds
-func (op Op) Apply(root string) Result {
+//	rmrf      remove Path and everything under it, depth first in name
+//	          order, stopping at the first error (rm -rf); Out = how many
+//	          objects were removed
+//
+// The stateful ops need an FDs (ApplyFDs); Apply gives them none:
+//
+//	hold      open(Path, O_RDONLY|O_NONBLOCK) and keep the fd under Path
+//	          (an fd already held there is closed first)
+//	readheld  through the fd held under Path (EBADF if none): Out = the
+//	          content read from offset 0 (pread) and the fstat StatString;
+//	          read or fstat errors are part of Out
+//	unhold    close the fd held under Path (EBADF if none)
+//
+// "views" (ViewsOp) is not applied: Run compares the merged views there.
+func (op Op) Apply(root string) Result { return op.ApplyFDs(root, nil) }
+
+// FDs are the file descriptors that "hold" ops keep open on one mount,
+// by the path they were opened as. The zero value is ready to use.
+type FDs struct {
+	fds map[string]int
+}
+
+// Close closes every held fd.
+func (h *FDs) Close() {
+	for p, fd := range h.fds {
+		unix.Close(fd)
+		delete(h.fds, p)
+	}
+}
+
+// Len is the number of held fds.
+func (h *FDs) Len() int { return len(h.fds) }
+
+// ApplyFDs is Apply with a place for the stateful ops' fds (nil: they
+// fail with a harness error).
+func (op Op) ApplyFDs(root string, fds *FDs) Result {
 	p := filepath.Join(root, filepath.Clean("/"+op.Path))
 	p2 := filepath.Join(root, filepath.Clean("/"+op.Path2))
 	switch op.Op {
+	case ViewsOp:
+		return Result{Err: "views is done by Run, not Apply"}
+	case "hold", "readheld", "unhold":
+		if fds == nil {
+			return Result{Err: op.Op + " needs ApplyFDs"}
+		}
+		return fds.apply(op, p)
+	case "rmrf":
+		n, err := removeAll(p)
+		return result(fmt.Sprint(n), err)
 	case "open":
 		return result("", withOpen(p, op.Flags, op.Mode, nil))
 	case "create":
@@ -260,6 +305,88 @@ func (op Op) Apply(root string) Result {
 		return Result{}
 	}
 	return Result{Err: "unknown op " + op.Op}
+}
+
+func (h *FDs) apply(op Op, p string) Result {
+	if h.fds == nil {
+		h.fds = map[string]int{}
+	}
+	fd, held := h.fds[op.Path]
+	switch op.Op {
+	case "hold":
+		if held {
+			unix.Close(fd)
+			delete(h.fds, op.Path)
+		}
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return result("", err)
+		}
+		h.fds[op.Path] = fd
+		return Result{}
+	case "unhold":
+		if !held {
+			return Result{Errno: unix.EBADF}
+		}
+		delete(h.fds, op.Path)
+		return result("", unix.Close(fd))
+	}
+	if !held {
+		return Result{Errno: unix.EBADF}
+	}
+	var out strings.Builder
+	buf := make([]byte, 1<<16)
+	n, err := unix.Pread(fd, buf, 0)
+	if err != nil {
+		fmt.Fprintf(&out, "read:%s", ErrnoName(errnoOf(err)))
+	} else {
+		fmt.Fprintf(&out, "%q", buf[:n])
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		fmt.Fprintf(&out, " fstat:%s", ErrnoName(errnoOf(err)))
+	} else {
+		fmt.Fprintf(&out, " %s", StatString(&st))
+	}
+	return Result{Out: out.String()}
+}
+
+// removeAll removes p and everything below it, children in name order,
+// and stops at the first error. It returns how many objects it removed.
+func removeAll(p string) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return 0, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err := unix.Unlink(p); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	ents, err := ReadDir(p)
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, e := range ents {
+		if e.Name != "." && e.Name != ".." {
+			names = append(names, e.Name)
+		}
+	}
+	sort.Strings(names)
+	n := 0
+	for _, name := range names {
+		k, err := removeAll(p + "/" + name)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	if err := unix.Rmdir(p); err != nil {
+		return n, err
+	}
+	return n + 1, nil
 }
 
 func withOpen(p string, flags int, mode uint32, f func(fd int) error) error {

@@ -38,6 +38,26 @@ type Config struct {
 	// Tmpfs puts all layers on a fresh tmpfs instead of the temp dir's
 	// filesystem (much faster for huge trees; KCMP_TMPFS=1 forces it).
 	Tmpfs bool
+	// Observe, when set, also receives every difference and problem the
+	// Pair reports, as data (the random tester classifies them).
+	Observe func(Finding)
+}
+
+// Finding is one report of a Pair's comparisons, as data: either Diffs
+// found under Label, or a Problem (walk problem, snapshot or mount error)
+// seen on Side.
+type Finding struct {
+	Label   string
+	Scope   Scope
+	Side    string
+	Diffs   []Diff
+	Problem string
+}
+
+func (p *Pair) observe(f Finding) {
+	if p.Cfg.Observe != nil {
+		p.Cfg.Observe(f)
+	}
 }
 
 // Side is one of the two copies and its mount.
@@ -379,6 +399,9 @@ func (p *Pair) Uppers(label string) (ref, cand *Tree) {
 
 func (p *Pair) reportProblems(label, side string, t *Tree) {
 	p.T.Helper()
+	for _, pr := range t.Problems {
+		p.observe(Finding{Label: label, Side: side, Problem: pr})
+	}
 	for i, pr := range t.Problems {
 		if i == 20 {
 			p.T.Errorf("%s: %s: ... %d more problems", label, side, len(t.Problems)-i)
@@ -392,6 +415,7 @@ func (p *Pair) report(label string, scope Scope, a, b *Tree) {
 	p.T.Helper()
 	ds := Compare(a, b, CompareOptions{Scope: scope, Times: p.Cfg.Times, Ignore: p.Cfg.Ignore, IgnorePaths: p.Cfg.IgnorePaths})
 	if len(ds) > 0 {
+		p.observe(Finding{Label: label, Scope: scope, Diffs: ds})
 		p.T.Errorf("%s: %d differences:\n%s", label, len(ds), FormatDiffs(p.Ref.Name, p.Cand.Name, ds))
 	}
 }
@@ -433,20 +457,24 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 		}
 		label := fmt.Sprintf("interchange: %s mounting %s's upper", reader.Name, owner.Name)
 		if err := reader.M.Mount(l, p.Cfg.Options); err != nil {
+			p.observe(Finding{Label: label, Side: reader.Name, Problem: "mount: " + err.Error()})
 			p.T.Errorf("%s: %v", label, err)
 			continue
 		}
 		t, err := Snapshot(l.Mnt, SnapOptions{NoHash: p.Cfg.NoHash})
 		if uerr := reader.M.Unmount(l.Mnt); uerr != nil {
+			p.observe(Finding{Label: label, Side: reader.Name, Problem: "unmount: " + uerr.Error()})
 			p.T.Errorf("%s: %v", label, uerr)
 		}
 		if err != nil {
+			p.observe(Finding{Label: label, Side: reader.Name, Problem: "snapshot: " + err.Error()})
 			p.T.Errorf("%s: snapshot: %v", label, err)
 			continue
 		}
 		p.reportProblems(label, reader.Name, t)
 		ds := Compare(views[owner], t, CompareOptions{Scope: ScopeMerged, Times: p.Cfg.Times, Ignore: p.Cfg.Ignore, IgnorePaths: p.Cfg.IgnorePaths})
 		if len(ds) > 0 {
+			p.observe(Finding{Label: label, Scope: ScopeMerged, Diffs: ds})
 			p.T.Errorf("%s: view differs from what %s showed: %d differences:\n%s", label, owner.Name, len(ds),
 				FormatDiffs(owner.Name+" (writer)", reader.Name+" (reader)", ds))
 		}

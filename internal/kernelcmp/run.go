@@ -1,0 +1,728 @@
+package kernelcmp
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultOpTimeout bounds one op, one snapshot or one final step of a Run.
+// It is a safety net against a hung FUSE request, not a performance
+// limit: it is far above what any op takes on a loaded machine.
+const DefaultOpTimeout = 60 * time.Second
+
+// RunConfig is one differential run: Ops applied to both sides of a Pair
+// built from Layers, one op at a time, each op's Result compared.
+type RunConfig struct {
+	// Config are the Pair's options and mounters (Observe is Run's own).
+	Config Config
+	Layers Layers
+	Ops    []Op
+	// Every compares the merged views after every Every-th op too (0: at
+	// the end only).
+	Every int
+	// OpTimeout bounds each op and each snapshot (0: DefaultOpTimeout).
+	// On timeout the side's mount is aborted and the run ends.
+	OpTimeout time.Duration
+	// BeforeOp, if set, runs before op i on both sides (a test hook).
+	BeforeOp func(i int, p *Pair)
+	// StopAtFirst ends the run at the first op or periodic view that
+	// differs: after it the sides' states differ and most later reports
+	// are consequences.
+	StopAtFirst bool
+}
+
+// ViewsOp is an op that Run does itself: compare the merged views at this
+// point of the sequence (a periodic view check made explicit, so that a
+// shrinker can keep the checks a failure needs and drop the others).
+const ViewsOp = "views"
+
+// Failure is one mismatch (or harness failure) of a Run.
+type Failure struct {
+	// Op is the index of the last op applied when it was seen: Ops[:Op+1]
+	// lead to it (-1: before the first op).
+	Op int
+	// Class is a coarse signature (op kind and errnos, or field and
+	// object type of a diff, without paths), the same for the same bug
+	// seen on different names; shrinking keeps it.
+	Class string
+	// Text is the full report.
+	Text string
+}
+
+func (f Failure) String() string { return fmt.Sprintf("after op %d: [%s] %s", f.Op, f.Class, f.Text) }
+
+// Outcome is what a Run found.
+type Outcome struct {
+	Failures []Failure
+	Ran      int  // ops applied on both sides
+	TimedOut bool // a side did not answer and was aborted
+	Elapsed  time.Duration
+}
+
+// Failed reports whether anything differed.
+func (o Outcome) Failed() bool { return len(o.Failures) > 0 }
+
+// Has reports whether a failure of class c was seen.
+func (o Outcome) Has(c string) bool {
+	for _, f := range o.Failures {
+		if f.Class == c {
+			return true
+		}
+	}
+	return false
+}
+
+// First is the first failure of class c.
+func (o Outcome) First(c string) (Failure, bool) {
+	for _, f := range o.Failures {
+		if f.Class == c {
+			return f, true
+		}
+	}
+	return Failure{}, false
+}
+
+// Classes are the distinct failure classes, in the order first seen.
+func (o Outcome) Classes() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range o.Failures {
+		if !seen[f.Class] {
+			seen[f.Class] = true
+			out = append(out, f.Class)
+		}
+	}
+	return out
+}
+
+// Harness reports whether the run failed for a reason of the harness
+// (setup, build, mount) rather than a mismatch.
+func (o Outcome) Harness() bool {
+	for _, f := range o.Failures {
+		if strings.HasPrefix(f.Class, "harness") {
+			return true
+		}
+	}
+	return false
+}
+
+// Run runs rc and reports every mismatch instead of failing a test: it
+// makes its own Pair (on a recording testing.TB) and removes it before it
+// returns, so that a shrinker can call it hundreds of times.
+func Run(rc RunConfig) Outcome {
+	start := time.Now()
+	r := &runner{rc: rc, rt: &recT{}, timeout: rc.OpTimeout}
+	if r.timeout <= 0 {
+		r.timeout = DefaultOpTimeout
+	}
+	r.times = knownTimes(rc)
+	r.run()
+	r.rt.runCleanups()
+	for _, e := range r.rt.takeErrs() {
+		if strings.HasPrefix(e, "cleanup") {
+			r.fail(len(rc.Ops)-1, "harness: cleanup", e)
+		}
+	}
+	r.out.Elapsed = time.Since(start)
+	return r.out
+}
+
+type runner struct {
+	rc      RunConfig
+	rt      *recT
+	p       *Pair
+	timeout time.Duration
+	times   map[int64]bool
+	out     Outcome
+	fds     [2]FDs
+	last    int // index of the last op applied on both sides
+
+	mu       sync.Mutex
+	findings []Finding
+}
+
+func (r *runner) fail(op int, class, text string) {
+	r.out.Failures = append(r.out.Failures, Failure{Op: op, Class: class, Text: text})
+}
+
+// guard runs f in this goroutine and turns a Fatal of the recording
+// TB (or a panic) into a harness failure.
+func (r *runner) guard(what string, f func()) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			msg := fmt.Sprint(v)
+			if v == errFatal {
+				msg = strings.Join(r.rt.takeErrs(), "; ")
+			}
+			r.fail(r.last, "harness: "+what, what+": "+msg)
+			ok = false
+		}
+	}()
+	f()
+	return true
+}
+
+// timed runs f in a goroutine within the timeout. On timeout it aborts
+// the mounts mnts (the FUSE connection, then a lazy unmount), waits a
+// little for f to come back and reports false.
+func (r *runner) timed(mnts []string, f func()) (ok bool, panicked any) {
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		f()
+	}()
+	timer := time.NewTimer(r.timeout)
+	defer timer.Stop()
+	select {
+	case v := <-done:
+		return true, v
+	case <-timer.C:
+	}
+	for _, m := range mnts {
+		AbortMount(m)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	}
+	return false, nil
+}
+
+func (r *runner) run() {
+	rc := r.rc
+	r.last = -1
+	cfg := rc.Config
+	cfg.Observe = func(f Finding) {
+		r.mu.Lock()
+		r.findings = append(r.findings, f)
+		r.mu.Unlock()
+	}
+	if !r.guard("setup", func() { r.p = NewPair(r.rt, cfg, rc.Layers) }) {
+		return
+	}
+	defer func() {
+		for i := range r.fds {
+			r.fds[i].Close()
+		}
+	}()
+	sides := r.p.Sides()
+	for i, op := range rc.Ops {
+		if rc.BeforeOp != nil {
+			rc.BeforeOp(i, r.p)
+		}
+		if op.Op == ViewsOp {
+			r.last, r.out.Ran = i, i+1
+			if _, ok := r.views(fmt.Sprintf("at op %d", i)); !ok || (rc.StopAtFirst && r.out.Failed()) {
+				return
+			}
+			continue
+		}
+		var res [2]Result
+		for j, s := range sides {
+			ok, pv := r.timed([]string{s.Layout.Mnt}, func() { res[j] = op.ApplyFDs(s.Layout.Mnt, &r.fds[j]) })
+			if pv != nil {
+				r.fail(i, "harness: panic", fmt.Sprintf("op %d %s on %s: panic: %v", i, op, s.Name, pv))
+				return
+			}
+			if !ok {
+				r.out.TimedOut = true
+				r.fail(i, fmt.Sprintf("timeout: op %s on %s", op.Op, s.Name),
+					fmt.Sprintf("op %d %s: %s did not answer within %v; its mount was aborted", i, op, s.Name, r.timeout))
+				return
+			}
+		}
+		r.last, r.out.Ran = i, i+1
+		a, b := res[0], res[1]
+		switch {
+		case a.Err != "" || b.Err != "":
+			r.fail(i, "harness: op "+op.Op, fmt.Sprintf("op %d %s: harness error: %s %s, %s %s", i, op, sides[0].Name, a, sides[1].Name, b))
+		case a != b:
+			r.fail(i, opClass(op, a, b), fmt.Sprintf("op %d %s: %s %s, %s %s", i, op, sides[0].Name, a, sides[1].Name, b))
+		}
+		if rc.StopAtFirst && r.out.Failed() {
+			return
+		}
+		if rc.Every > 0 && (i+1)%rc.Every == 0 && i+1 < len(rc.Ops) {
+			if _, ok := r.views(fmt.Sprintf("after op %d", i)); !ok || (rc.StopAtFirst && r.out.Failed()) {
+				return
+			}
+		}
+	}
+	r.finish()
+}
+
+// opClass is the class of an op whose results differ: the op kind and
+// both errnos ("op setxattr: ok vs EPERM"), or "output" when only the
+// output differs.
+func opClass(op Op, a, b Result) string {
+	name := func(r Result) string {
+		if r.Errno == 0 {
+			return "ok"
+		}
+		return ErrnoName(r.Errno)
+	}
+	if a.Errno == b.Errno {
+		return fmt.Sprintf("op %s: %s", op.Op, outputDiff(op.Op, a.Out, b.Out))
+	}
+	return fmt.Sprintf("op %s: %s vs %s", op.Op, name(a), name(b))
+}
+
+// outputDiff says what differs between two outputs of an op: the fields
+// of a StatString, or the data and the fstat of a readheld.
+func outputDiff(op, a, b string) string {
+	switch op {
+	case "stat", "lstat":
+		return statDiff(a, b)
+	case "readheld":
+		da, sa := splitHeld(a)
+		db, sb := splitHeld(b)
+		var parts []string
+		if da != db {
+			if strings.HasPrefix(da, "read:") || strings.HasPrefix(db, "read:") {
+				parts = append(parts, fmt.Sprintf("read %s vs %s", heldErr(da), heldErr(db)))
+			} else {
+				parts = append(parts, "data differs")
+			}
+		}
+		if sa != sb {
+			if strings.HasPrefix(sa, "fstat:") || strings.HasPrefix(sb, "fstat:") {
+				parts = append(parts, fmt.Sprintf("fstat %s vs %s", heldErr(sa), heldErr(sb)))
+			} else {
+				parts = append(parts, "fstat "+statDiff(sa, sb))
+			}
+		}
+		return strings.Join(parts, ", ")
+	}
+	return "output differs"
+}
+
+func heldErr(s string) string {
+	if _, e, ok := strings.Cut(s, ":"); ok && !strings.Contains(s, " ") {
+		return e
+	}
+	return "ok"
+}
+
+// splitHeld splits a readheld output into its data part (quoted, or
+// read:ERRNO) and its stat part.
+func splitHeld(s string) (data, st string) {
+	if strings.HasPrefix(s, `"`) {
+		if q, err := strconv.QuotedPrefix(s); err == nil {
+			return q, strings.TrimPrefix(s[len(q):], " ")
+		}
+	}
+	data, st, _ = strings.Cut(s, " ")
+	return data, st
+}
+
+// statDiff names the StatString fields that differ ("nlink differs").
+func statDiff(a, b string) string {
+	fa, fb := strings.Fields(a), strings.Fields(b)
+	names := []string{"type", "perm", "owner"}
+	var diff []string
+	for i := 0; i < max(len(fa), len(fb)); i++ {
+		var x, y string
+		if i < len(fa) {
+			x = fa[i]
+		}
+		if i < len(fb) {
+			y = fb[i]
+		}
+		if x == y {
+			continue
+		}
+		n := fmt.Sprint("field", i)
+		if i < len(names) {
+			n = names[i]
+		} else if k, _, ok := strings.Cut(x+y, "="); ok {
+			n = k
+		}
+		diff = append(diff, n)
+	}
+	if len(diff) == 0 {
+		return "output differs"
+	}
+	return strings.Join(diff, ",") + " differs"
+}
+
+// views snapshots both merged views (each within the timeout), records
+// problems and diffs, and returns the trees. ok is false when the run
+// must stop (a side hung or could not be walked).
+func (r *runner) views(label string) (trees [2]*Tree, ok bool) {
+	sides := r.p.Sides()
+	for j, s := range sides {
+		var t *Tree
+		var err error
+		done, pv := r.timed([]string{s.Layout.Mnt}, func() { t, err = Snapshot(s.Layout.Mnt, SnapOptions{NoHash: r.p.Cfg.NoHash}) })
+		if pv != nil {
+			r.fail(r.last, "harness: panic", fmt.Sprintf("%s: snapshot %s: panic: %v", label, s.Name, pv))
+			return trees, false
+		}
+		if !done {
+			r.out.TimedOut = true
+			r.fail(r.last, "timeout: snapshot on "+s.Name, fmt.Sprintf("%s: snapshot of %s did not finish within %v; its mount was aborted", label, s.Name, r.timeout))
+			return trees, false
+		}
+		if err != nil {
+			r.fail(r.last, fmt.Sprintf("snapshot %s: %s", s.Name, errClass(err)), fmt.Sprintf("%s: snapshot %s: %v", label, s.Name, err))
+			return trees, false
+		}
+		r.problems(label, s.Name, t)
+		trees[j] = t
+	}
+	r.diffs(label+": merged view", "view", ScopeMerged, trees[0], trees[1])
+	return trees, true
+}
+
+func errClass(err error) string {
+	if e, ok := Errno(err); ok && e != 0 {
+		return ErrnoName(e)
+	}
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	return msg
+}
+
+var quoted = regexp.MustCompile(`"[^"]*"`)
+
+func problemClass(side, pr string) string {
+	// Drop the leading path and quoted names: "a/b: readdir lists "x"
+	// twice" is "readdir lists _ twice".
+	if i := strings.Index(pr, ": "); i >= 0 {
+		pr = pr[i+2:]
+	}
+	return fmt.Sprintf("problem %s: %s", side, quoted.ReplaceAllString(pr, "_"))
+}
+
+func (r *runner) problems(label, side string, t *Tree) {
+	for _, pr := range t.Problems {
+		r.fail(r.last, problemClass(side, pr), fmt.Sprintf("%s: %s: %s", label, side, pr))
+	}
+}
+
+// diffs compares a and b with mtimes (only those the ops or the layers set
+// are deterministic: see knownTimes) and records a failure per class.
+func (r *runner) diffs(label, where string, scope Scope, a, b *Tree) {
+	ds := Compare(a, b, CompareOptions{Scope: scope, Times: true, Ignore: r.p.Cfg.Ignore, IgnorePaths: r.p.Cfg.IgnorePaths})
+	r.recordDiffs(label, where, r.filterTimes(ds))
+}
+
+func (r *runner) recordDiffs(label, where string, ds []Diff) {
+	byClass := map[string][]Diff{}
+	var order []string
+	for _, d := range ds {
+		c := diffClass(where, d)
+		if byClass[c] == nil {
+			order = append(order, c)
+		}
+		byClass[c] = append(byClass[c], d)
+	}
+	for _, c := range order {
+		r.fail(r.last, c, fmt.Sprintf("%s: %d differences:\n%s", label, len(byClass[c]), FormatDiffs(r.p.Ref.Name, r.p.Cand.Name, byClass[c])))
+	}
+}
+
+// diffClass names a diff without its path; values are kept where they
+// are from a small set (existence, type, overlay xattrs).
+func diffClass(where string, d Diff) string {
+	switch {
+	case d.Field == "exists" || d.Field == "type" || strings.HasPrefix(d.Field, "ovl:"):
+		return fmt.Sprintf("%s %s %s: %s vs %s", where, d.Type, d.Field, d.A, d.B)
+	case strings.HasPrefix(d.Field, "xattr:"):
+		return fmt.Sprintf("%s %s %s: %s vs %s", where, d.Type, d.Field, presence(d.A), presence(d.B))
+	}
+	return fmt.Sprintf("%s %s %s", where, d.Type, d.Field)
+}
+
+func presence(v string) string {
+	if v == "<absent>" {
+		return v
+	}
+	return "set"
+}
+
+// filterTimes drops mtime diffs where neither side shows a time that is
+// deterministic: one an op or a layer entry set. A write stamps "now",
+// which differs between the sides; a lost or wrongly kept time does not.
+func (r *runner) filterTimes(ds []Diff) []Diff {
+	out := ds[:0:0]
+	for _, d := range ds {
+		if d.Field == "mtime" {
+			a, _ := strconv.ParseInt(d.A, 10, 64)
+			b, _ := strconv.ParseInt(d.B, 10, 64)
+			if !r.times[a] && !r.times[b] {
+				continue
+			}
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func knownTimes(rc RunConfig) map[int64]bool {
+	m := map[int64]bool{DefaultTime.UnixNano(): true}
+	for _, op := range rc.Ops {
+		if op.Op == "utimes" {
+			m[op.Off] = true
+		}
+	}
+	for _, l := range append(append([]Layer{}, rc.Layers.Lowers...), rc.Layers.Upper) {
+		for _, e := range l {
+			if !e.Mtime.IsZero() {
+				m[e.Mtime.UnixNano()] = true
+			}
+		}
+	}
+	return m
+}
+
+// finish compares the final views, closes the held fds, unmounts,
+// compares the uppers and interchanges the layers.
+func (r *runner) finish() {
+	trees, ok := r.views("final")
+	if !ok {
+		return
+	}
+	for i := range r.fds {
+		r.fds[i].Close()
+	}
+	if !r.guard("unmount", r.p.Unmount) {
+		return
+	}
+	if r.p.Cfg.Options.ReadOnly {
+		return
+	}
+	var ups [2]*Tree
+	for j, s := range r.p.Sides() {
+		t, err := Snapshot(s.Layout.Upper, SnapOptions{Upper: true, Prefix: r.p.Cfg.Options.Prefix(), NoHash: r.p.Cfg.NoHash})
+		if err != nil {
+			r.fail(r.last, "harness: snapshot upper", fmt.Sprintf("snapshot upper %s: %v", s.Name, err))
+			return
+		}
+		for _, pr := range t.Problems {
+			r.fail(r.last, problemClass(s.Name+" upper", pr), fmt.Sprintf("upper: %s: %s", s.Name, pr))
+		}
+		ups[j] = t
+	}
+	r.diffs("final: upper layer", "upper", ScopeUpper, ups[0], ups[1])
+
+	r.mu.Lock()
+	r.findings = nil
+	r.mu.Unlock()
+	var mnts []string
+	for _, s := range r.p.Sides() {
+		mnts = append(mnts, filepath.Join(s.Dir, "mnt2"))
+	}
+	fatal := false
+	done, pv := r.timed(mnts, func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if v != errFatal {
+					panic(v)
+				}
+				fatal = true
+			}
+		}()
+		r.p.Interchange(trees[0], trees[1])
+	})
+	errs := r.rt.takeErrs() // the mismatches come through findings
+	switch {
+	case !done:
+		r.out.TimedOut = true
+		r.fail(r.last, "timeout: interchange", fmt.Sprintf("interchange did not finish within %v; its mounts were aborted", r.timeout))
+		return
+	case fatal:
+		r.fail(r.last, "harness: interchange", "interchange: "+strings.Join(errs, "; "))
+	case pv != nil:
+		r.fail(r.last, "harness: panic", fmt.Sprintf("interchange: panic: %v", pv))
+	}
+	r.mu.Lock()
+	fs := r.findings
+	r.mu.Unlock()
+	for _, f := range fs {
+		where := "interchange"
+		if i := strings.Index(f.Label, ": "); i >= 0 {
+			// "interchange: kernel mounting ovl's upper"
+			where = "interchange (" + f.Label[i+2:] + ")"
+		}
+		if f.Problem != "" {
+			r.fail(r.last, problemClass(where+" "+f.Side, "x: "+f.Problem), f.Label+": "+f.Side+": "+f.Problem)
+			continue
+		}
+		r.recordDiffs(f.Label, where, f.Diffs)
+	}
+}
+
+// AbortMount ends a mount that does not answer: for a FUSE mount it
+// writes to the connection's abort file in fusectl (mounting fusectl if
+// needed), so that every request waiting on the daemon fails with
+// ENOTCONN; then it detaches the mount (umount -l). It finds the mount in
+// /proc/self/mountinfo, never by touching the mount itself.
+func AbortMount(mnt string) error {
+	dev, fstype, err := mountDev(mnt)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if strings.HasPrefix(fstype, "fuse") {
+		errs = append(errs, abortFuse(dev))
+	}
+	if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+		errs = append(errs, fmt.Errorf("umount -l %s: %w", mnt, err))
+	}
+	return errors.Join(errs...)
+}
+
+const fusectl = "/sys/fs/fuse/connections"
+
+// abortFuse aborts the FUSE connection of device dev. fusectl names a
+// connection by the kernel's internal dev_t (major<<20 | minor).
+func abortFuse(dev uint64) error {
+	conn := filepath.Join(fusectl, fmt.Sprint(unix.Major(dev)<<20|unix.Minor(dev)))
+	if _, err := os.Stat(conn); err != nil {
+		if err := unix.Mount("fusectl", fusectl, "fusectl", 0, ""); err != nil && err != unix.EBUSY {
+			return fmt.Errorf("mount fusectl: %w", err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(conn, "abort"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("abort FUSE connection: %w", err)
+	}
+	return nil
+}
+
+// mountDev finds mnt (the topmost mount there) in /proc/self/mountinfo.
+func mountDev(mnt string) (dev uint64, fstype string, err error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	found := false
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 || unescapeMountinfo(fields[4]) != mnt {
+			continue
+		}
+		sep := -1
+		for i := 6; i < len(fields); i++ {
+			if fields[i] == "-" {
+				sep = i
+				break
+			}
+		}
+		var maj, min uint32
+		if _, err := fmt.Sscanf(fields[2], "%d:%d", &maj, &min); err != nil || sep < 0 || sep+1 >= len(fields) {
+			continue
+		}
+		dev, fstype, found = unix.Mkdev(maj, min), fields[sep+1], true
+	}
+	if err := sc.Err(); err != nil {
+		return 0, "", err
+	}
+	if !found {
+		return 0, "", fmt.Errorf("%s: not a mount point", mnt)
+	}
+	return dev, fstype, nil
+}
+
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// errFatal is what recT panics with on Fatal.
+var errFatal = errors.New("kernelcmp: fatal")
+
+// recT is the testing.TB a Run hands to NewPair: it records errors
+// instead of failing a test, and a Fatal panics with errFatal (recovered
+// by the runner). The embedded TB is nil; only the methods below are
+// used by Pair.
+type recT struct {
+	testing.TB
+	mu       sync.Mutex
+	errs     []string
+	cleanups []func()
+}
+
+func (r *recT) Helper()      {}
+func (r *recT) Name() string { return "kernelcmp.Run" }
+func (r *recT) Errorf(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+func (r *recT) Error(args ...any) { r.Errorf("%s", fmt.Sprint(args...)) }
+func (r *recT) Fatalf(format string, args ...any) {
+	r.Errorf(format, args...)
+	panic(errFatal)
+}
+func (r *recT) Fatal(args ...any) { r.Fatalf("%s", fmt.Sprint(args...)) }
+func (r *recT) FailNow()          { panic(errFatal) }
+func (r *recT) Skipf(format string, args ...any) {
+	r.Fatalf("skip: "+format, args...)
+}
+func (r *recT) Logf(string, ...any) {}
+func (r *recT) Log(...any)          {}
+func (r *recT) Failed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.errs) > 0
+}
+func (r *recT) Cleanup(f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cleanups = append(r.cleanups, f)
+}
+
+func (r *recT) takeErrs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.errs
+	r.errs = nil
+	return e
+}
+
+func (r *recT) runCleanups() {
+	r.mu.Lock()
+	cs := r.cleanups
+	r.cleanups = nil
+	r.mu.Unlock()
+	for i := len(cs) - 1; i >= 0; i-- {
+		func() {
+			defer func() {
+				if v := recover(); v != nil {
+					r.Errorf("cleanup: panic: %v", v)
+				}
+			}()
+			cs[i]()
+		}()
+	}
+}
