@@ -59,7 +59,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
-	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}}}
+	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}, live: map[fs.StableAttr]*node{}}}
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
 	// request changes, and ovl drops what a copy-up changes (afterCopyUp).
@@ -168,6 +168,7 @@ type node struct {
 	ov   *overlay.Overlay
 	n    *overlay.Node
 	gens *generations
+	attr fs.StableAttr // the key of this node in gens.live
 }
 
 // generations tells objects apart that reuse an inode number: go-fuse
@@ -178,6 +179,11 @@ type node struct {
 type generations struct {
 	mu sync.Mutex
 	m  map[uint64]uint64
+	// live holds the node of every inode go-fuse has, by its StableAttr:
+	// go-fuse picks an existing inode for a lookup only after the
+	// request, so ovl finds it here first, to forget the duplicate node
+	// and to record the name the object was found under.
+	live map[fs.StableAttr]*node
 }
 
 func (g *generations) get(ino uint64) uint64 {
@@ -235,11 +241,26 @@ func cred(ctx context.Context) overlay.Cred {
 // go-fuse already has for its inode number: one inode per object.
 func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
 	ino := child.Ino()
-	ch := p.NewInode(ctx, &node{ov: p.ov, n: child, gens: p.gens}, fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: p.gens.get(ino)})
-	if existing := ch.Operations().(*node); existing.n != child {
+	attr := fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: p.gens.get(ino)}
+	g := p.gens
+	g.mu.Lock()
+	existing := g.live[attr]
+	g.mu.Unlock()
+	if existing != nil && existing.n != child {
 		child.Forget()
 		existing.n.SetLocation(p.n, name)
+		return existing.EmbeddedInode()
 	}
+	nd := &node{ov: p.ov, n: child, gens: g, attr: attr}
+	ch := p.NewInode(ctx, nd, attr)
+	if ex := ch.Operations().(*node); ex != nd {
+		child.Forget()
+		ex.n.SetLocation(p.n, name)
+		return ch
+	}
+	g.mu.Lock()
+	g.live[attr] = nd
+	g.mu.Unlock()
 	return ch
 }
 
@@ -392,11 +413,26 @@ func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, errno(err)
 	}
 	var st unix.Stat_t
-	if err := t.n.Getattr(&st); err != nil {
+	child, err := p.n.LookupStat(name, &st)
+	if err != nil {
 		return nil, errno(err)
 	}
+	if child.Ino() == t.n.Ino() {
+		child.Forget()
+		out.Attr.FromStat(toSyscall(&st))
+		return t.EmbeddedInode(), 0
+	}
+	// The copy-up split a lower hard link without an index: the object now
+	// has its upper number, which a lookup of any of its names gives from
+	// now on. The new name gets the object under that number, and the
+	// kernel forgets the name that still has the old one, so that no two
+	// FUSE inodes (and page caches) stand for one object. The kernel takes
+	// directory locks to drop an entry: not from inside this request.
+	if tname, tp := t.Parent(); tp != nil {
+		go tp.NotifyEntry(tname)
+	}
 	out.Attr.FromStat(toSyscall(&st))
-	return t.EmbeddedInode(), 0
+	return p.inode(ctx, name, child), 0
 }
 
 func (p *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -419,8 +455,10 @@ func (p *node) childNode(name string) *overlay.Node {
 
 func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	ch := p.GetChild(name)
+	links := uint32(1)
 	if ch != nil {
 		ch.Operations().(*node).n.Pin()
+		links = nlink(ch.Operations().(*node).n)
 	}
 	if err := p.n.Unlink(name); err != nil {
 		if ch != nil {
@@ -432,17 +470,30 @@ func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return 0
 	}
 	p.RmChild(name)
-	p.forgetName(ch)
+	p.forgetName(ch, links)
 	return 0
 }
 
-// forgetName keeps the object of ch, which just lost a name, reachable
-// through another of its links that go-fuse knows; else it has no name.
-func (p *node) forgetName(ch *fs.Inode) {
+// nlink is the object's link count before a change, 1 if unknown.
+func nlink(n *overlay.Node) uint32 {
+	var st unix.Stat_t
+	if n.IsDir() || n.Getattr(&st) != nil {
+		return 1
+	}
+	return uint32(st.Nlink)
+}
+
+// forgetName keeps the object of ch, which just lost one of its links
+// names, reachable through another of its names that go-fuse knows. If
+// go-fuse knows none, the object keeps its inode number while it has
+// other links (a lookup of one finds it again); else it is gone.
+func (p *node) forgetName(ch *fs.Inode, links uint32) {
 	child := ch.Operations().(*node).n
 	if pname, pp := ch.Parent(); pp != nil {
 		child.SetLocation(pp.Operations().(*node).n, pname)
 		child.Unpin()
+	} else if links > 1 {
+		child.Detach()
 	} else {
 		p.gone(child)
 	}
@@ -466,8 +517,10 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if tch != nil {
 		target = tch.Operations().(*node).n
 	}
+	tlinks := uint32(1)
 	if target != nil && flags&unix.RENAME_EXCHANGE == 0 {
 		target.Pin()
+		tlinks = nlink(target)
 	}
 	// Renaming copies up: the kernel's cached attributes of the moved
 	// objects were the lower ones.
@@ -487,7 +540,7 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		// The replaced object may live on under another name go-fuse
 		// knows (a hard link); else it has none left.
 		np.RmChild(newName)
-		p.forgetName(tch)
+		p.forgetName(tch, tlinks)
 	}
 	return 0
 }
@@ -573,6 +626,12 @@ func (p *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall
 }
 
 func (p *node) OnForget() {
+	g := p.gens
+	g.mu.Lock()
+	if g.live[p.attr] == p {
+		delete(g.live, p.attr)
+	}
+	g.mu.Unlock()
 	if p.n != p.ov.Root() {
 		p.n.Forget()
 	}

@@ -449,9 +449,10 @@ func (n *Node) location() (*Node, string) {
 
 // SetLocation records that the node is reachable as name in parent; a
 // FUSE binding calls it when a lookup through another hard link finds a node
-// it already has, so the node stays reachable after the old link goes away.
+// it already has, so the node stays reachable after the old link goes away
+// (also after Detach: the object had links the binding did not know).
 func (n *Node) SetLocation(parent *Node, name string) {
-	if parent == nil || n.parent == nil {
+	if parent == nil || n == n.o.root {
 		return
 	}
 	n.o.treeMu.Lock()
