@@ -45,9 +45,14 @@ type Case struct {
 	Also      []string `json:"also,omitempty"`
 	Failure   string   `json:"failure,omitempty"`
 	Diagnosis string   `json:"diagnosis,omitempty"`
-	Found     string   `json:"found,omitempty"`
-	Layers    Layers   `json:"-"`
-	Ops       []Op     `json:"ops"`
+	// Intended, when set, says why this difference is kept on purpose (the
+	// kernel is wrong there and ovl does better): the case must keep
+	// reproducing exactly its classes, and the random tester does not
+	// count them as failures.
+	Intended string `json:"intended,omitempty"`
+	Found    string `json:"found,omitempty"`
+	Layers   Layers `json:"-"`
+	Ops      []Op   `json:"ops"`
 }
 
 // Options are the mount options of the case.
