@@ -150,7 +150,13 @@ func newKcmpTester(t *testing.T, set kcmpSettings) *kcmpTester {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A class is known only while its reproduction still fails: once
+	// fixed, the same class seen again is a new bug.
 	for _, c := range cases {
+		if o := k.Run(kt.runConfig(c)); !o.Has(c.Class) {
+			t.Logf("%s: fixed (does not fail with %q)", c.Name, c.Class)
+			continue
+		}
 		for _, class := range append([]string{c.Class}, c.Also...) {
 			if class != "" {
 				kt.known[class] = c.Name
