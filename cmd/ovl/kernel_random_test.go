@@ -32,7 +32,7 @@ var (
 // minutes on two loaded cores).
 var kcmpCISeeds = func() []int64 {
 	var s []int64
-	for i := int64(1); i <= 40; i++ {
+	for i := int64(1); i <= 200; i++ {
 		s = append(s, i)
 	}
 	return s
