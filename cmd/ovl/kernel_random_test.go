@@ -32,7 +32,7 @@ var (
 // minutes on two loaded cores).
 var kcmpCISeeds = func() []int64 {
 	var s []int64
-	for i := int64(1); i <= 40; i++ {
+	for i := int64(1); i <= 200; i++ {
 		s = append(s, i)
 	}
 	return s
@@ -151,7 +151,13 @@ func newKcmpTester(t *testing.T, set kcmpSettings) *kcmpTester {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A class is known only while its reproduction still fails: once
+	// fixed, the same class seen again is a new bug.
 	for _, c := range cases {
+		if o := k.Run(kt.runConfig(c)); !o.Has(c.Class) {
+			t.Logf("%s: fixed (does not fail with %q)", c.Name, c.Class)
+			continue
+		}
 		for _, class := range append([]string{c.Class}, c.Also...) {
 			if class == "" {
 				continue

@@ -51,6 +51,7 @@ type Finding struct {
 	Scope   Scope
 	Side    string
 	Diffs   []Diff
+	Names   [2]string // what Diff.A and Diff.B are
 	Problem string
 }
 
@@ -415,7 +416,7 @@ func (p *Pair) report(label string, scope Scope, a, b *Tree) {
 	p.T.Helper()
 	ds := Compare(a, b, CompareOptions{Scope: scope, Times: p.Cfg.Times, Ignore: p.Cfg.Ignore, IgnorePaths: p.Cfg.IgnorePaths})
 	if len(ds) > 0 {
-		p.observe(Finding{Label: label, Scope: scope, Diffs: ds})
+		p.observe(Finding{Label: label, Scope: scope, Diffs: ds, Names: [2]string{p.Ref.Name, p.Cand.Name}})
 		p.T.Errorf("%s: %d differences:\n%s", label, len(ds), FormatDiffs(p.Ref.Name, p.Cand.Name, ds))
 	}
 }
@@ -474,7 +475,7 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 		p.reportProblems(label, reader.Name, t)
 		ds := Compare(views[owner], t, CompareOptions{Scope: ScopeMerged, Times: p.Cfg.Times, Ignore: p.Cfg.Ignore, IgnorePaths: p.Cfg.IgnorePaths})
 		if len(ds) > 0 {
-			p.observe(Finding{Label: label, Scope: ScopeMerged, Diffs: ds})
+			p.observe(Finding{Label: label, Scope: ScopeMerged, Diffs: ds, Names: [2]string{owner.Name + " (writer)", reader.Name + " (reader)"}})
 			p.T.Errorf("%s: view differs from what %s showed: %d differences:\n%s", label, owner.Name, len(ds),
 				FormatDiffs(owner.Name+" (writer)", reader.Name+" (reader)", ds))
 		}

@@ -421,6 +421,12 @@ func (r *runner) diffs(label, where string, scope Scope, a, b *Tree) {
 }
 
 func (r *runner) recordDiffs(label, where string, ds []Diff) {
+	r.recordDiffsNamed(label, where, [2]string{r.p.Ref.Name, r.p.Cand.Name}, ds)
+}
+
+// recordDiffsNamed records diffs whose A and B sides are names[0] and
+// names[1].
+func (r *runner) recordDiffsNamed(label, where string, names [2]string, ds []Diff) {
 	byClass := map[string][]Diff{}
 	var order []string
 	for _, d := range ds {
@@ -431,7 +437,7 @@ func (r *runner) recordDiffs(label, where string, ds []Diff) {
 		byClass[c] = append(byClass[c], d)
 	}
 	for _, c := range order {
-		r.fail(r.last, c, fmt.Sprintf("%s: %d differences:\n%s", label, len(byClass[c]), FormatDiffs(r.p.Ref.Name, r.p.Cand.Name, byClass[c])))
+		r.fail(r.last, c, fmt.Sprintf("%s: %d differences:\n%s", label, len(byClass[c]), FormatDiffs(names[0], names[1], byClass[c])))
 	}
 }
 
@@ -562,7 +568,7 @@ func (r *runner) finish() {
 			r.fail(r.last, problemClass(where+" "+f.Side, "x: "+f.Problem), f.Label+": "+f.Side+": "+f.Problem)
 			continue
 		}
-		r.recordDiffs(f.Label, where, f.Diffs)
+		r.recordDiffsNamed(f.Label, where, f.Names, f.Diffs)
 	}
 }
 
