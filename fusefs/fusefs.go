@@ -413,26 +413,11 @@ func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, errno(err)
 	}
 	var st unix.Stat_t
-	child, err := p.n.LookupStat(name, &st)
-	if err != nil {
+	if err := t.n.Getattr(&st); err != nil {
 		return nil, errno(err)
 	}
-	if child.Ino() == t.n.Ino() {
-		child.Forget()
-		out.Attr.FromStat(toSyscall(&st))
-		return t.EmbeddedInode(), 0
-	}
-	// The copy-up split a lower hard link without an index: the object now
-	// has its upper number, which a lookup of any of its names gives from
-	// now on. The new name gets the object under that number, and the
-	// kernel forgets the name that still has the old one, so that no two
-	// FUSE inodes (and page caches) stand for one object. The kernel takes
-	// directory locks to drop an entry: not from inside this request.
-	if tname, tp := t.Parent(); tp != nil {
-		go tp.NotifyEntry(tname)
-	}
 	out.Attr.FromStat(toSyscall(&st))
-	return p.inode(ctx, name, child), 0
+	return t.EmbeddedInode(), 0
 }
 
 func (p *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

@@ -87,3 +87,23 @@ func TestKernelRegress(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelOpenBugs replays the reproductions of bugs not fixed yet
+// (testdata/open): each must still fail with its class. One that passes has
+// been fixed: move it to testdata/repro, where it must keep passing.
+func TestKernelOpenBugs(t *testing.T) {
+	testutil.RequireRoot(t)
+	cases, err := k.LoadCases(kcmpOpenDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cand := k.Ovl{Bin: testutil.Binary(t)}
+	for _, c := range cases {
+		t.Run(c.Name, func(t *testing.T) {
+			o := k.Run(c.RunConfig(cand))
+			if !o.Has(c.Class) {
+				t.Errorf("%s no longer fails with [%s]: fixed? move it to %s", c.Name, c.Class, kcmpReproDir)
+			}
+		})
+	}
+}
