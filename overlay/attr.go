@@ -371,15 +371,7 @@ func (n *Node) Listxattr() ([]string, error) {
 // namespace are escaped.
 func (n *Node) Setxattr(name string, value []byte, flags int) error {
 	name = n.o.names.Escape(name)
-	if err := n.copyUp(copyMeta); err != nil {
-		return err
-	}
-	fd, done, err := n.real()
-	if err != nil {
-		return err
-	}
-	defer done()
-	return format.Setxattr(fd, name, value, flags)
+	return n.onUpper(func(fd int) error { return format.Setxattr(fd, name, value, flags) })
 }
 
 // Removexattr removes an xattr after copy-up.
@@ -389,6 +381,11 @@ func (n *Node) Removexattr(name string) error {
 		return err
 	}
 	name = n.o.names.Escape(name)
+	return n.onUpper(func(fd int) error { return format.Removexattr(fd, name) })
+}
+
+// onUpper copies up the object's metadata and runs f on its upper object.
+func (n *Node) onUpper(f func(fd int) error) error {
 	if err := n.copyUp(copyMeta); err != nil {
 		return err
 	}
@@ -397,7 +394,7 @@ func (n *Node) Removexattr(name string) error {
 		return err
 	}
 	defer done()
-	return format.Removexattr(fd, name)
+	return f(fd)
 }
 
 // Detach marks the node as no longer reachable by name (its last link was

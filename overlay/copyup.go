@@ -404,11 +404,7 @@ func (o *Overlay) linkUp(n, parent *Node, name string) error {
 		}
 		return fmt.Errorf("link up %s: %w", name, err)
 	}
-	// One more upper link, no new overlay name.
-	if fd, err := format.OpenAt(o.index, n.indexName, unix.O_PATH|unix.O_NOFOLLOW, 0); err == nil {
-		o.setNlink(fd, cur)
-		unix.Close(fd)
-	}
+	o.setNlink(n.indexName, cur) // one more upper link, no new overlay name
 	if !impure {
 		o.markImpure(parent)
 	}

@@ -109,8 +109,13 @@ func parseNlink(v []byte, upper uint64) (int64, bool) {
 	return int64(upper) + d, true
 }
 
-// setNlink records the overlay link count n of the upper object open at fd.
-func (o *Overlay) setNlink(fd int, n int64) error {
+// setNlink records the overlay link count n of the index entry name.
+func (o *Overlay) setNlink(name string, n int64) error {
+	fd, err := format.OpenAt(o.index, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
@@ -123,11 +128,7 @@ func (o *Overlay) setNlink(fd int, n int64) error {
 // index entry as its data when there is one; st becomes what Getattr
 // reports.
 func (o *Overlay) lookupIndex(child *Node, l *layer, dirfd int, leaf string, st *unix.Stat_t) {
-	h, _, err := unix.NameToHandleAt(dirfd, leaf, 0)
-	if err != nil || !l.hasID {
-		return
-	}
-	origin := format.EncodeOrigin(h.Type(), h.Bytes(), l.uuid)
+	origin := o.encodeOriginAt(l, dirfd, leaf)
 	if origin == nil {
 		return
 	}
@@ -174,11 +175,5 @@ func (o *Overlay) addNlink(n *Node, d int64) {
 	if format.Lstat(o.index, n.indexName, &st) != nil {
 		return
 	}
-	cur := int64(o.overlayNlinkAt(o.index, n.indexName, &st))
-	fd, err := format.OpenAt(o.index, n.indexName, unix.O_PATH|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	o.setNlink(fd, cur+d)
+	o.setNlink(n.indexName, int64(o.overlayNlinkAt(o.index, n.indexName, &st))+d)
 }

@@ -87,13 +87,7 @@ func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, 
 		if k != entryOther {
 			return nil
 		}
-		fd, err := format.OpenAt(lr.fd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return nil
-		}
-		enc := o.encodeOrigin(lr.layer, fd)
-		unix.Close(fd)
-		if enc != nil && format.SameOrigin(enc, origin) {
+		if enc := o.encodeOriginAt(lr.layer, lr.fd, name); enc != nil && format.SameOrigin(enc, origin) {
 			return lr.layer
 		}
 		return nil
@@ -104,10 +98,20 @@ func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, 
 // encodeOrigin encodes the file handle of the object open at fd on layer l,
 // or returns nil.
 func (o *Overlay) encodeOrigin(l *layer, fd int) []byte {
+	return o.encodeOriginAt(l, fd, "")
+}
+
+// encodeOriginAt encodes the file handle of name in dirfd ("": dirfd
+// itself) on layer l, or returns nil.
+func (o *Overlay) encodeOriginAt(l *layer, dirfd int, name string) []byte {
 	if !l.hasID {
 		return nil
 	}
-	h, _, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	flags := 0
+	if name == "" {
+		flags = unix.AT_EMPTY_PATH
+	}
+	h, _, err := unix.NameToHandleAt(dirfd, name, flags)
 	if err != nil {
 		return nil
 	}
