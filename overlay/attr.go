@@ -405,6 +405,7 @@ func (n *Node) Detach() {
 		n.parent = nil
 	}
 	n.o.treeMu.Unlock()
+	n.o.unkeep(n)
 }
 
 // InUpper reports whether the object has been copied up (or was made) in

@@ -136,6 +136,7 @@ func (n *Node) copyUp(mode copyMode) error {
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
 		n.realIno = st.Ino
+		o.keep(n, st.Ino)
 	}
 	n.inUpper, n.metacopy = true, meta
 	o.stats.copyUps.Add(1)

@@ -24,6 +24,11 @@ import (
 //     kernel reports the lower number for every name; FUSE cannot, since it
 //     keys its inodes by number.
 //   - Anything else has the number of its topmost real object.
+//   - While a node lives, its object keeps the node's number, also for new
+//     lookups of its upper object under any name (keep): a name of a split
+//     lower hard link is numbered linkIno before copy-up and by its upper
+//     inode after, and two numbers would be two FUSE inodes for one upper
+//     object, each with its own cached attributes.
 //
 // readdir reports the same numbers (ReadDir), so d_ino equals st_ino,
 // except for the names of a lower hard link (linkIno).
@@ -128,4 +133,41 @@ func (l *layer) mountFd() int {
 		}
 	})
 	return l.mfd
+}
+
+// keep records that n, just copied up to the upper inode upperIno, keeps
+// its number for lookups of that upper object while n lives (see above).
+func (o *Overlay) keep(n *Node, upperIno uint64) {
+	if n.IsDir() || o.inoFor(o.upper, upperIno) == n.ino {
+		return
+	}
+	o.keptMu.Lock()
+	if o.kept == nil {
+		o.kept = map[uint64]*Node{}
+	}
+	o.kept[upperIno] = n
+	n.keptAs = upperIno
+	o.keptMu.Unlock()
+}
+
+// keptIno returns the number a node that lives gave the upper object with
+// inode number upperIno, if one did.
+func (o *Overlay) keptIno(upperIno uint64) (uint64, bool) {
+	o.keptMu.Lock()
+	defer o.keptMu.Unlock()
+	if n := o.kept[upperIno]; n != nil {
+		return n.ino, true
+	}
+	return 0, false
+}
+
+// unkeep ends keep when n is forgotten or its object loses its last name
+// (the upper inode number may then be reused by another object).
+func (o *Overlay) unkeep(n *Node) {
+	o.keptMu.Lock()
+	if n.keptAs != 0 && o.kept[n.keptAs] == n {
+		delete(o.kept, n.keptAs)
+	}
+	n.keptAs = 0
+	o.keptMu.Unlock()
 }

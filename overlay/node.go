@@ -58,6 +58,8 @@ type Node struct {
 	// file); guarded by Overlay.treeMu. The root has no parent.
 	parent *Node
 	name   string
+
+	keptAs uint64 // the upper inode number under which o.kept holds n, or 0; guarded by Overlay.keptMu
 }
 
 // lowerRef is an object's presence in one lower layer.
@@ -174,6 +176,7 @@ func (n *Node) release() {
 		}
 	}
 	n.lowers = nil
+	n.o.unkeep(n)
 	n.o.stats.nodes.Add(-1)
 }
 
@@ -393,6 +396,9 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		child.ino = o.inoFor(o.upper, topSt.Ino)
 	case child.inUpper:
 		child.ino = o.upperIno(upperFd, name, &topSt, lowers)
+		if ino, ok := o.keptIno(topSt.Ino); ok && !child.IsDir() {
+			child.ino = ino
+		}
 		if o.indexOn {
 			o.upperIndex(child, upperFd, name, &topSt)
 		}

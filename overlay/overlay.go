@@ -22,6 +22,7 @@
 //     is held, except by rename, which takes two in inode order. Copy-up never
 //     starts while a dirMu is held.
 //  4. Overlay.treeMu guards Node.parent and Node.name.
+//  5. Overlay.keptMu guards Overlay.kept; nothing is taken under it.
 package overlay
 
 import (
@@ -125,6 +126,11 @@ type Overlay struct {
 
 	renameMu sync.Mutex
 	treeMu   sync.RWMutex
+	// kept maps the upper inode number of a copied-up non-directory whose
+	// overlay number differs from what a lookup of the upper object computes
+	// (a split lower hard link) to the node that holds the object; see keep.
+	keptMu   sync.Mutex
+	kept     map[uint64]*Node
 	tempSeq  atomic.Uint64
 	xinoBits uint // high bits that carry the filesystem index in inode numbers
 
