@@ -26,6 +26,7 @@ import (
 // since, as the kernel's overlay file operations do (ovl_real_fdget).
 type file struct {
 	n        *overlay.Node
+	owner    *node // the inode whose opens count this handle, or nil
 	mu       sync.Mutex // guards lf and fd when a stale read-only fd is swapped
 	lf       *fs.LoopbackFile
 	fd       int
@@ -99,6 +100,9 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	e := f.current(ctx).Release(ctx)
+	if f.owner != nil {
+		f.owner.opens.Add(-1)
+	}
 	if f.pm != nil {
 		f.pm.release(f)
 	}

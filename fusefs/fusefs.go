@@ -18,6 +18,7 @@ import (
 	"log"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -169,6 +170,8 @@ type node struct {
 	n    *overlay.Node
 	gens *generations
 	attr fs.StableAttr // the key of this node in gens.live
+	// opens counts the open handles of a regular file (see pin).
+	opens atomic.Int32
 }
 
 // generations tells objects apart that reuse an inode number: go-fuse
@@ -352,7 +355,8 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	defer p.afterCopyUp(p.n.InUpper())
 	if pt := ptFor(p.ov); pt != nil {
-		return pt.open(ctx, p.n, flags)
+		h, fl, e := pt.open(ctx, p.n, flags)
+		return p.opened(h), fl, e
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -360,7 +364,25 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	// The kernel's page cache of the object stays valid across opens:
 	// its data changes only through this mount (copy-up keeps it).
-	return newFile(p.ov, p.n, fd, int(flags)), fuse.FOPEN_KEEP_CACHE, 0
+	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// opened counts h, a new handle of p (nil: none), until its release.
+func (p *node) opened(h fs.FileHandle) fs.FileHandle {
+	if f, ok := h.(*file); ok && f != nil {
+		f.owner = p
+		p.opens.Add(1)
+	}
+	return h
+}
+
+// pin is Pin for an object whose name is going away, where it is needed:
+// a regular file only while it has open handles.
+func pin(ch *fs.Inode) {
+	c := ch.Operations().(*node)
+	if c.n.Kind() != unix.S_IFREG || c.opens.Load() > 0 {
+		c.n.Pin()
+	}
 }
 
 func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -378,9 +400,9 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if e != 0 {
 			return nil, nil, 0, e
 		}
-		return ch, h, 0, 0
+		return ch, ch.Operations().(*node).opened(h), 0, 0
 	}
-	return ch, newFile(p.ov, ch.Operations().(*node).n, fd, int(flags)), 0, 0
+	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), 0, 0
 }
 
 func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -442,7 +464,7 @@ func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	ch := p.GetChild(name)
 	links := uint32(1)
 	if ch != nil {
-		ch.Operations().(*node).n.Pin()
+		pin(ch)
 		links = nlink(ch.Operations().(*node).n)
 	}
 	if err := p.n.Unlink(name); err != nil {
@@ -504,7 +526,7 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	tlinks := uint32(1)
 	if target != nil && flags&unix.RENAME_EXCHANGE == 0 {
-		target.Pin()
+		pin(tch)
 		tlinks = nlink(target)
 	}
 	// Renaming copies up: the kernel's cached attributes of the moved

@@ -55,12 +55,13 @@ func (n *Node) real() (int, func(), error) {
 // Pin makes a non-directory whose name is about to go away (unlink, or a
 // rename over it) reachable without a name until Unpin or Forget: the kernel
 // may still stat it through an open FIFO, socket or device, whose opens the
-// daemon never sees.
+// daemon never sees, and a read-only handle of a regular file opened before
+// its copy-up reopens the upper copy through the pin (Open). A caller need
+// not pin a regular file that nobody has open.
 func (n *Node) Pin() {
 	switch n.kind {
-	case unix.S_IFDIR, unix.S_IFREG, unix.S_IFLNK:
-		// Directories hold their descriptors; an open regular file is
-		// stat'ed through its handle; a symlink cannot be open.
+	case unix.S_IFDIR, unix.S_IFLNK:
+		// Directories hold their descriptors; a symlink cannot be open.
 		return
 	}
 	fd, done, err := n.real()
