@@ -26,7 +26,7 @@ import (
 // since, as the kernel's overlay file operations do (ovl_real_fdget).
 type file struct {
 	n        *overlay.Node
-	owner    *node // the inode whose opens count this handle, or nil
+	owner    *node      // the inode whose opens count this handle, or nil
 	mu       sync.Mutex // guards lf and fd when a stale read-only fd is swapped
 	lf       *fs.LoopbackFile
 	fd       int
