@@ -76,12 +76,10 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		Debug:      opts.Debug,
 		MaxWrite:   1 << 20,
 		EnableAcl:  true,
-		// No readdirplus: go-fuse (v2.12.1) drops an entry when the kernel
-		// re-reads part of a plain READDIR batch as READDIRPLUS (its redo
-		// no longer fits the reply), which READDIRPLUS_AUTO does whenever
-		// stats come between two getdents; always-plus makes ls -f do a
-		// lookup per entry.
-		DisableReadDirPlus: true,
+		// Readdirplus only when the kernel sees stats of a directory's
+		// entries (READDIRPLUS_AUTO), so ls -f costs no lookups; plusRaw
+		// serves it, as go-fuse's own loses entries on a redo.
+		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -119,6 +117,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		NegativeTimeout: &neg,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	})
+	raw = &plusRaw{RawFileSystem: raw}
 	var pt *ptMount
 	if opts.NoPassthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH

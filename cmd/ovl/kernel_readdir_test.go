@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -185,5 +186,86 @@ func TestKernelSeekdir(t *testing.T) {
 		}
 		return nil
 	})
+	p.Finish()
+}
+
+// TestKernelReaddirStatBetween lists a merged directory with small
+// getdents buffers and, every other call, an lstat of the entries just
+// listed: the kernel then switches the open directory between READDIR and
+// READDIRPLUS (READDIRPLUS_AUTO) and re-reads the part of each batch that
+// did not fit the caller's buffer, in the other format. Every name must come
+// once, with the d_type and the lstat type of the kernel's overlayfs.
+func TestKernelReaddirStatBetween(t *testing.T) {
+	var l0, l1, up k.Layer
+	want := map[string]string{}
+	for i := 0; i < 3000; i++ {
+		name := fmt.Sprintf("d/entry-with-a-longer-name-%04d", i)
+		switch i % 5 {
+		case 0:
+			l0 = append(l0, k.File(name, ""))
+		case 1:
+			l1 = append(l1, k.Dir(name))
+		case 2:
+			l1 = append(l1, k.Symlink(name, "x"))
+		case 3:
+			up = append(up, k.File(name, "u"))
+		default:
+			l0 = append(l0, k.File(name, "hidden"))
+			up = append(up, k.Whiteout(name))
+		}
+	}
+	p := kcPair(t, k.DefaultOptions(), k.Layers{Lowers: []k.Layer{l0, l1}, Upper: up})
+	for _, s := range p.Sides() {
+		fd, err := unix.Open(s.Path("d"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		buf := make([]byte, 600) // a few entries of each kernel batch
+		for call := 0; ; call++ {
+			n, err := unix.Getdents(fd, buf)
+			if err != nil {
+				t.Fatalf("%s: getdents: %v", s.Name, err)
+			}
+			if n == 0 {
+				break
+			}
+			for _, e := range k.ParseDirents(buf[:n]) {
+				if e.Name == "." || e.Name == ".." {
+					continue
+				}
+				if _, dup := got[e.Name]; dup {
+					t.Errorf("%s: %s listed twice", s.Name, e.Name)
+				}
+				typ := fmt.Sprint(e.Type)
+				if call%2 == 0 {
+					var st unix.Stat_t
+					if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+						t.Errorf("%s: lstat %s: %v", s.Name, e.Name, err)
+					}
+					typ += fmt.Sprintf("/%o", st.Mode&unix.S_IFMT)
+				}
+				got[e.Name] = typ
+			}
+		}
+		unix.Close(fd)
+		if s == p.Ref {
+			want = got
+			if len(want) != 2400 {
+				t.Fatalf("kernel listed %d names, want 2400", len(want))
+			}
+			continue
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %d names, kernel %d", s.Name, len(got), len(want))
+		}
+		for name, typ := range want {
+			if g, ok := got[name]; !ok {
+				t.Errorf("%s: %s missing", s.Name, name)
+			} else if g != typ && !strings.HasPrefix(g, typ) && !strings.HasPrefix(typ, g) {
+				t.Errorf("%s: %s is %s, kernel %s", s.Name, name, g, typ)
+			}
+		}
+	}
 	p.Finish()
 }
