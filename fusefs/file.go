@@ -47,12 +47,18 @@ type file struct {
 var (
 	_ fs.FileReader    = (*file)(nil)
 	_ fs.FileWriter    = (*file)(nil)
-	_ fs.FileFlusher   = (*file)(nil)
 	_ fs.FileFsyncer   = (*file)(nil)
 	_ fs.FileReleaser  = (*file)(nil)
 	_ fs.FileLseeker   = (*file)(nil)
 	_ fs.FileAllocater = (*file)(nil)
 )
+
+// noFlush goes in every open reply: a close has nothing for the daemon to
+// do (POSIX locks are the kernel's, writes reach the layer before they
+// return, through the daemon or passthrough, and the layers are local
+// filesystems with nothing to report at close), and FLUSH would be a
+// synchronous round trip in each close(2).
+const noFlush = fuse.FOPEN_NOFLUSH
 
 func newFile(ov *overlay.Overlay, n *overlay.Node, fd int, flags int) *file {
 	return &file{
@@ -88,8 +94,6 @@ func (f *file) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	return f.lf.Write(ctx, data, off)
 }
-
-func (f *file) Flush(ctx context.Context) syscall.Errno { return f.lf.Flush(ctx) }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	if f.volatile {

@@ -355,7 +355,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	defer p.afterCopyUp(p.n.InUpper())
 	if pt := ptFor(p.ov); pt != nil {
 		h, fl, e := pt.open(ctx, p.n, flags)
-		return p.opened(h), fl, e
+		return p.opened(h), fl | noFlush, e
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -363,7 +363,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	// The kernel's page cache of the object stays valid across opens:
 	// its data changes only through this mount (copy-up keeps it).
-	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE, 0
+	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE | noFlush, 0
 }
 
 // opened counts h, a new handle of p (nil: none), until its release.
@@ -399,9 +399,9 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if e != 0 {
 			return nil, nil, 0, e
 		}
-		return ch, ch.Operations().(*node).opened(h), 0, 0
+		return ch, ch.Operations().(*node).opened(h), noFlush, 0
 	}
-	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), 0, 0
+	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), noFlush, 0
 }
 
 func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
