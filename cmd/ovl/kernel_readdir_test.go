@@ -262,10 +262,19 @@ func TestKernelReaddirStatBetween(t *testing.T) {
 		for name, typ := range want {
 			if g, ok := got[name]; !ok {
 				t.Errorf("%s: %s missing", s.Name, name)
-			} else if g != typ && !strings.HasPrefix(g, typ) && !strings.HasPrefix(typ, g) {
+			} else if !sameDirType(g, typ) {
 				t.Errorf("%s: %s is %s, kernel %s", s.Name, name, g, typ)
 			}
 		}
 	}
 	p.Finish()
+}
+
+// sameDirType compares "d_type" or "d_type/lstat type" records: the d_types
+// must be equal, and the lstat types where both sides took one (the calls
+// that stat may fall on other entries when the two list in other orders).
+func sameDirType(a, b string) bool {
+	ad, as, _ := strings.Cut(a, "/")
+	bd, bs, _ := strings.Cut(b, "/")
+	return ad == bd && (as == "" || bs == "" || as == bs)
 }
