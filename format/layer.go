@@ -243,6 +243,13 @@ func OpenLayerRoot(path string) (fd int, cloned bool, err error) {
 			unix.Close(fd)
 			return -1, false, &os.PathError{Op: "open layer", Path: path, Err: unix.ENOTDIR}
 		}
+		// Read-only and noatime, as the kernel's overlayfs makes its
+		// lower clones: nothing can write the layer through this mount,
+		// reads leave its atimes alone, and its files can be passthrough
+		// backing files as they are (fusefs). Best effort: a kernel that
+		// refuses leaves a writable clone, which fusefs checks for.
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOATIME, Attr_clr: unix.MOUNT_ATTR__ATIME}
+		_ = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr)
 		return fd, true, nil
 	}
 	if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {

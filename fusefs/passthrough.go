@@ -69,7 +69,7 @@ type ptMount struct {
 }
 
 // idleMax bounds the idle lower backings a mount keeps registered; each
-// holds a read-only clone mount and an open file in the kernel.
+// holds an open file in the kernel and its overlay object here.
 const idleMax = 1024
 
 // ptNode is what the kernel keeps per FUSE inode, for one overlay object,
@@ -331,10 +331,10 @@ func (m *ptMount) unregister(s *ptNode) {
 	s.id, s.lower = 0, false
 }
 
-// register makes fd's file a backing file. A lower file is registered from
-// a read-only, noatime clone of its mount, as the kernel's overlayfs clones
-// its lower layers: the kernel reopens a backing with each open's flags, so
-// a writable open can then never reach the lower file through it.
+// register makes fd's file a backing file. A lower file is registered only
+// from a read-only mount, the layer's own clone or else a clone of the
+// file's mount made here: the kernel reopens a backing with each open's
+// flags, so a writable open can then never reach the lower file through it.
 func (m *ptMount) register(fd int, st *unix.Stat_t, upper bool) (int32, bool) {
 	srv := m.srv.Load()
 	m.mu.Lock()
@@ -344,7 +344,7 @@ func (m *ptMount) register(fd int, st *unix.Stat_t, upper bool) (int32, bool) {
 		return 0, false
 	}
 	regFd := fd
-	if !upper {
+	if !upper && !onReadOnlyMount(fd) {
 		ro, err := readOnlyClone(fd)
 		if err != nil {
 			m.logOnce("clone", "lower files are served by the daemon: no read-only clone of a lower file: %v", err)
@@ -375,6 +375,15 @@ func (m *ptMount) register(fd int, st *unix.Stat_t, upper bool) (int32, bool) {
 		m.logOnce(fmt.Sprint("errno", errno), "registering a backing file: %v (such opens are served by the daemon)", errno)
 	}
 	return 0, false
+}
+
+// onReadOnlyMount reports whether fd's file is on a read-only mount: the
+// lower layers' own clones are (format.OpenLayerRoot), so their files are
+// backing files as they are, with no clone per file, whose teardown costs
+// an RCU grace period.
+func onReadOnlyMount(fd int) bool {
+	var sfs unix.Statfs_t
+	return unix.Fstatfs(fd, &sfs) == nil && sfs.Flags&unix.ST_RDONLY != 0
 }
 
 // readOnlyClone returns an O_PATH descriptor of fd's file on a private,
