@@ -548,6 +548,15 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		np.RmChild(newName)
 		p.forgetName(tch, tlinks)
 	}
+	if np != p {
+		// A moved directory lists a new "..": drop its cached listing
+		// (offset 0, length 0: all of its pages).
+		for _, ch := range []*fs.Inode{p.GetChild(name), np.GetChild(newName)} {
+			if ch != nil && ch.IsDir() {
+				ch.NotifyContent(0, 0)
+			}
+		}
+	}
 	return 0
 }
 
@@ -559,7 +568,13 @@ func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if _, parent := p.Parent(); parent != nil {
 		parentIno = parent.StableAttr().Ino
 	}
-	return newDir(p.n, parentIno), 0, 0
+	// The kernel may keep the listing (FOPEN_CACHE_DIR): lower layers do
+	// not change under a mount and the upper only through it, and every
+	// request that changes this directory's entries is one the kernel
+	// sends for it, after which it drops the cache (fuse_dir_changed).
+	// Only ".." can change otherwise, by a move of this directory:
+	// Rename drops the moved directory's listing.
+	return newDir(p.n, parentIno), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
