@@ -626,3 +626,24 @@ func TestDirsUpperChangedUnderneath(t *testing.T) {
 		})
 	}
 }
+
+// TestDirsMovedDotDot: a directory listed once (so the kernel may keep its
+// listing) and then moved to another parent lists the new parent as "..".
+// Both directories are in the upper, so the kernel's overlayfs moves it too.
+func TestDirsMovedDotDot(t *testing.T) {
+	p := kcPair(t, k.DefaultOptions(), k.Layers{
+		Lowers: []k.Layer{{k.File("lo/f", "")}},
+		Upper:  k.Layer{k.Dir("a/d/sub"), k.File("a/d/f", ""), k.Dir("b")},
+	})
+	check := func(label string) {
+		for _, s := range p.Sides() {
+			ids := walkIDs(t, s)
+			expectKinds(t, label, s.Name, inoViolations([]map[string]*k.ID{ids}, []string{label}))
+		}
+	}
+	check("before the move")
+	p.OpsExpect(nil, []syscall.Errno{0}, k.Op{Op: "rename", Path: "a/d", Path2: "b/d"})
+	check("after the move")
+	p.OpsExpect(nil, []syscall.Errno{0}, k.Op{Op: "rename", Path: "b/d", Path2: "d"})
+	check("after a move to the root")
+}
