@@ -72,13 +72,38 @@ func (n *Node) lowerPositive(name string) (bool, error) {
 	return false, nil
 }
 
-// tempWhiteout makes a whiteout in work/ and returns its name.
+// tempWhiteout makes a whiteout in work/ and returns its name. Where the
+// upper allows it, whiteouts are hard links of one shared whiteout inode in
+// work/, as the kernel's since 5.8 (ovl_whiteout): a link is one directory
+// entry, where a device node costs an inode allocation, which made unlink
+// of lower files the dearest part of rm -rf. A whiteout's link count carries
+// no meaning; work/ is emptied at mount, which drops the shared inode's name.
 func (o *Overlay) tempWhiteout() (string, error) {
 	tmp := format.TempName(o.tempSeq.Add(1))
-	if err := format.MakeWhiteout(o.work, tmp); err != nil {
-		return "", fmt.Errorf("create whiteout: %w", err)
+	o.whMu.Lock()
+	defer o.whMu.Unlock()
+	if o.whShared == "" {
+		if err := format.MakeWhiteout(o.work, tmp); err != nil {
+			return "", fmt.Errorf("create whiteout: %w", err)
+		}
+		if o.whNoShare {
+			o.stats.whiteouts.Add(1)
+			return tmp, nil
+		}
+		o.whShared, tmp = tmp, format.TempName(o.tempSeq.Add(1))
 	}
 	o.stats.whiteouts.Add(1)
+	err := unix.Linkat(o.work, o.whShared, o.work, tmp, 0)
+	if err == nil {
+		return tmp, nil
+	}
+	if err != unix.EMLINK {
+		// Not EMLINK (the inode's link count is full; a fresh one follows
+		// next time): this upper cannot link whiteouts at all.
+		o.whNoShare = true
+	}
+	// The shared whiteout itself becomes this one.
+	tmp, o.whShared = o.whShared, ""
 	return tmp, nil
 }
 

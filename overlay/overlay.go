@@ -132,7 +132,14 @@ type Overlay struct {
 	keptMu   sync.Mutex
 	kept     map[uint64]*Node
 	tempSeq  atomic.Uint64
-	xinoBits uint // high bits that carry the filesystem index in inode numbers
+	xinoBits uint
+
+	// whShared names the whiteout in work/ that new whiteouts are hard
+	// links of (see tempWhiteout); whNoShare is set once linking failed.
+	whMu      sync.Mutex
+	whShared  string
+	whNoShare bool
+	// high bits that carry the filesystem index in inode numbers
 
 	index      int  // O_PATH fd of workdir/index, -1 without index
 	indexOn    bool // index=on

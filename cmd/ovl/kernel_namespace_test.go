@@ -218,3 +218,46 @@ func TestKernelXattrs(t *testing.T) {
 		p.Finish()
 	})
 }
+
+// TestKernelSharedWhiteouts: whiteouts are hard links of one whiteout inode
+// in work/, as the kernel's (ovl_whiteout), so that removing lower files
+// costs a directory entry each rather than an inode: the same inode and link
+// count on both sides, before and after a remount (which empties work/ and
+// so drops the shared name), and a fresh shared inode after it.
+func TestKernelSharedWhiteouts(t *testing.T) {
+	p := kcPair(t, k.DefaultOptions(), k.Layers{
+		Lowers: []k.Layer{{k.File("f1", ""), k.File("f2", ""), k.File("d/x", ""), k.File("g1", ""), k.File("g2", "")}},
+	})
+	links := func(label string, names []string, wantNlink uint64) {
+		t.Helper()
+		for _, s := range p.Sides() {
+			var first unix.Stat_t
+			for i, nm := range names {
+				var st unix.Stat_t
+				if err := unix.Lstat(s.Layout.Upper+"/"+nm, &st); err != nil {
+					t.Fatalf("%s: %s: upper %s: %v", label, s.Name, nm, err)
+				}
+				if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+					t.Errorf("%s: %s: upper %s is not a whiteout (mode %o rdev %d)", label, s.Name, nm, st.Mode, st.Rdev)
+				}
+				if i == 0 {
+					first = st
+				} else if st.Ino != first.Ino {
+					t.Errorf("%s: %s: whiteouts %s and %s are different inodes (%d, %d)", label, s.Name, names[0], nm, first.Ino, st.Ino)
+				}
+				if st.Nlink != wantNlink {
+					t.Errorf("%s: %s: whiteout %s has %d links, want %d", label, s.Name, nm, st.Nlink, wantNlink)
+				}
+			}
+		}
+	}
+	p.OpsExpect(nil, []syscall.Errno{0, 0, 0}, kcOp("unlink", "f1"), kcOp("unlink", "f2"), kcOp("unlink", "d/x"))
+	links("after three unlinks", []string{"f1", "f2", "d/x"}, 4) // and the shared name in work/
+	p.Remount()
+	links("after remount", []string{"f1", "f2", "d/x"}, 3)
+	p.OpsExpect(nil, []syscall.Errno{0, 0}, kcOp("unlink", "g1"), kcOp("unlink", "g2"))
+	links("new whiteouts after remount", []string{"g1", "g2"}, 3)
+	p.OpsExpect(nil, []syscall.Errno{syscall.ENOENT, syscall.ENOENT, syscall.ENOENT},
+		kcOp("lstat", "f1"), kcOp("lstat", "d/x"), kcOp("lstat", "g2"))
+	p.Finish()
+}
