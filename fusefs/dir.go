@@ -15,7 +15,15 @@ import (
 // file), with "." and ".." first. Offsets are positions in that list, so
 // telldir/seekdir are exact within one listing, and names that stay are
 // listed once however the directory changes meanwhile.
+//
+// The kernel keeps listings (FOPEN_CACHE_DIR) and serves an open from the
+// cache, filled through other opens, until it runs out of cached entries
+// mid-way and asks this open for the rest at an offset of that listing.
+// So an open starts with the directory's last listing while no entry has
+// changed since it was taken: it is the one the cache holds, or equal to
+// it. Listings are never changed once taken, only replaced.
 type dir struct {
+	p         *node
 	n         *overlay.Node
 	parentIno uint64
 	ents      []fuse.DirEntry // nil: not listed yet
@@ -28,12 +36,13 @@ var (
 	_ fs.FileFsyncdirer   = (*dir)(nil)
 )
 
-func newDir(n *overlay.Node, parentIno uint64) *dir {
-	return &dir{n: n, parentIno: parentIno}
+func newDir(p *node, parentIno uint64) *dir {
+	return &dir{p: p, n: p.n, parentIno: parentIno, ents: p.lastListing()}
 }
 
 // list takes the merged listing.
 func (d *dir) list() syscall.Errno {
+	gen := d.p.generation()
 	ents, err := d.n.ReadDir()
 	if err != nil {
 		return errno(err)
@@ -48,6 +57,7 @@ func (d *dir) list() syscall.Errno {
 	for i := range d.ents {
 		d.ents[i].Off = uint64(i + 1)
 	}
+	d.p.listed(d.ents, gen)
 	return 0
 }
 

@@ -171,6 +171,49 @@ type node struct {
 	attr fs.StableAttr // the key of this node in gens.live
 	// opens counts the open handles of a regular file (see pin).
 	opens atomic.Int32
+	// A directory's last merged listing, kept while no entry changed since
+	// (listGen == gen), for the opens that the kernel serves from its
+	// readdir cache: see dir.
+	listMu  sync.Mutex
+	listing []fuse.DirEntry
+	gen     uint64
+	listGen uint64
+}
+
+// changed records that the entries of directory p changed (a name came,
+// went or moved, or its ".." did): its kept listing is stale.
+func (p *node) changed() {
+	p.listMu.Lock()
+	p.gen++
+	p.listing = nil
+	p.listMu.Unlock()
+}
+
+// lastListing is p's kept listing, nil if there is none.
+func (p *node) lastListing() []fuse.DirEntry {
+	p.listMu.Lock()
+	defer p.listMu.Unlock()
+	if p.listGen != p.gen {
+		return nil
+	}
+	return p.listing
+}
+
+// listed keeps ents, a listing begun at generation gen, unless an entry
+// changed since it began.
+func (p *node) listed(ents []fuse.DirEntry, gen uint64) {
+	p.listMu.Lock()
+	if p.gen == gen {
+		p.listing, p.listGen = ents, gen
+	}
+	p.listMu.Unlock()
+}
+
+// generation is p's current generation of entries.
+func (p *node) generation() uint64 {
+	p.listMu.Lock()
+	defer p.listMu.Unlock()
+	return p.gen
 }
 
 // generations tells objects apart that reuse an inode number: go-fuse
@@ -302,7 +345,7 @@ func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		h.mu.Lock()
 		fd := h.fd
 		h.mu.Unlock()
-		if err := unix.Fstat(fd, &st); err != nil {
+		if err := p.n.Fstat(fd, &st); err != nil {
 			return errno(err)
 		}
 	} else if err := p.n.Getattr(&st); err != nil {
@@ -385,6 +428,7 @@ func pin(ch *fs.Inode) {
 }
 
 func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	defer p.changed()
 	child, fd, err := p.n.Create(name, int(flags), mode, cred(ctx))
 	if err != nil {
 		return nil, nil, 0, errno(err)
@@ -405,6 +449,7 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 }
 
 func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer p.changed()
 	child, err := p.n.Mkdir(name, mode, cred(ctx))
 	if err != nil {
 		return nil, errno(err)
@@ -413,6 +458,7 @@ func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 func (p *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer p.changed()
 	child, err := p.n.Mknod(name, mode, uint64(rdev), cred(ctx))
 	if err != nil {
 		return nil, errno(err)
@@ -421,6 +467,7 @@ func (p *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32,
 }
 
 func (p *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer p.changed()
 	child, err := p.n.Symlink(target, name, cred(ctx))
 	if err != nil {
 		return nil, errno(err)
@@ -429,6 +476,7 @@ func (p *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer p.changed()
 	t := target.(*node)
 	if _, err := p.n.Link(t.n, name); err != nil {
 		return nil, errno(err)
@@ -460,6 +508,7 @@ func (p *node) childNode(name string) *overlay.Node {
 }
 
 func (p *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	defer p.changed()
 	ch := p.GetChild(name)
 	links := uint32(1)
 	if ch != nil {
@@ -506,6 +555,7 @@ func (p *node) forgetName(ch *fs.Inode, links uint32) {
 }
 
 func (p *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	defer p.changed()
 	child := p.childNode(name)
 	if err := p.n.Rmdir(name); err != nil {
 		return errno(err)
@@ -518,6 +568,8 @@ func (p *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np := newParent.(*node)
+	defer p.changed()
+	defer np.changed()
 	tch := np.GetChild(newName)
 	var target *overlay.Node
 	if tch != nil {
@@ -553,6 +605,7 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		// (offset 0, length 0: all of its pages).
 		for _, ch := range []*fs.Inode{p.GetChild(name), np.GetChild(newName)} {
 			if ch != nil && ch.IsDir() {
+				ch.Operations().(*node).changed()
 				ch.NotifyContent(0, 0)
 			}
 		}
@@ -574,7 +627,7 @@ func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	// sends for it, after which it drops the cache (fuse_dir_changed).
 	// Only ".." can change otherwise, by a move of this directory:
 	// Rename drops the moved directory's listing.
-	return newDir(p.n, parentIno), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return newDir(p, parentIno), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {

@@ -166,36 +166,56 @@ func (n *Node) Getattr(st *unix.Stat_t) error {
 		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil || !n.isReal(st) {
 			return unix.ESTALE
 		}
-		n.mu.Lock()
-		in, meta := n.indexName, n.metacopy
-		if !n.inIndex {
-			in = ""
-		}
-		n.mu.Unlock()
-		if in != "" {
-			st.Nlink = n.o.overlayNlinkAt(n.o.index, in, st)
-		}
-		if meta {
-			// The blocks are the lower data's (kernel: ovl_getattr).
-			if fd, err := n.dataAt(); err == nil {
-				var lst unix.Stat_t
-				if unix.Fstat(fd, &lst) == nil {
-					st.Blocks = lst.Blocks
-				}
-				unix.Close(fd)
+	}
+	n.overlayAttr(st)
+	return nil
+}
+
+// Fstat is Getattr through fd, an open descriptor of n's real object, for
+// an object that may have lost its name. A metacopy object is statted as
+// Getattr does where it can be: fd may be its lower data.
+func (n *Node) Fstat(fd int, st *unix.Stat_t) error {
+	n.mu.Lock()
+	meta := n.metacopy
+	n.mu.Unlock()
+	if meta && n.Getattr(st) == nil {
+		return nil
+	}
+	if err := unix.Fstat(fd, st); err != nil {
+		return err
+	}
+	n.overlayAttr(st)
+	return nil
+}
+
+// overlayAttr turns the real object's attributes st into n's: the overlay
+// link count of an indexed hard link (overlay.nlink), the lower data's
+// blocks under a metacopy (kernel: ovl_getattr), the overlay inode number,
+// one link for a merged directory.
+func (n *Node) overlayAttr(st *unix.Stat_t) {
+	n.mu.Lock()
+	in, meta := n.indexName, n.metacopy
+	if !n.inIndex {
+		in = ""
+	}
+	merged := n.IsDir() && (n.upperFd >= 0 && len(n.lowers) > 0 || len(n.lowers) > 1)
+	n.mu.Unlock()
+	if in != "" {
+		st.Nlink = n.o.overlayNlinkAt(n.o.index, in, st)
+	}
+	if meta {
+		if fd, err := n.dataAt(); err == nil {
+			var lst unix.Stat_t
+			if unix.Fstat(fd, &lst) == nil {
+				st.Blocks = lst.Blocks
 			}
+			unix.Close(fd)
 		}
 	}
 	st.Ino = n.ino
-	if n.IsDir() {
-		n.mu.Lock()
-		merged := n.upperFd >= 0 && len(n.lowers) > 0 || len(n.lowers) > 1
-		n.mu.Unlock()
-		if merged {
-			st.Nlink = 1
-		}
+	if merged {
+		st.Nlink = 1
 	}
-	return nil
 }
 
 // SetAttr lists the attribute changes of a setattr; nil fields stay.

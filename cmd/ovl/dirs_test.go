@@ -323,6 +323,75 @@ func TestDirsSeekdirLarge(t *testing.T) {
 		}
 		return nil
 	})
+	// The same when the kernel serves the open from its readdir cache
+	// (FOPEN_CACHE_DIR), filled by an earlier open, and loses the cache
+	// mid-way (drop_caches), so that it asks the open for the rest at an
+	// offset of the cached listing, after the directory changed.
+	p.Check("readdir from the kernel's cache while the directory changes", func(s *k.Side) error {
+		before, err := k.ReadDir(s.Path("big")) // fills the kernel's cache
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Open(s.Path("big"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		buf := make([]byte, 512)
+		var first []k.Dirent
+		for len(first) < len(before)/3 {
+			nr, err := unix.Getdents(fd, buf)
+			if err != nil || nr <= 0 {
+				return fmt.Errorf("getdents: %d %v", nr, err)
+			}
+			first = append(first, k.ParseDirents(buf[:nr])...)
+		}
+		// The same changes on both sides: by name, not listing order.
+		names := seekdirNames(before)
+		sort.Strings(names)
+		changed := map[string]bool{}
+		for i, nm := range names {
+			if i%40 != 3 || nm == "." || nm == ".." {
+				continue
+			}
+			if err := unix.Unlink(s.Path("big/" + nm)); err != nil {
+				return err
+			}
+			changed[nm] = true
+			nm := fmt.Sprintf("cached-new-%04d", i)
+			if err := os.WriteFile(s.Path("big/"+nm), nil, 0o644); err != nil {
+				return err
+			}
+			changed[nm] = true
+		}
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("1"), 0); err != nil {
+			return err
+		}
+		rest, err := k.ReadDirFd(fd, 512)
+		if err != nil {
+			return err
+		}
+		count := map[string]int{}
+		for _, nm := range seekdirNames(append(first, rest...)) {
+			count[nm]++
+		}
+		var probs []string
+		for _, e := range before {
+			if !changed[e.Name] && count[e.Name] != 1 {
+				probs = append(probs, fmt.Sprintf("%s listed %d times", e.Name, count[e.Name]))
+			}
+		}
+		for nm, c := range count {
+			if c > 1 {
+				probs = append(probs, fmt.Sprintf("%s listed %d times", nm, c))
+			}
+		}
+		if len(probs) > 0 {
+			sort.Strings(probs)
+			return fmt.Errorf("%d problems: %v", len(probs), probs[:min(6, len(probs))])
+		}
+		return nil
+	})
 	p.Finish()
 }
 

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"os"
 	"syscall"
 	"testing"
 
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
+	"golang.org/x/sys/unix"
 )
 
 // TestKernelIndexHardLinks: with index=on, the names of a lower hard link
@@ -43,5 +45,42 @@ func TestKernelIndexHardLinks(t *testing.T) {
 		k.Op{Op: "link", Path: "b", Path2: "e"},
 	)
 	p.Ops(nil, kcOp("lstat", "e"), kcOp("read", "e"), kcOp("readdir", ""), kcOp("readdir", "d"))
+	p.Finish()
+}
+
+// TestKernelIndexNlinkOpen: the link count of an indexed hard link is the
+// overlay's (overlay.nlink) also while a name of it is open: go-fuse
+// answers a GETATTR without a file handle through any open file of the
+// inode, and that path once reported the upper inode's own count.
+func TestKernelIndexNlinkOpen(t *testing.T) {
+	opts := k.DefaultOptions()
+	opts.Index, opts.UUID = "on", "on"
+	ignore := append([]k.Difference{
+		{Scope: k.ScopeUpper, Field: "exists", Types: []string{"file"}, Reason: "names of an indexed hard link are linked up by name in the kernel, by inode in ovl"},
+		{Scope: k.ScopeUpper, Field: "nlink", Types: []string{"file"}, Reason: "follows from which names are linked up"},
+	}, k.IntendedDifferences...)
+	p := kcPairCfg(t, k.Config{Options: opts, Ignore: ignore}, k.Layers{Lowers: []k.Layer{{
+		k.File("a", "lower data"), k.Hardlink("b", "a"), k.Dir("d"), k.Hardlink("d/c", "a"),
+	}}})
+	p.OpsExpect(nil, []syscall.Errno{0, 0}, kcOp("lstat", "b"), k.Op{Op: "write", Path: "a", Data: "NEW"})
+	for _, s := range p.Sides() {
+		f, err := os.Open(s.Path("b"))
+		if err != nil {
+			t.Fatalf("%s: %v", s.Name, err)
+		}
+		// AT_STATX_FORCE_SYNC: the kernel asks the daemon, whatever it
+		// has cached, once by name (no file handle) and once by fd.
+		var byName, byFd unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, s.Path("d/c"), unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &byName); err != nil {
+			t.Fatalf("%s: %v", s.Name, err)
+		}
+		if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &byFd); err != nil {
+			t.Fatalf("%s: %v", s.Name, err)
+		}
+		f.Close()
+		if byName.Nlink != 3 || byFd.Nlink != 3 {
+			t.Errorf("%s: with b open, lstat d/c says %d links, fstat of b %d; want 3", s.Name, byName.Nlink, byFd.Nlink)
+		}
+	}
 	p.Finish()
 }
