@@ -283,7 +283,7 @@ func checkFsType(s *system, mnt string) error {
 // it is the process with mnt among its arguments.
 func daemonPid(e *env, s *system, mnt string) (int, error) {
 	if s.name == "ovl" {
-		st, err := ovlStats(e, mnt)
+		st, err := ovlStats(e, mnt, false)
 		if err != nil {
 			return 0, err
 		}
@@ -308,9 +308,13 @@ func daemonPid(e *env, s *system, mnt string) (int, error) {
 	return 0, fmt.Errorf("no process serves %s", mnt)
 }
 
-// ovlStats runs "ovl stats mnt".
-func ovlStats(e *env, mnt string) (map[string]float64, error) {
-	out, err := exec.Command(e.ovlBin, "stats", mnt).Output()
+// ovlStats runs "ovl stats [--gc] mnt".
+func ovlStats(e *env, mnt string, gc bool) (map[string]float64, error) {
+	args := []string{"stats", mnt}
+	if gc {
+		args = []string{"stats", "--gc", mnt}
+	}
+	out, err := exec.Command(e.ovlBin, args...).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

@@ -320,6 +320,8 @@ var workloads = []*workload{
 			{name: "daemon peak RSS after stat of 100k files", unit: "MiB", only: daemonsOnly, target: "≤64 MiB"},
 			{name: "ovl nodes after stat of 100k files", unit: "nodes", only: ovlOnly},
 			{name: "ovl nodes after drop_caches 2", unit: "nodes", only: ovlOnly},
+			{name: "ovl live Go heap after stat of 100k files", unit: "MiB", only: ovlOnly},
+			{name: "ovl live Go heap after drop_caches 2", unit: "MiB", only: ovlOnly},
 		},
 		run: func(c *runCtx) (map[string]float64, error) {
 			if _, err := timed(true, func() error { _, err := walk(filepath.Join(c.mnt, "tree")); return err }); err != nil {
@@ -333,11 +335,12 @@ var workloads = []*workload{
 			if c.m.sys.name != "ovl" {
 				return out, nil
 			}
-			st, err := ovlStats(c.e, c.mnt)
+			st, err := ovlStats(c.e, c.mnt, true)
 			if err != nil {
 				return nil, err
 			}
 			out["ovl nodes after stat of 100k files"] = st["nodes"]
+			out["ovl live Go heap after stat of 100k files"] = st["go_heap_live_bytes"] / (1 << 20)
 			if err := dropCaches(2); err != nil {
 				return nil, err
 			}
@@ -346,7 +349,7 @@ var workloads = []*workload{
 			last, still := st["nodes"], 0
 			for i := 0; i < 100 && still < 5; i++ {
 				time.Sleep(50 * time.Millisecond)
-				if st, err = ovlStats(c.e, c.mnt); err != nil {
+				if st, err = ovlStats(c.e, c.mnt, false); err != nil {
 					return nil, err
 				}
 				if st["nodes"] == last {
@@ -356,6 +359,10 @@ var workloads = []*workload{
 				}
 			}
 			out["ovl nodes after drop_caches 2"] = last
+			if st, err = ovlStats(c.e, c.mnt, true); err != nil {
+				return nil, err
+			}
+			out["ovl live Go heap after drop_caches 2"] = st["go_heap_live_bytes"] / (1 << 20)
 			return out, nil
 		}},
 }

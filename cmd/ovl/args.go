@@ -14,6 +14,7 @@ type invocation struct {
 	debug      bool     // -d: log every FUSE request
 	log        string   // --log FILE: the daemon's stdout and stderr
 	readyFD    int      // internal: the pipe on which a daemon reports readiness
+	gc         bool     // stats --gc: collect garbage before reporting the heap
 	positional []string
 }
 
@@ -64,6 +65,8 @@ func parseArgs(args []string) (*invocation, error) {
 			inv.foreground = true
 		case a == "-d" || a == "--debug":
 			inv.debug = true
+		case a == "--gc" && inv.cmd == "stats":
+			inv.gc = true
 		case takes(a, "-o"):
 			v, err = value("-o")
 			inv.opts = append(inv.opts, v)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -514,6 +515,90 @@ func TestStats(t *testing.T) {
 	if after["copy_ups"].(float64) != before["copy_ups"].(float64)+1 {
 		t.Errorf("copy_ups %v -> %v after one copy-up", before["copy_ups"], after["copy_ups"])
 	}
+	for _, k := range []string{"go_heap_live_bytes", "go_heap_objects_bytes", "go_gc_cycles"} {
+		if _, ok := after[k]; !ok {
+			t.Errorf("stats lack %q: %v", k, after)
+		}
+	}
+}
+
+// cliStats runs "ovl stats [--gc] m" and returns its numbers.
+func cliStats(t *testing.T, dir string, gc bool) map[string]float64 {
+	t.Helper()
+	args := []string{"stats", "m"}
+	if gc {
+		args = []string{"stats", "--gc", "m"}
+	}
+	r := runOvl(t, dir, args...)
+	if r.code != 0 {
+		t.Fatalf("%v: %s", args, r.stderr)
+	}
+	var m map[string]float64
+	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+		t.Fatalf("%v printed %q: %v", args, r.stdout, err)
+	}
+	return m
+}
+
+// When the kernel forgets the inodes of a big walk (drop_caches), the
+// daemon forgets its nodes and their memory: the node count falls to the
+// root and the live Go heap "stats --gc" reports falls with it.
+func TestStatsForgetFreesHeap(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := cliTree(t)
+	const files = 20000
+	big := filepath.Join(dir, "l2/big")
+	if err := os.Mkdir(big, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range files {
+		if err := os.WriteFile(filepath.Join(big, fmt.Sprintf("f%05d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
+	defer runOvl(t, dir, "umount", "m")
+	idle := cliStats(t, dir, true)
+	ents, err := os.ReadDir(filepath.Join(dir, "m/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if _, err := os.Lstat(filepath.Join(dir, "m/big", e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	walked := cliStats(t, dir, true)
+	if walked["nodes"] < files {
+		t.Fatalf("%v nodes after a stat of %d files", walked["nodes"], files)
+	}
+	if walked["go_gc_cycles"] <= idle["go_gc_cycles"] {
+		t.Errorf("stats --gc did not collect: %v -> %v cycles", idle["go_gc_cycles"], walked["go_gc_cycles"])
+	}
+	grown := walked["go_heap_live_bytes"] - idle["go_heap_live_bytes"]
+	if grown < files*100 {
+		t.Fatalf("live heap grew %.0f bytes for %d nodes: not what the nodes hold", grown, files)
+	}
+	dropCaches(t)
+	var now map[string]float64
+	for range 100 {
+		if now = cliStats(t, dir, true); now["nodes"] <= 2 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if now["nodes"] > 2 {
+		t.Fatalf("%v nodes remain after drop_caches (%v before)", now["nodes"], walked["nodes"])
+	}
+	// What the walk added must be gone but for a tenth (the runtime's
+	// own structures, sized for the peak, stay).
+	if left := now["go_heap_live_bytes"] - idle["go_heap_live_bytes"]; left > grown/10 {
+		t.Errorf("live heap %.0f -> %.0f -> %.0f bytes (idle, %d nodes, after forget): %.0f of the %.0f the walk added remain",
+			idle["go_heap_live_bytes"], walked["go_heap_live_bytes"], now["go_heap_live_bytes"], files, left, grown)
+	}
+	t.Logf("live heap idle %.1f MiB, after stat of %d files %.1f MiB (%.0f nodes), after drop_caches %.1f MiB (%.0f nodes)",
+		idle["go_heap_live_bytes"]/(1<<20), files, walked["go_heap_live_bytes"]/(1<<20), walked["nodes"],
+		now["go_heap_live_bytes"]/(1<<20), now["nodes"])
 }
 
 // The README's first command.

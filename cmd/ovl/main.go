@@ -55,7 +55,8 @@ Usage:
   ovl mount -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTIONS] [-f] [-d] [--log FILE] MOUNTPOINT
   ovl -o OPTIONS MOUNTPOINT          same as "ovl mount" (fuse-overlayfs style)
   ovl umount MOUNTPOINT              unmount and wait for the daemon to exit
-  ovl stats MOUNTPOINT               print the daemon's counters as JSON
+  ovl stats [--gc] MOUNTPOINT        print the daemon's counters and Go heap as JSON
+                                     (--gc: after a garbage collection)
   ovl demo                           show what ovl does, in a temporary directory
   ovl --help | --version
 

@@ -7,6 +7,8 @@ import (
 	"log"
 	"net"
 	"os"
+	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"time"
 
@@ -19,6 +21,35 @@ import (
 type statsReply struct {
 	Pid int `json:"pid"`
 	overlay.Stats
+	// The Go heap, from runtime/metrics: what the last collection found
+	// live, and all heap objects now (garbage not yet collected included).
+	HeapLive    uint64 `json:"go_heap_live_bytes"`
+	HeapObjects uint64 `json:"go_heap_objects_bytes"`
+	GCCycles    uint64 `json:"go_gc_cycles"`
+}
+
+// A client sends a request line and half-closes; "gc" asks for a garbage
+// collection first, so that the heap figures show what is still reachable
+// (an idle daemon may otherwise not collect for two minutes).
+const gcRequest = "gc\n"
+
+func newStatsReply(ov *overlay.Overlay, gc bool) statsReply {
+	if gc {
+		debug.FreeOSMemory()
+	}
+	m := []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"},
+	}
+	metrics.Read(m)
+	r := statsReply{Pid: os.Getpid(), Stats: ov.Stats()}
+	for i, p := range []*uint64{&r.HeapLive, &r.HeapObjects, &r.GCCycles} {
+		if m[i].Value.Kind() == metrics.KindUint64 {
+			*p = m[i].Value.Uint64()
+		}
+	}
+	return r
 }
 
 // statsSocket names the abstract unix socket of the daemon serving the
@@ -41,8 +72,12 @@ func serveStats(dev string, ov *overlay.Overlay) (net.Listener, error) {
 			}
 			go func() {
 				defer c.Close()
+				// A client that sends nothing (an older ovl) gets its
+				// reply when the short read deadline passes.
+				c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+				req, _ := io.ReadAll(io.LimitReader(c, 64))
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				if err := json.NewEncoder(c).Encode(statsReply{Pid: os.Getpid(), Stats: ov.Stats()}); err != nil {
+				if err := json.NewEncoder(c).Encode(newStatsReply(ov, string(req) == gcRequest)); err != nil {
 					log.Printf("stats: %v", err)
 				}
 			}()
@@ -54,7 +89,7 @@ func serveStats(dev string, ov *overlay.Overlay) (net.Listener, error) {
 // queryDaemon asks the daemon serving mnt for its stats. It checks that the
 // socket belongs to root or to the caller, so that another user squatting
 // the name cannot pass for the daemon.
-func queryDaemon(mnt string) (*statsReply, []byte, error) {
+func queryDaemon(mnt string, gc bool) (*statsReply, []byte, error) {
 	m, err := findMount(mnt)
 	if err != nil {
 		return nil, nil, err
@@ -75,6 +110,16 @@ func queryDaemon(mnt string) (*statsReply, []byte, error) {
 		return nil, nil, fmt.Errorf("the stats socket of %s belongs to uid %d, not to root or you", mnt, cred.Uid)
 	}
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	req := "\n"
+	if gc {
+		req = gcRequest
+	}
+	if _, err := io.WriteString(conn, req); err != nil {
+		return nil, nil, fmt.Errorf("asking the daemon of %s: %w", mnt, err)
+	}
+	if err := conn.(*net.UnixConn).CloseWrite(); err != nil {
+		return nil, nil, fmt.Errorf("asking the daemon of %s: %w", mnt, err)
+	}
 	data, err := io.ReadAll(conn)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading stats of %s: %w", mnt, err)
@@ -112,9 +157,9 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 // runStats prints the daemon's stats as one JSON object.
 func runStats(inv *invocation) error {
 	if len(inv.positional) != 1 {
-		return fmt.Errorf("usage: ovl stats MOUNTPOINT")
+		return fmt.Errorf("usage: ovl stats [--gc] MOUNTPOINT")
 	}
-	r, _, err := queryDaemon(inv.positional[0])
+	r, _, err := queryDaemon(inv.positional[0], inv.gc)
 	if err != nil {
 		return err
 	}

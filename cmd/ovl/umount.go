@@ -28,7 +28,7 @@ func runUmount(inv *invocation) error {
 	// A pidfd is tied to the process, not to its number, so a reused pid
 	// cannot fool the wait below.
 	pidfd := -1
-	if r, _, err := queryDaemon(mnt); err == nil {
+	if r, _, err := queryDaemon(mnt, false); err == nil {
 		if fd, err := unix.PidfdOpen(r.Pid, 0); err == nil {
 			pidfd = fd
 			defer unix.Close(fd)
