@@ -159,3 +159,8 @@ const (
 	WorkDirName  = "work"  // temporaries: created, filled, renamed into the upper
 	IndexDirName = "index" // hard-link index (index=on); ovl does not write it yet
 )
+
+// NameMax is the longest name a layer holds (NAME_MAX of ext4, xfs, btrfs
+// and tmpfs); a longer one is ENAMETOOLONG, as the kernel's ovl_lookup
+// answers from ofs->namelen before it looks in any layer.
+const NameMax = 255

@@ -116,6 +116,10 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		AttrTimeout:     &attr,
 		NegativeTimeout: &neg,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
+		// Modes are the layers' own: without this, go-fuse reports
+		// permission bits 0 as 0644 (0755 for directories), and the
+		// kernel then lets anyone read a mode-0 file.
+		NullPermissions: true,
 	})
 	raw = &plusRaw{RawFileSystem: raw}
 	var pt *ptMount

@@ -264,7 +264,7 @@ func (n *Node) Create(name string, flags int, mode uint32, c Cred) (*Node, int, 
 	child, err := n.create(name, unix.S_IFREG, mode&0o7777, c, func(dirfd int, nm string) error {
 		// An O_CREAT open returns a descriptor with the access asked for,
 		// whatever the new mode allows.
-		f, err := format.OpenAt(dirfd, nm, flags, mode&^c.Umask&0o777)
+		f, err := format.OpenAt(dirfd, nm, flags, mode&^c.Umask&0o1777)
 		if err != nil {
 			return err
 		}
@@ -291,7 +291,7 @@ func (n *Node) Mkdir(name string, mode uint32, c Cred) (*Node, error) {
 func (n *Node) Mknod(name string, mode uint32, rdev uint64, c Cred) (*Node, error) {
 	kind := mode & unix.S_IFMT
 	return n.create(name, kind, mode&0o7777, c, func(dirfd int, nm string) error {
-		return unix.Mknodat(dirfd, nm, kind|(mode&^c.Umask)&0o777, int(rdev))
+		return unix.Mknodat(dirfd, nm, kind|(mode&^c.Umask)&0o1777, int(rdev))
 	})
 }
 

@@ -229,7 +229,11 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	if !n.IsDir() {
 		return nil, unix.ENOTDIR
 	}
-	if name == "" || name == "." || name == ".." || len(name) > 255 {
+	if len(name) > format.NameMax {
+		// Kernel: ovl_lookup checks ofs->namelen before any layer.
+		return nil, unix.ENAMETOOLONG
+	}
+	if name == "" || name == "." || name == ".." {
 		return nil, unix.ENOENT
 	}
 	n.mu.Lock()
