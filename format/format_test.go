@@ -49,7 +49,9 @@ func TestParseOpaque(t *testing.T) {
 	for _, c := range []struct {
 		v    string
 		y, x bool
-	}{{"y", true, false}, {"x", false, true}, {"", false, false}, {"n", false, false}, {"yes", true, false}} {
+	}{{"y", true, false}, {"x", false, true}, {"", false, false}, {"n", false, false},
+		// One byte exactly, as the kernel reads it (ovl_get_dir_xattr_val).
+		{"yes", false, false}, {"y\x00", false, false}, {"xx", false, false}} {
 		y, x := ParseOpaque([]byte(c.v))
 		if y != c.y || x != c.x {
 			t.Errorf("ParseOpaque(%q) = %v,%v want %v,%v", c.v, y, x, c.y, c.x)
