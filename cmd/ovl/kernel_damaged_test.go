@@ -12,7 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ovl-project/ovl/format"
 	k "github.com/ovl-project/ovl/internal/kernelcmp"
 )
 
@@ -160,7 +159,7 @@ func damagedCases() []damagedCase {
 		// A metacopy file in a lower layer over its data: ovl does not
 		// serve it yet, and says so (docs/differences.md).
 		var unserved map[string]damagedDiff
-		if mc, _ := format.ParseMetacopy([]byte(v.v)); mc {
+		if len(v.v) == 0 || len(v.v) >= 4 { // a metacopy value, not one too short
 			unserved = map[string]damagedDiff{"metacopy": {kcOp("lstat", "f"), "ok out=file 0644 0:0 size=9 nlink=1", "ENOTSUP (95)"}}
 		}
 		add(damagedCase{name: "mcl-" + v.name, obj: "f",
