@@ -8,7 +8,15 @@
 //     the overlay.whiteout xattr inside a directory marked overlay.opaque=x
 //     (the "xattr whiteout" the kernel reads but never writes).
 //   - A directory with overlay.opaque=y hides everything below it; "x" means
-//     "not opaque, but holds xattr whiteouts". Only the first byte counts.
+//     "not opaque, but holds xattr whiteouts". The value is exactly one byte:
+//     the kernel reads one (ovl_get_dir_xattr_val), so "yes", "y\0" or an
+//     empty value mark nothing. overlay.impure is read the same way.
+//   - overlay.redirect is a name without '/', or an absolute path without
+//     empty components; like the kernel (ovl_get_redirect_xattr), the value
+//     ends at its first NUL, and an empty one is invalid (EINVAL).
+//   - overlay.metacopy is empty, or a struct ovl_metacopy of at least 4
+//     bytes; 1 to 3 bytes is a corrupted layer (EIO), as in
+//     ovl_check_metacopy_xattr.
 //   - Overlay xattrs live under trusted.overlay., or user.overlay. with the
 //     userxattr option; they are private: never listed, never set by users.
 //   - The work directory holds work/ (temporaries, emptied at mount) and later
@@ -18,6 +26,8 @@ package format
 import (
 	"bytes"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Prefixes of the overlay xattr namespaces.
@@ -101,18 +111,83 @@ func (n Names) Unescape(name string) (string, bool) {
 // OpaqueValue is what ovl writes to mark a directory opaque.
 func OpaqueValue() []byte { return []byte(opaqueValueString) }
 
-// ParseOpaque interprets an overlay.opaque value: opaque reports "y",
-// xwhiteouts reports "x". Anything else means neither, as in the kernel,
-// which reads only the first byte.
-func ParseOpaque(v []byte) (opaque, xwhiteouts bool) {
-	if len(v) == 0 {
-		return false, false
+// DirFlag is the value of a one-byte directory marker (overlay.opaque,
+// overlay.impure), or 0. The kernel reads such a marker into a one-byte
+// buffer (fs/overlayfs/util.c: ovl_get_dir_xattr_val): a longer value
+// fails with ERANGE there, and so marks nothing, whatever its first byte.
+func DirFlag(v []byte) byte {
+	if len(v) != 1 {
+		return 0
 	}
-	return v[0] == OpaqueYes, v[0] == OpaqueXWhiteouts
+	return v[0]
+}
+
+// ParseOpaque interprets an overlay.opaque value: opaque reports "y",
+// xwhiteouts reports "x". Anything else means neither (see DirFlag).
+func ParseOpaque(v []byte) (opaque, xwhiteouts bool) {
+	f := DirFlag(v)
+	return f == OpaqueYes, f == OpaqueXWhiteouts
 }
 
 // ImpureValue marks an upper directory that may hold copied-up entries.
 func ImpureValue() []byte { return []byte("y") }
+
+// ParseImpure reports whether an overlay.impure value marks the directory
+// impure: exactly "y", as the kernel reads it (ovl_is_impuredir).
+func ParseImpure(v []byte) bool { return DirFlag(v) == 'y' }
+
+// ParseRedirect checks an overlay.redirect value and returns the redirect
+// it means, as the kernel reads it (fs/overlayfs/util.c:
+// ovl_get_redirect_xattr, namei.c: ovl_check_redirect): the value is a C
+// string, so it ends at its first NUL; an empty value, an absolute one with
+// an empty component ("/", "/a//b", "/a/") and a relative one holding '/'
+// are invalid (EINVAL). What is left may still hold "", "." or ".."
+// components: the walk refuses those (see RedirectComponentOK).
+func ParseRedirect(v []byte) (string, error) {
+	if len(v) == 0 {
+		return "", unix.EINVAL
+	}
+	if i := bytes.IndexByte(v, 0); i >= 0 {
+		v = v[:i]
+	}
+	r := string(v)
+	if strings.HasPrefix(r, "/") {
+		for _, c := range strings.Split(r[1:], "/") {
+			if c == "" {
+				return "", unix.EINVAL
+			}
+		}
+		return r, nil
+	}
+	if strings.ContainsRune(r, '/') {
+		return "", unix.EINVAL
+	}
+	return r, nil
+}
+
+// RedirectComponentOK reports whether one name of a redirect may be looked
+// up: the kernel's lookup_one refuses "", "." and ".." with EACCES, so a
+// redirect can never leave the layer or stay in place.
+func RedirectComponentOK(c string) bool {
+	return c != "" && c != "." && c != ".."
+}
+
+// ParseMetacopy interprets an overlay.metacopy value (present: v is not
+// nil): an empty value or a struct ovl_metacopy (4 to 68 bytes; the kernel
+// does not look inside at lookup) marks a metacopy file; 1 to 3 bytes is a
+// corrupted layer, EIO (ovl_check_metacopy_xattr: "has too small xattr").
+func ParseMetacopy(v []byte) (bool, error) {
+	switch {
+	case v == nil:
+		return false, nil
+	case len(v) > 0 && len(v) < metacopyMinSize:
+		return false, unix.EIO
+	}
+	return true, nil
+}
+
+// metacopyMinSize is OVL_METACOPY_MIN_SIZE: version, len, flags, digest_algo.
+const metacopyMinSize = 4
 
 // Origin file handle (struct ovl_fb on disk: no padding before it).
 const (

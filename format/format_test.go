@@ -3,6 +3,8 @@ package format
 import (
 	"bytes"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestOriginRoundTrip(t *testing.T) {
@@ -49,10 +51,55 @@ func TestParseOpaque(t *testing.T) {
 	for _, c := range []struct {
 		v    string
 		y, x bool
-	}{{"y", true, false}, {"x", false, true}, {"", false, false}, {"n", false, false}, {"yes", true, false}} {
+	}{{"y", true, false}, {"x", false, true}, {"", false, false}, {"n", false, false},
+		// One byte exactly, as the kernel reads it (ovl_get_dir_xattr_val).
+		{"yes", false, false}, {"y\x00", false, false}, {"xx", false, false}} {
 		y, x := ParseOpaque([]byte(c.v))
 		if y != c.y || x != c.x {
 			t.Errorf("ParseOpaque(%q) = %v,%v want %v,%v", c.v, y, x, c.y, c.x)
+		}
+	}
+}
+
+// TestParseRedirect holds the kernel's reading of overlay.redirect
+// (ovl_get_redirect_xattr), checked on 6.18 by TestKernelDamagedMetadata.
+func TestParseRedirect(t *testing.T) {
+	for _, c := range []struct {
+		v, want string
+		err     error
+	}{
+		{"d", "d", nil}, {"/a/b", "/a/b", nil}, {"d\x00junk", "d", nil}, {"/a\x00/", "/a", nil},
+		{"\x00d", "", nil},                             // the empty name: the walk refuses it (EACCES)
+		{"..", "..", nil}, {"/../etc", "/../etc", nil}, // the walk refuses them
+		{"", "", unix.EINVAL}, {"/", "", unix.EINVAL}, {"/a/", "", unix.EINVAL},
+		{"/a//b", "", unix.EINVAL}, {"a/b", "", unix.EINVAL}, {"../etc", "", unix.EINVAL},
+	} {
+		got, err := ParseRedirect([]byte(c.v))
+		if got != c.want || err != c.err {
+			t.Errorf("ParseRedirect(%q) = %q, %v; want %q, %v", c.v, got, err, c.want, c.err)
+		}
+	}
+	for _, c := range []string{"", ".", ".."} {
+		if RedirectComponentOK(c) {
+			t.Errorf("RedirectComponentOK(%q) = true", c)
+		}
+	}
+}
+
+// TestParseMetacopy holds the kernel's sizes of overlay.metacopy
+// (ovl_check_metacopy_xattr).
+func TestParseMetacopy(t *testing.T) {
+	for _, c := range []struct {
+		v   []byte
+		mc  bool
+		err error
+	}{
+		{nil, false, nil}, {[]byte{}, true, nil}, {[]byte("ab"), false, unix.EIO},
+		{[]byte{0, 4, 0, 0}, true, nil}, {make([]byte, 300), true, nil},
+	} {
+		mc, err := ParseMetacopy(c.v)
+		if mc != c.mc || err != c.err {
+			t.Errorf("ParseMetacopy(%q) = %v, %v; want %v, %v", c.v, mc, err, c.mc, c.err)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -21,6 +22,13 @@ import (
 //     records where its data is, like a directory (absolute when it leaves
 //     its directory or its lower file has several links).
 //   - st_blocks is the lower file's (kernel: ovl_getattr).
+//   - overlay.metacopy is read on every upper and lower regular file, as
+//     the kernel does, whatever the mount's options: without metacopy=on a
+//     metacopy file is EPERM (the kernel will not follow it to its data);
+//     a value of 1 to 3 bytes is EIO; with metacopy=on, a metacopy file
+//     with no data below is EIO. A metacopy file in a lower layer above its
+//     data (a lower written by metacopy=on) is not served yet: EOPNOTSUPP
+//     (docs/differences.md).
 
 // markMetacopy makes the regular file tmp in work/ a metacopy upper of a
 // lower file of size bytes.
@@ -131,27 +139,80 @@ func (n *Node) copyUpData(truncate bool) error {
 	return nil
 }
 
-// lookupMetacopy finds the lower data of child, an upper regular file
-// found as name in the upper directory dirfd that carries overlay.metacopy.
-// cands are the parent's lower directories. It returns whether child is a
-// metacopy file.
+// metacopyAt reads overlay.metacopy of the regular file name in the layer
+// directory dirfd: whether it is a metacopy file; EIO for a value too
+// short to be one (format.ParseMetacopy).
+func (o *Overlay) metacopyAt(dirfd int, name string) (bool, error) {
+	v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Metacopy))
+	mc, err := format.ParseMetacopy(v)
+	if err != nil {
+		return false, fmt.Errorf("%s of %s: %w", o.names.Name(format.Metacopy), name, err)
+	}
+	return mc, nil
+}
+
+// lowerMetacopy answers the lookup of a lower regular file that carries
+// overlay.metacopy, found as look in cands[i]. The kernel refuses it
+// unless metacopy=on (EPERM, ovl_check_nextredirect), and fails where no
+// layer below holds its data (EIO, "metacopy with no lower data found").
+// With metacopy=on it takes the data from the layer below; ovl does not
+// serve such a stack yet (docs/differences.md): EOPNOTSUPP, never the
+// metacopy file's own (empty) blocks as data.
+func (o *Overlay) lowerMetacopy(name, look string, i int, cands []lowerRef) error {
+	if !o.metacopyOn {
+		return fmt.Errorf("refusing to follow the metacopy origin of %s: %w", name, unix.EPERM)
+	}
+	var st unix.Stat_t
+	for _, lr := range cands[i+1:] {
+		w, err := o.walkLower(lr, look)
+		if err != nil {
+			return err
+		}
+		k := entryNone
+		if w.found {
+			k, err = o.probe(w.dirfd, w.xwh, w.leaf, &st)
+		}
+		w.close()
+		if err != nil {
+			return err
+		}
+		if k == entryOther && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			return fmt.Errorf("metacopy %s in a lower layer: %w", name, unix.EOPNOTSUPP)
+		}
+		if k != entryNone {
+			break
+		}
+	}
+	return fmt.Errorf("metacopy %s: no lower data: %w", name, unix.EIO)
+}
+
+// lookupMetacopy checks child, an upper regular file found as name in the
+// upper directory dirfd, for overlay.metacopy and, if it carries one,
+// finds its lower data (kernel: ovl_lookup with uppermetacopy). cands are
+// the parent's lower directories. It returns whether child is a metacopy
+// file. Without metacopy=on such a file is EPERM, as in the kernel.
 func (o *Overlay) lookupMetacopy(child *Node, dirfd int, name string, cands []lowerRef) (bool, error) {
-	if v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Metacopy)); v == nil {
-		return false, nil
+	mc, err := o.metacopyAt(dirfd, name)
+	if err != nil || !mc {
+		return false, err
 	}
 	look := name
-	if r, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Redirect)); len(r) > 0 {
-		if !validRedirect(string(r)) {
-			return false, fmt.Errorf("invalid redirect on %s: %w", name, unix.EIO)
-		}
-		look = string(r)
+	r, ok, err := o.redirectAt(dirfd, name)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		look = r
 		child.redirect = look
-		if look[0] == '/' {
+		if strings.HasPrefix(look, "/") {
 			cands = o.root.lowers
 		}
 	}
+	if !o.metacopyOn {
+		return false, fmt.Errorf("refusing to follow the metacopy origin of %s: %w", name, unix.EPERM)
+	}
 	var st unix.Stat_t
-	for _, lr := range cands {
+	for i, lr := range cands {
 		w, err := o.walkLower(lr, look)
 		if err != nil {
 			return false, err
@@ -160,12 +221,19 @@ func (o *Overlay) lookupMetacopy(child *Node, dirfd int, name string, cands []lo
 		if w.found {
 			k, err = o.probe(w.dirfd, w.xwh, w.leaf, &st)
 		}
+		lowerMC := false
+		if err == nil && k == entryOther && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			lowerMC, err = o.metacopyAt(w.dirfd, w.leaf)
+		}
 		w.close()
 		if err != nil {
 			return false, err
 		}
 		if k == entryWhiteout {
 			break
+		}
+		if lowerMC {
+			return false, o.lowerMetacopy(name, look, i, cands)
 		}
 		if k == entryOther && st.Mode&unix.S_IFMT == unix.S_IFREG {
 			child.lowers = []lowerRef{{layer: lr.layer, fd: -1}}

@@ -90,7 +90,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 		}
 		n.upperFd, n.inUpper = fd, true
 		n.upperXWh = o.dirXWhiteouts(fd)
-		n.impure = o.hasXattr(fd, format.Impure)
+		n.impure = o.impureDir(fd)
 	}
 	// The roots of all layers always merge; the kernel does not look at
 	// opaque markers on layer roots.
@@ -120,9 +120,11 @@ func (n *Node) realFd() int {
 	return n.lowers[0].fd
 }
 
-func (o *Overlay) hasXattr(fd int, suffix string) bool {
-	v, _ := format.Getxattr(fd, o.names.Name(suffix))
-	return v != nil
+// impureDir reports overlay.impure=y, as the kernel reads it
+// (ovl_is_impuredir: one byte).
+func (o *Overlay) impureDir(fd int) bool {
+	v, _ := format.Getxattr(fd, o.names.Name(format.Impure))
+	return format.ParseImpure(v)
 }
 
 // dirXWhiteouts reports whether a layer directory is marked as holding
@@ -267,7 +269,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			ours := format.HasXattrs(fd, o.names.Prefix())
 			opaque, xwh := ours && o.opaque(fd), ours && o.dirXWhiteouts(fd)
 			child.upperXWh = xwh
-			child.impure = ours && o.hasXattr(fd, format.Impure)
+			child.impure = ours && o.impureDir(fd)
 			hasXattrs = ours
 			merge = !opaque
 		case entryOther:
@@ -283,16 +285,22 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	// once an absolute redirect was met (kernel: ovl_lookup, d.name and
 	// poe = roe).
 	look, cands, fromRoot := name, lowers, false
-	if merge && child.upperFd >= 0 && o.followRedirects && hasXattrs {
-		r, err := o.redirectOf(child.upperFd)
+	if merge && child.upperFd >= 0 && hasXattrs {
+		// Read also where redirects are not followed: an invalid one is
+		// EINVAL, a valid one EPERM (see redirect.go).
+		r, ok, err := o.redirectOf(child.upperFd)
 		if err != nil {
 			child.release()
 			return nil, err
 		}
-		if r != "" {
+		if ok {
 			child.redirect, look = r, r
-			if r[0] == '/' {
+			if strings.HasPrefix(r, "/") {
 				cands, fromRoot = o.root.lowers, true
+			}
+			if !o.followRedirects && len(cands) > 0 {
+				child.release()
+				return nil, o.redirectRefused(name)
 			}
 		}
 	}
@@ -323,6 +331,17 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			// ovl_lookup stops at a non-dir under a dir).
 			w.close()
 			break
+		}
+		if k != entryDir && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			mc, err := o.metacopyAt(w.dirfd, w.leaf)
+			if err == nil && mc {
+				err = o.lowerMetacopy(name, look, i, cands)
+			}
+			if err != nil {
+				w.close()
+				child.release()
+				return nil, err
+			}
 		}
 		if k != entryDir {
 			// Non-directories hold no descriptor: they are found by name
@@ -357,18 +376,21 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if opaque || w.stop {
 			break
 		}
-		if !o.followRedirects || i == len(cands)-1 || !ours {
+		if i == len(cands)-1 || !ours {
 			continue
 		}
 		// A lower layer written by another overlay may redirect too.
-		r, err := o.redirectOf(fd)
+		r, ok, err := o.redirectOf(fd)
+		if err == nil && ok && !o.followRedirects {
+			err = o.redirectRefused(name)
+		}
 		if err != nil {
 			child.release()
 			return nil, err
 		}
 		switch {
-		case r == "":
-		case r[0] == '/':
+		case !ok:
+		case strings.HasPrefix(r, "/"):
 			look = r
 			if !fromRoot {
 				cands, fromRoot = o.root.lowers, true
@@ -406,12 +428,6 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if o.indexOn {
 			o.upperIndex(child, upperFd, name, &topSt)
 		}
-		if topSt.Mode&unix.S_IFMT == unix.S_IFREG {
-			if _, err := o.lookupMetacopy(child, upperFd, name, lowers); err != nil {
-				child.release()
-				return nil, err
-			}
-		}
 	case child.indexName != "":
 		child.ino = o.inoFor(child.lowers[0].layer, child.lowerIno)
 	case topSt.Nlink > 1:
@@ -421,6 +437,14 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		child.ino = linkIno(n.ino, name)
 	default:
 		child.ino = o.inoFor(child.lowers[0].layer, topSt.Ino)
+	}
+	if child.inUpper && topSt.Mode&unix.S_IFMT == unix.S_IFREG {
+		// Every upper regular file, not only those of impure directories:
+		// the kernel reads overlay.metacopy on each (ovl_lookup_single).
+		if _, err := o.lookupMetacopy(child, upperFd, name, lowers); err != nil {
+			child.release()
+			return nil, err
+		}
 	}
 	*out = topSt
 	out.Ino = child.ino

@@ -15,8 +15,17 @@ import (
 //   - Renamed within its parent, a directory records its old name
 //     (relative); moved to another parent, the absolute path of its lower
 //     part from the layer roots (kernel: ovl_set_redirect, ovl_get_redirect).
-//   - A relative redirect is one name; an absolute one has no empty, "." or
-//     ".." component. Anything else is a corrupted layer: EIO.
+//   - Damaged values are answered as the kernel answers them (checked on
+//     6.18 by TestKernelDamagedMetadata): the value ends at its first NUL;
+//     an empty value, an absolute one with an empty component and a
+//     relative one holding '/' are EINVAL (format.ParseRedirect); a ".",
+//     ".." or empty name met while walking it is EACCES, as lookup_one
+//     refuses it, so no redirect leaves a layer or names its own
+//     directory; a name that is too long is not found.
+//   - Without redirect_dir=on or follow (nofollow, and userxattr), a valid
+//     redirect is not followed: a directory that carries one and would be
+//     looked up in the layers below is EPERM (kernel: ovl_lookup, "refusing
+//     to follow redirect").
 //   - An absolute redirect restarts the lookup at the lower roots, even
 //     under an opaque directory; an opaque directory met on its path stops
 //     the layers below.
@@ -25,29 +34,39 @@ import (
 // the rename fall back to EXDEV.
 const redirectMax = 256
 
-// redirectOf reads and checks a directory's overlay.redirect ("" if none).
-func (o *Overlay) redirectOf(fd int) (string, error) {
+// redirectOf reads and checks a directory's overlay.redirect; ok is false
+// when there is none. A value that starts with NUL is a redirect to the
+// empty name (ok, r == ""), which the walk refuses (EACCES), as the
+// kernel's does.
+func (o *Overlay) redirectOf(fd int) (r string, ok bool, err error) {
 	v, err := format.Getxattr(fd, o.names.Name(format.Redirect))
-	if err != nil || len(v) == 0 {
-		return "", nil
+	if err != nil || v == nil {
+		return "", false, nil
 	}
-	r := string(v)
-	if !validRedirect(r) {
-		return "", fmt.Errorf("invalid %s %q: %w", o.names.Name(format.Redirect), r, unix.EIO)
-	}
-	return r, nil
+	return o.parseRedirect(v)
 }
 
-func validRedirect(r string) bool {
-	if r[0] != '/' {
-		return r != "." && r != ".." && !strings.ContainsRune(r, '/')
+// redirectAt is redirectOf for name in dirfd.
+func (o *Overlay) redirectAt(dirfd int, name string) (r string, ok bool, err error) {
+	v, err := format.GetxattrAt(dirfd, name, o.names.Name(format.Redirect))
+	if err != nil || v == nil {
+		return "", false, nil
 	}
-	for _, c := range strings.Split(r[1:], "/") {
-		if c == "" || c == "." || c == ".." {
-			return false
-		}
+	return o.parseRedirect(v)
+}
+
+func (o *Overlay) parseRedirect(v []byte) (string, bool, error) {
+	r, err := format.ParseRedirect(v)
+	if err != nil {
+		return "", false, fmt.Errorf("invalid %s %q: %w", o.names.Name(format.Redirect), v, err)
 	}
-	return true
+	return r, true, nil
+}
+
+// redirectRefused is the error for a redirect that nofollow does not
+// follow (kernel: ovl_check_nextredirect).
+func (o *Overlay) redirectRefused(name string) error {
+	return fmt.Errorf("refusing to follow the redirect of %s: %w", name, unix.EPERM)
 }
 
 // walked is where a lookup in one lower layer ends: the directory and leaf
@@ -70,14 +89,25 @@ func (w walked) close() {
 // walkLower finds the directory that holds look in the lower directory lr:
 // lr itself for a name, or the directories of an absolute path from the
 // layer root lr.
+//
+// A name that may not be looked up ("", "." or "..", left in a redirect)
+// is EACCES where the walk meets it, as the kernel's lookup_one answers:
+// a walk never leaves the layer root it starts from.
 func (o *Overlay) walkLower(lr lowerRef, look string) (walked, error) {
-	if look[0] != '/' {
+	if look == "" || look[0] != '/' {
+		if !format.RedirectComponentOK(look) {
+			return walked{}, fmt.Errorf("redirect %q: %w", look, unix.EACCES)
+		}
 		return walked{dirfd: lr.fd, xwh: lr.xwh, leaf: look, found: true}, nil
 	}
 	comps := strings.Split(look[1:], "/")
 	w := walked{dirfd: lr.fd, xwh: lr.xwh, leaf: comps[len(comps)-1], found: true}
 	var st unix.Stat_t
 	for _, c := range comps[:len(comps)-1] {
+		if !format.RedirectComponentOK(c) {
+			w.close()
+			return walked{}, fmt.Errorf("redirect %q: %w", look, unix.EACCES)
+		}
 		k, err := o.probe(w.dirfd, w.xwh, c, &st)
 		if err != nil || k != entryDir {
 			w.close()
@@ -92,6 +122,10 @@ func (o *Overlay) walkLower(lr lowerRef, look string) (walked, error) {
 		if o.dirOpaque(fd) {
 			w.stop = true
 		}
+	}
+	if !format.RedirectComponentOK(w.leaf) {
+		w.close()
+		return walked{}, fmt.Errorf("redirect %q: %w", look, unix.EACCES)
 	}
 	return w, nil
 }
