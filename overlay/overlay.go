@@ -283,7 +283,8 @@ func New(cfg Config) (*Overlay, error) {
 
 // openUpper checks upper and work against each other (both directories,
 // one mount, xattrs supported; checkLayers has refused overlaps), opens
-// them, locks the work directory and creates or empties work/ in it.
+// them, locks the work directory, refuses a work/ marked with an
+// incompatible feature, empties work/, and marks it for a volatile mount.
 func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	upper, work := o.cfg.Upper, o.cfg.Work
 	for _, d := range []struct{ kind, path string }{{"upperdir", upper}, {"workdir", work}} {
@@ -358,6 +359,9 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	if err != nil {
 		return fmt.Errorf("open %s/%s: %w", work, format.WorkDirName, err)
 	}
+	if err := checkIncompat(o.work, work); err != nil {
+		return err
+	}
 	if err := removeContents(o.work); err != nil {
 		return fmt.Errorf("empty %s/%s: %w", work, format.WorkDirName, err)
 	}
@@ -379,7 +383,76 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 		}
 		return fmt.Errorf("upperdir %s: filesystem does not support %s xattrs: %v%s", upper, o.names.Prefix(), err, hint)
 	}
+	if o.cfg.Volatile {
+		if err := makeVolatileMarker(o.work, workMode); err != nil {
+			return fmt.Errorf("workdir %s: create the volatile marker %s/%s/%s/%s: %w", work,
+				format.WorkDirName, format.IncompatDirName, format.VolatileDirName, format.DirtyName, err)
+		}
+	}
 	return nil
+}
+
+// checkIncompat refuses a work directory whose work/incompat/ holds an
+// entry, the mark of a feature that makes the upper unsafe to mount, such
+// as a volatile mount's, whose upper may be inconsistent after a crash
+// (kernel: ovl_workdir_cleanup_recurse, which fails the mount on the first
+// entry it reads). Nothing is deleted. A work/incompat that is not a
+// directory, or is empty, is a leftover emptied with work/, as by the
+// kernel.
+func checkIncompat(workFd int, workdir string) error {
+	fd, err := format.OpenAt(workFd, format.IncompatDirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err == unix.ENOENT || err == unix.ENOTDIR || err == unix.ELOOP {
+		return nil
+	}
+	path := filepath.Join(workdir, format.WorkDirName, format.IncompatDirName)
+	if err != nil {
+		return fmt.Errorf("workdir %s: %s: %w", workdir, path, err)
+	}
+	defer unix.Close(fd)
+	names, err := readNames(fd)
+	if err != nil {
+		return fmt.Errorf("workdir %s: read %s: %w", workdir, path, err)
+	}
+	for _, name := range names {
+		if name == "." || name == ".." {
+			continue
+		}
+		return fmt.Errorf("workdir %s: overlay with incompat feature '%s' cannot be mounted (%s/%s exists: "+
+			"a mount with that feature used this upper, which may be inconsistent after a crash)", workdir, name, path, name)
+	}
+	return nil
+}
+
+// makeVolatileMarker creates work/incompat/volatile/dirty, as the kernel
+// does at a volatile mount (ovl_create_volatile_dirty): until someone
+// removes it, no mount takes this upper, which skipped every fsync. mode
+// is work/'s; the kernel makes them all mode 0. Unmounting leaves it, as
+// the kernel does.
+func makeVolatileMarker(workFd int, mode uint32) error {
+	dir := workFd
+	defer func() {
+		if dir != workFd {
+			unix.Close(dir)
+		}
+	}()
+	for _, name := range []string{format.IncompatDirName, format.VolatileDirName} {
+		if err := unix.Mkdirat(dir, name, mode); err != nil && err != unix.EEXIST {
+			return err
+		}
+		fd, err := format.OpenAt(dir, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return err
+		}
+		if dir != workFd {
+			unix.Close(dir)
+		}
+		dir = fd
+	}
+	fd, err := format.OpenAt(dir, format.DirtyName, unix.O_CREAT|unix.O_WRONLY|unix.O_NOFOLLOW, mode&0o600)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
 }
 
 // removeContents empties the directory dirfd (O_PATH is fine) recursively.
