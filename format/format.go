@@ -20,7 +20,9 @@
 //   - Overlay xattrs live under trusted.overlay., or user.overlay. with the
 //     userxattr option; they are private: never listed, never set by users.
 //   - The work directory holds work/ (temporaries, emptied at mount) and later
-//     index/; nothing else of ours goes there.
+//     index/; nothing else of ours goes there. A volatile mount leaves
+//     work/incompat/volatile/dirty, and a work/incompat/ that holds any entry
+//     refuses the mount: the upper may be inconsistent after a crash.
 package format
 
 import (
@@ -233,6 +235,15 @@ func SameOrigin(a, b []byte) bool { return bytes.Equal(a, b) }
 const (
 	WorkDirName  = "work"  // temporaries: created, filled, renamed into the upper
 	IndexDirName = "index" // hard-link index (index=on); ovl does not write it yet
+
+	// Inside work/: one entry per incompatible feature a mount used; the
+	// kernel refuses to mount while any is there (OVL_INCOMPATDIR_NAME,
+	// ovl_workdir_cleanup_recurse).
+	IncompatDirName = "incompat"
+	// work/incompat/volatile/dirty marks an upper written by a volatile
+	// mount (kernel: ovl_create_volatile_dirty).
+	VolatileDirName = "volatile"
+	DirtyName       = "dirty"
 )
 
 // NameMax is the longest name a layer holds (NAME_MAX of ext4, xfs, btrfs

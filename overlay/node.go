@@ -262,6 +262,10 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			return nil, unix.ENOENT
 		case entryDir:
 			fd, err := openReal(upperFd, name, unix.S_IFDIR, &st)
+			if err == nil && o.trapped(st.Dev, st.Ino) {
+				unix.Close(fd)
+				err = unix.ELOOP // a layer root: see overlap.go
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -357,6 +361,10 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		}
 		fd, err := openReal(w.dirfd, w.leaf, unix.S_IFDIR, &st)
 		w.close()
+		if err == nil && o.trapped(st.Dev, st.Ino) {
+			unix.Close(fd)
+			err = unix.ELOOP // a layer root: see overlap.go
+		}
 		if err != nil {
 			child.release()
 			return nil, err

@@ -11,6 +11,10 @@
 //     inside a layer leads outside it.
 //   - An object changes layer only by copy-up, which builds the copy in
 //     work/ and renames it into place: no reader sees a half-made object.
+//   - Overlapping layers are refused at mount, as by the kernel, and no
+//     lookup through the overlay reaches a layer root or work directory
+//     that an allowed overlap (an upper inside a lower) puts in a layer: it
+//     answers ELOOP (overlap.go).
 //   - Each directory node holds O_PATH descriptors of its directories in each
 //     layer it merges; non-directories are reached through their parent's.
 //
@@ -148,6 +152,10 @@ type Overlay struct {
 	createRedirects bool // rename directories with a lower part (overlay.redirect)
 	followRedirects bool // lookups follow overlay.redirect
 
+	// traps are the layer roots and work directories, which no lookup
+	// may reach (see overlap.go); written only by New.
+	traps map[format.DirID]bool
+
 	stats struct {
 		copyUps, copyUpBytes, whiteouts, lookups atomic.Uint64
 		nodes                                    atomic.Int64
@@ -171,10 +179,16 @@ func New(cfg Config) (*Overlay, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Before anything is opened or written: a lower inside the workdir
+	// must not be emptied with work/.
+	traps, err := checkLayers(cfg)
+	if err != nil {
+		return nil, err
+	}
 	raiseFileLimit()
 	syscall.Umask(0)
 	o := &Overlay{cfg: cfg, names: format.NewNames(cfg.UserXattr), work: -1, lockFd: -1, lockWorkFd: -1, index: -1,
-		createRedirects: createRedirects, followRedirects: followRedirects}
+		createRedirects: createRedirects, followRedirects: followRedirects, traps: traps}
 	ok := false
 	defer func() {
 		if !ok {
@@ -249,6 +263,15 @@ func New(cfg Config) (*Overlay, error) {
 		}
 		o.indexOn = true
 	}
+	// work/ and index/ are traps too (ovl_make_workdir, ovl_get_indexdir).
+	for _, fd := range []int{o.work, o.index} {
+		if fd < 0 {
+			continue
+		}
+		if id, err := format.IDOf(fd); err == nil {
+			o.traps[id] = true
+		}
+	}
 	root, err := o.newRoot()
 	if err != nil {
 		return nil, err
@@ -259,8 +282,9 @@ func New(cfg Config) (*Overlay, error) {
 }
 
 // openUpper checks upper and work against each other (both directories,
-// one mount, neither inside the other, xattrs supported), opens them, locks
-// the work directory and creates or empties work/ in it.
+// one mount, xattrs supported; checkLayers has refused overlaps), opens
+// them, locks the work directory, refuses a work/ marked with an
+// incompatible feature, empties work/, and marks it for a volatile mount.
 func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	upper, work := o.cfg.Upper, o.cfg.Work
 	for _, d := range []struct{ kind, path string }{{"upperdir", upper}, {"workdir", work}} {
@@ -272,6 +296,7 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 			return fmt.Errorf("%s %s: not a directory", d.kind, d.path)
 		}
 	}
+	// Same directory, or one inside the other: checkLayers.
 	ru, err1 := filepath.EvalSymlinks(upper)
 	rw, err2 := filepath.EvalSymlinks(work)
 	if err1 != nil || err2 != nil {
@@ -279,15 +304,6 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	}
 	ru, _ = filepath.Abs(ru)
 	rw, _ = filepath.Abs(rw)
-	if ru == rw {
-		return fmt.Errorf("upperdir and workdir are the same directory (%s)", ru)
-	}
-	if within(rw, ru) {
-		return fmt.Errorf("workdir %s is inside upperdir %s", work, upper)
-	}
-	if within(ru, rw) {
-		return fmt.Errorf("upperdir %s is inside workdir %s", upper, work)
-	}
 	var ust, wst unix.Stat_t
 	if unix.Stat(ru, &ust) == nil && unix.Stat(rw, &wst) == nil && ust.Dev != wst.Dev {
 		return fmt.Errorf("upperdir %s and workdir %s are on different filesystems", upper, work)
@@ -343,6 +359,9 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	if err != nil {
 		return fmt.Errorf("open %s/%s: %w", work, format.WorkDirName, err)
 	}
+	if err := checkIncompat(o.work, work); err != nil {
+		return err
+	}
 	if err := removeContents(o.work); err != nil {
 		return fmt.Errorf("empty %s/%s: %w", work, format.WorkDirName, err)
 	}
@@ -364,12 +383,76 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 		}
 		return fmt.Errorf("upperdir %s: filesystem does not support %s xattrs: %v%s", upper, o.names.Prefix(), err, hint)
 	}
+	if o.cfg.Volatile {
+		if err := makeVolatileMarker(o.work, workMode); err != nil {
+			return fmt.Errorf("workdir %s: create the volatile marker %s/%s/%s/%s: %w", work,
+				format.WorkDirName, format.IncompatDirName, format.VolatileDirName, format.DirtyName, err)
+		}
+	}
 	return nil
 }
 
-func within(path, dir string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && rel != "." && rel != ".." && !filepath.IsAbs(rel) && (len(rel) < 3 || rel[:3] != "../")
+// checkIncompat refuses a work directory whose work/incompat/ holds an
+// entry, the mark of a feature that makes the upper unsafe to mount, such
+// as a volatile mount's, whose upper may be inconsistent after a crash
+// (kernel: ovl_workdir_cleanup_recurse, which fails the mount on the first
+// entry it reads). Nothing is deleted. A work/incompat that is not a
+// directory, or is empty, is a leftover emptied with work/, as by the
+// kernel.
+func checkIncompat(workFd int, workdir string) error {
+	fd, err := format.OpenAt(workFd, format.IncompatDirName, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err == unix.ENOENT || err == unix.ENOTDIR || err == unix.ELOOP {
+		return nil
+	}
+	path := filepath.Join(workdir, format.WorkDirName, format.IncompatDirName)
+	if err != nil {
+		return fmt.Errorf("workdir %s: %s: %w", workdir, path, err)
+	}
+	defer unix.Close(fd)
+	names, err := readNames(fd)
+	if err != nil {
+		return fmt.Errorf("workdir %s: read %s: %w", workdir, path, err)
+	}
+	for _, name := range names {
+		if name == "." || name == ".." {
+			continue
+		}
+		return fmt.Errorf("workdir %s: overlay with incompat feature '%s' cannot be mounted (%s/%s exists: "+
+			"a mount with that feature used this upper, which may be inconsistent after a crash)", workdir, name, path, name)
+	}
+	return nil
+}
+
+// makeVolatileMarker creates work/incompat/volatile/dirty, as the kernel
+// does at a volatile mount (ovl_create_volatile_dirty): until someone
+// removes it, no mount takes this upper, which skipped every fsync. mode
+// is work/'s; the kernel makes them all mode 0. Unmounting leaves it, as
+// the kernel does.
+func makeVolatileMarker(workFd int, mode uint32) error {
+	dir := workFd
+	defer func() {
+		if dir != workFd {
+			unix.Close(dir)
+		}
+	}()
+	for _, name := range []string{format.IncompatDirName, format.VolatileDirName} {
+		if err := unix.Mkdirat(dir, name, mode); err != nil && err != unix.EEXIST {
+			return err
+		}
+		fd, err := format.OpenAt(dir, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return err
+		}
+		if dir != workFd {
+			unix.Close(dir)
+		}
+		dir = fd
+	}
+	fd, err := format.OpenAt(dir, format.DirtyName, unix.O_CREAT|unix.O_WRONLY|unix.O_NOFOLLOW, mode&0o600)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
 }
 
 // removeContents empties the directory dirfd (O_PATH is fine) recursively.

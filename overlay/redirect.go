@@ -115,6 +115,10 @@ func (o *Overlay) walkLower(lr lowerRef, look string) (walked, error) {
 		}
 		fd, err := openReal(w.dirfd, c, unix.S_IFDIR, &st)
 		w.close()
+		if err == nil && o.trapped(st.Dev, st.Ino) {
+			unix.Close(fd)
+			err = unix.ELOOP // a layer root: see overlap.go
+		}
 		if err != nil {
 			return walked{}, err
 		}

@@ -1,0 +1,201 @@
+package format
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// DirID names a directory by its device and inode number, so that two
+// paths to one directory (through a symlink, a bind mount, a detached
+// clone) compare equal, as the kernel compares inodes.
+type DirID struct{ Dev, Ino uint64 }
+
+func (id DirID) String() string { return fmt.Sprintf("%d:%d", id.Dev, id.Ino) }
+
+// IDOf returns the identity of what fd refers to.
+func IDOf(fd int) (DirID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return DirID{}, err
+	}
+	return DirID{st.Dev, st.Ino}, nil
+}
+
+// StatID returns the identity of st.
+func StatID(st *unix.Stat_t) DirID { return DirID{st.Dev, st.Ino} }
+
+// Ancestry resolves path (symlinks followed, as the kernel's kern_path with
+// LOOKUP_FOLLOW) to a directory and returns its identity and those of its
+// ancestors in its own filesystem, nearest first, up to the filesystem's
+// root: the dentries the kernel's ovl_check_layer walks with dget_parent.
+//
+// The walk never follows ".." out of a mount into the filesystem it is
+// mounted on (the kernel's dentry parents stay in one filesystem). Above
+// the root of a bind mount, whose own parents are not reachable through it,
+// it continues in another mount of the same filesystem whose root is
+// higher, found in /proc/self/mountinfo; where no such mount is visible,
+// the ancestry ends at the bind mount's root. Errors are those of opening
+// path (ENOENT, ENOTDIR, EACCES, ...).
+func Ancestry(path string) (self DirID, ancestors []DirID, err error) {
+	cur, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return DirID{}, nil, err
+	}
+	defer func() { unix.Close(cur) }()
+	if self, err = IDOf(cur); err != nil {
+		return DirID{}, nil, err
+	}
+	var mounts []mountEntry // read once, when a bind mount's root is met
+	last := self
+	for range 4096 { // no filesystem is that deep; guards against a cycle
+		var stx unix.Statx_t
+		if err := unix.Statx(cur, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
+			return self, ancestors, nil
+		}
+		if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+			if mounts == nil {
+				mounts = readMountinfo()
+			}
+			alt := higherMount(mounts, stx.Mnt_id, last)
+			if alt < 0 {
+				return self, ancestors, nil // the filesystem's root, or nothing higher is visible
+			}
+			unix.Close(cur)
+			cur = alt
+		}
+		parent, err := unix.Openat(cur, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return self, ancestors, nil
+		}
+		unix.Close(cur)
+		cur = parent
+		id, err := IDOf(cur)
+		if err != nil || id == last {
+			return self, ancestors, nil
+		}
+		ancestors = append(ancestors, id)
+		last = id
+	}
+	return self, ancestors, nil
+}
+
+// mountEntry is what Ancestry needs of one line of /proc/self/mountinfo.
+type mountEntry struct {
+	id         uint64
+	dev        string // major:minor of the filesystem
+	root       string // the mount's root inside its filesystem
+	mountpoint string
+}
+
+// readMountinfo reads /proc/self/mountinfo (proc(5)); nil on any error,
+// which only shortens the ancestry of directories under bind mounts.
+func readMountinfo() []mountEntry {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return []mountEntry{}
+	}
+	defer f.Close()
+	out := []mountEntry{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 5 {
+			continue
+		}
+		id, err := strconv.ParseUint(fs[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		out = append(out, mountEntry{id: id, dev: fs[2], root: unescapeMountinfo(fs[3]), mountpoint: unescapeMountinfo(fs[4])})
+	}
+	return out
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 and the like) of
+// mountinfo's path fields.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// higherMount returns an O_PATH fd of the directory want, the root of the
+// mount mntID, reached in another mount of the same filesystem whose root
+// is an ancestor of it, so that ".." from it walks on in the filesystem.
+// It returns -1 when mntID is the filesystem's root or no such mount is
+// reachable.
+func higherMount(mounts []mountEntry, mntID uint64, want DirID) int {
+	var m *mountEntry
+	for i := range mounts {
+		if mounts[i].id == mntID {
+			m = &mounts[i]
+		}
+	}
+	if m == nil || m.root == "/" {
+		return -1
+	}
+	var cands []*mountEntry
+	for i := range mounts {
+		c := &mounts[i]
+		if c.id != m.id && c.dev == m.dev && (c.root == "/" || strings.HasPrefix(m.root, c.root+"/")) {
+			cands = append(cands, c)
+		}
+	}
+	// The highest root first: most often the filesystem's own mount.
+	sort.SliceStable(cands, func(i, j int) bool { return len(cands[i].root) < len(cands[j].root) })
+	for _, c := range cands {
+		rel := strings.TrimPrefix(strings.TrimPrefix(m.root, c.root), "/")
+		fd := openInMount(c, rel)
+		if fd < 0 {
+			continue
+		}
+		if id, err := IDOf(fd); err == nil && id == want {
+			return fd
+		}
+		unix.Close(fd)
+	}
+	return -1
+}
+
+// openInMount opens rel beneath the root of mount c without leaving it
+// (RESOLVE_NO_XDEV): a mount stacked on the way, or on c's mountpoint,
+// makes it fail rather than land elsewhere.
+func openInMount(c *mountEntry, rel string) int {
+	root, err := unix.Open(c.mountpoint, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	defer unix.Close(root)
+	var stx unix.Statx_t
+	if unix.Statx(root, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) != nil || stx.Mnt_id != c.id {
+		return -1 // c is hidden under another mount
+	}
+	if rel == "" {
+		rel = "."
+	}
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH}
+	fd, err := unix.Openat2(root, rel, &how)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
