@@ -34,11 +34,17 @@ var (
 	_ fs.FileReaddirenter = (*dir)(nil)
 	_ fs.FileSeekdirer    = (*dir)(nil)
 	_ fs.FileFsyncdirer   = (*dir)(nil)
+	_ fs.FileReleasedirer = (*dir)(nil)
 )
 
+// newDir opens p; the handle holds a reference on p's overlay node until
+// Releasedir.
 func newDir(p *node, parentIno uint64) *dir {
+	p.n.Ref()
 	return &dir{p: p, n: p.n, parentIno: parentIno, ents: p.lastListing()}
 }
+
+func (d *dir) Releasedir(ctx context.Context, flags uint32) { d.n.Forget() }
 
 // list takes the merged listing.
 func (d *dir) list() syscall.Errno {
