@@ -159,7 +159,7 @@ func TestStatsSocketNewMount(t *testing.T) {
 		if m2.dev != m1.dev {
 			runOvl(t, dir, "umount", "m2")
 			resume()
-			if try < 20 {
+			if try < 50 {
 				continue
 			}
 			t.Fatalf("the second mount never got the first one's device number %s in %d tries", m1.dev, try+1)
