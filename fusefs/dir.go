@@ -2,6 +2,8 @@ package fusefs
 
 import (
 	"context"
+	"hash/fnv"
+	"sort"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -12,16 +14,21 @@ import (
 
 // dir is an open directory: the merged listing taken at the first readdir
 // and again at each rewind (as the kernel's overlayfs caches it per open
-// file), with "." and ".." first. Offsets are positions in that list, so
-// telldir/seekdir are exact within one listing, and names that stay are
-// listed once however the directory changes meanwhile.
+// file), with "." and ".." first. The offset (d_off) of an entry is a hash
+// of its name (nameOff), and a listing is in offset order, so telldir and
+// seekdir are exact within one listing, and names that stay are listed
+// once however the directory changes meanwhile.
 //
 // The kernel keeps listings (FOPEN_CACHE_DIR) and serves an open from the
-// cache, filled through other opens, until it runs out of cached entries
-// mid-way and asks this open for the rest at an offset of that listing.
-// So an open starts with the directory's last listing while no entry has
-// changed since it was taken: it is the one the cache holds, or equal to
-// it. Listings are never changed once taken, only replaced.
+// cache, filled through any open (fs/fuse/readdir.c fuse_readdir_cached).
+// When another open refilled the cache with a newer listing, an open
+// read part-way goes on in the new cache after the entry whose offset is
+// its position; when that entry is not there, it asks this open for the
+// rest at that offset. Offsets of positions would name other entries in
+// another listing (a name listed twice, another never); name hashes in
+// order continue after the same name in any listing. An open starts with
+// the directory's last listing while no entry has changed since it was
+// taken. Listings are never changed once taken, only replaced.
 type dir struct {
 	p         *node
 	n         *overlay.Node
@@ -34,11 +41,17 @@ var (
 	_ fs.FileReaddirenter = (*dir)(nil)
 	_ fs.FileSeekdirer    = (*dir)(nil)
 	_ fs.FileFsyncdirer   = (*dir)(nil)
+	_ fs.FileReleasedirer = (*dir)(nil)
 )
 
+// newDir opens p; the handle holds a reference on p's overlay node until
+// Releasedir.
 func newDir(p *node, parentIno uint64) *dir {
+	p.n.Ref()
 	return &dir{p: p, n: p.n, parentIno: parentIno, ents: p.lastListing()}
 }
+
+func (d *dir) Releasedir(ctx context.Context, flags uint32) { d.n.Forget() }
 
 // list takes the merged listing.
 func (d *dir) list() syscall.Errno {
@@ -52,13 +65,32 @@ func (d *dir) list() syscall.Errno {
 		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.Ino()},
 		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: d.parentIno})
 	for _, e := range ents {
-		d.ents = append(d.ents, fuse.DirEntry{Name: e.Name, Mode: e.Type, Ino: e.Ino})
+		d.ents = append(d.ents, fuse.DirEntry{Name: e.Name, Mode: e.Type, Ino: e.Ino, Off: nameOff(e.Name)})
 	}
-	for i := range d.ents {
-		d.ents[i].Off = uint64(i + 1)
+	d.ents[0].Off, d.ents[1].Off = 1, 2
+	named := d.ents[2:]
+	sort.Slice(named, func(i, j int) bool {
+		if named[i].Off != named[j].Off {
+			return named[i].Off < named[j].Off
+		}
+		return named[i].Name < named[j].Name
+	})
+	for i := 1; i < len(named); i++ {
+		if named[i].Off <= named[i-1].Off {
+			named[i].Off = named[i-1].Off + 1 // a collision: rare, and stays within this listing
+		}
 	}
 	d.p.listed(d.ents, gen)
 	return 0
+}
+
+// nameOff is the offset of the entry name: a 62-bit FNV-1a hash, above
+// the offsets 0 (start), 1 (".") and 2 (".."), and positive as a d_off
+// (an off_t) must be.
+func nameOff(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return h.Sum64()>>2 + 3
 }
 
 func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
@@ -75,7 +107,9 @@ func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	return &e, 0
 }
 
-// Seekdir positions after the entry whose offset is off (0: the start).
+// Seekdir positions after the entries whose offsets are at most off (0:
+// the start), whether or not one has offset off: in another listing
+// that name may be gone.
 func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 || d.ents == nil {
 		// rewinddir: list afresh, as the kernel does on seek to 0.
@@ -83,10 +117,7 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 			return e
 		}
 	}
-	if off > uint64(len(d.ents)) {
-		off = uint64(len(d.ents))
-	}
-	d.pos = int(off)
+	d.pos = sort.Search(len(d.ents), func(i int) bool { return d.ents[i].Off > off })
 	return 0
 }
 

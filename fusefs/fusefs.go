@@ -60,7 +60,9 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
-	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}, live: map[fs.StableAttr]*node{}}}
+	gens := newGenerations()
+	root := &node{ov: ov, n: ov.Root(), gens: gens}
+	gens.addRoot(root)
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
 	// request changes, and ovl drops what a copy-up changes (afterCopyUp).
@@ -121,7 +123,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// kernel then lets anyone read a mode-0 file.
 		NullPermissions: true,
 	})
-	raw = &plusRaw{RawFileSystem: raw}
+	raw = &plusRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}}
 	var pt *ptMount
 	if opts.NoPassthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
@@ -166,13 +168,23 @@ func (s *Server) Wait() {
 // Unmount unmounts the filesystem; Wait then returns.
 func (s *Server) Unmount() error { return s.srv.Unmount() }
 
-// node is the go-fuse inode of one overlay node.
+// node is the go-fuse inode of one overlay node. It holds one reference on
+// its overlay node (the root's is the overlay's own) until go-fuse forgets
+// it for good: see generations.
 type node struct {
 	fs.Inode
 	ov   *overlay.Overlay
 	n    *overlay.Node
 	gens *generations
 	attr fs.StableAttr // the key of this node in gens.live
+	// Guarded by gens.mu: handed counts the requests in progress that gave
+	// this inode to go-fuse, which registers it after the request returns;
+	// id and lookups are its FUSE node id and the kernel's lookup count of
+	// it; dead: the node gave back its reference on n.
+	handed  int
+	id      uint64
+	lookups uint64
+	dead    bool
 	// opens counts the open handles of a regular file (see pin).
 	opens atomic.Int32
 	// A directory's last merged listing, kept while no entry changed since
@@ -220,33 +232,6 @@ func (p *node) generation() uint64 {
 	return p.gen
 }
 
-// generations tells objects apart that reuse an inode number: go-fuse
-// keeps an inode until the kernel forgets it, and an upper filesystem may
-// give a removed object's number to a new one before that. Each removal
-// of an object's last known name starts a new generation of its number
-// (FUSE's nodeid generation), so a lookup never finds the old object.
-type generations struct {
-	mu sync.Mutex
-	m  map[uint64]uint64
-	// live holds the node of every inode go-fuse has, by its StableAttr:
-	// go-fuse picks an existing inode for a lookup only after the
-	// request, so ovl finds it here first, to forget the duplicate node
-	// and to record the name the object was found under.
-	live map[fs.StableAttr]*node
-}
-
-func (g *generations) get(ino uint64) uint64 {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.m[ino]
-}
-
-func (g *generations) bump(ino uint64) {
-	g.mu.Lock()
-	g.m[ino]++
-	g.mu.Unlock()
-}
-
 // gone records that the object of n has no name left that go-fuse knows.
 func (p *node) gone(n *overlay.Node) {
 	n.Detach()
@@ -273,7 +258,6 @@ var (
 	_ fs.NodeSetxattrer     = (*node)(nil)
 	_ fs.NodeListxattrer    = (*node)(nil)
 	_ fs.NodeRemovexattrer  = (*node)(nil)
-	_ fs.NodeOnForgetter    = (*node)(nil)
 	_ fs.NodeFsyncer        = (*node)(nil)
 )
 
@@ -284,33 +268,6 @@ func cred(ctx context.Context) overlay.Cred {
 		return overlay.Cred{Uid: c.Uid, Gid: c.Gid}
 	}
 	return overlay.Cred{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid())}
-}
-
-// inode returns the go-fuse inode for an overlay node, reusing the one
-// go-fuse already has for its inode number: one inode per object.
-func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
-	ino := child.Ino()
-	attr := fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: p.gens.get(ino)}
-	g := p.gens
-	g.mu.Lock()
-	existing := g.live[attr]
-	g.mu.Unlock()
-	if existing != nil && existing.n != child {
-		child.Forget()
-		existing.n.SetLocation(p.n, name)
-		return existing.EmbeddedInode()
-	}
-	nd := &node{ov: p.ov, n: child, gens: g, attr: attr}
-	ch := p.NewInode(ctx, nd, attr)
-	if ex := ch.Operations().(*node); ex != nd {
-		child.Forget()
-		ex.n.SetLocation(p.n, name)
-		return ch
-	}
-	g.mu.Lock()
-	g.live[attr] = nd
-	g.mu.Unlock()
-	return ch
 }
 
 func (p *node) entry(ctx context.Context, name string, child *overlay.Node, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -413,11 +370,14 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE | noFlush, 0
 }
 
-// opened counts h, a new handle of p (nil: none), until its release.
+// opened counts h, a new handle of p (nil: none), until its release; the
+// handle holds a reference on its overlay node meanwhile, as go-fuse may
+// process the inode's FORGET before the handle's RELEASE.
 func (p *node) opened(h fs.FileHandle) fs.FileHandle {
 	if f, ok := h.(*file); ok && f != nil {
 		f.owner = p
 		p.opens.Add(1)
+		f.n.Ref()
 	}
 	return h
 }
@@ -548,10 +508,18 @@ func nlink(n *overlay.Node) uint32 {
 // other links (a lookup of one finds it again); else it is gone.
 func (p *node) forgetName(ch *fs.Inode, links uint32) {
 	child := ch.Operations().(*node).n
-	if pname, pp := ch.Parent(); pp != nil {
-		child.SetLocation(pp.Operations().(*node).n, pname)
-		child.Unpin()
-	} else if links > 1 {
+	// go-fuse's parent records of an inode can be stale (see
+	// generations): the parent must still hold ch under that name, and
+	// still hold its overlay node.
+	if pname, pp := ch.Parent(); pp != nil && pp.GetChild(pname) == ch {
+		if pn := pp.Operations().(*node); p.gens.hold(pn) {
+			child.SetLocation(pn.n, pname)
+			pn.n.Forget()
+			child.Unpin()
+			return
+		}
+	}
+	if links > 1 {
 		child.Detach()
 	} else {
 		p.gone(child)
@@ -701,16 +669,4 @@ func (p *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall
 		return h.Fsync(ctx, flags)
 	}
 	return 0
-}
-
-func (p *node) OnForget() {
-	g := p.gens
-	g.mu.Lock()
-	if g.live[p.attr] == p {
-		delete(g.live, p.attr)
-	}
-	g.mu.Unlock()
-	if p.n != p.ov.Root() {
-		p.n.Forget()
-	}
 }

@@ -18,7 +18,8 @@ import (
 // sees plain READDIRs of the kernel's size. Entries of the plain batch that
 // do not fit the plus reply are re-read at the offset the kernel sends next,
 // which the bridge replays from its last batch (a suffix of a batch that
-// fit, so it fits again) or finds by Seekdir (dir offsets are positions).
+// fit, so it fits again) or finds by Seekdir (dir offsets are name hashes,
+// in listing order: see dir).
 //
 // The LOOKUPs are the bridge's own, so a child gets the lookup count the
 // kernel takes for each plus entry with a node id; an entry whose lookup

@@ -22,6 +22,10 @@ func (n *Node) real() (int, func(), error) {
 		return -1, nil, unix.ESTALE
 	}
 	n.mu.Lock()
+	if n.released {
+		n.mu.Unlock()
+		return -1, nil, unix.ESTALE
+	}
 	if n.pinned {
 		fd := n.pinFd
 		n.mu.Unlock()
@@ -422,11 +426,13 @@ func (n *Node) onUpper(f func(fd int) error) error {
 // removed); operations by name then fail with ESTALE.
 func (n *Node) Detach() {
 	n.o.treeMu.Lock()
-	if n.parent != nil {
-		n.parent = nil
-	}
+	parent := n.parent
+	n.parent = nil
 	n.o.treeMu.Unlock()
 	n.o.unkeep(n)
+	if parent != nil {
+		parent.Forget()
+	}
 }
 
 // InUpper reports whether the object has been copied up (or was made) in

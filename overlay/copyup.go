@@ -35,6 +35,9 @@ func (n *Node) copyUp(mode copyMode) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.released {
+		return unix.ESTALE
+	}
 	if n.inUpper {
 		if n.metacopy && mode != copyMeta {
 			return n.copyUpData(mode == copyNone)

@@ -24,8 +24,11 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 	}
 	o := n.o
 	n.mu.Lock()
-	upperFd, upperXWh, lowers := n.upperFd, n.upperXWh, n.lowers
+	upperFd, upperXWh, lowers, released := n.upperFd, n.upperXWh, n.lowers, n.released
 	n.mu.Unlock()
+	if released {
+		return nil, unix.ESTALE
+	}
 
 	type layerDir struct {
 		fd  int
@@ -92,7 +95,7 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 	for _, j := range fix {
 		if child, err := n.LookupStat(out[j].Name, &st); err == nil {
 			out[j].Ino = child.ino
-			child.release()
+			child.Forget()
 		}
 	}
 	return out, nil

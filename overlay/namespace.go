@@ -236,23 +236,24 @@ func (o *Overlay) setOpaque(dirfd int, name string) error {
 	return nil
 }
 
-// adopt returns the node of an object just made in n's upper directory.
-// It is upper-only: a new directory is pure or opaque.
+// adopt returns the node of an object just made in n's upper directory,
+// with one reference, the caller's. It is upper-only: a new directory is
+// pure or opaque.
 func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 	o := n.o
 	var st unix.Stat_t
 	if err := format.Lstat(n.upperFd, name, &st); err != nil {
 		return nil, err
 	}
-	child := &Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name}
+	child := o.born(&Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name})
 	if child.kind == unix.S_IFDIR {
 		fd, err := openReal(n.upperFd, name, unix.S_IFDIR, &st)
 		if err != nil {
+			child.Forget()
 			return nil, err
 		}
 		child.upperFd = fd
 	}
-	o.stats.nodes.Add(1)
 	return child, nil
 }
 
@@ -303,7 +304,7 @@ func (n *Node) Symlink(target, name string, c Cred) (*Node, error) {
 }
 
 // Link makes name in n a new hard link to target, after copying target up
-// (kernel: ovl_link). It returns target.
+// (kernel: ovl_link). It returns target, without a new reference.
 func (n *Node) Link(target *Node, name string) (*Node, error) {
 	if target.IsDir() {
 		return nil, unix.EPERM
@@ -363,7 +364,7 @@ func (n *Node) remove(name string, isDir bool) error {
 	if err != nil {
 		return err
 	}
-	defer child.release()
+	defer child.Forget()
 	if isDir && !child.IsDir() {
 		return unix.ENOTDIR
 	}

@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -12,14 +13,25 @@ import (
 )
 
 // Node is one overlay object. It stays the same object across copy-up:
-// callers may hold it for as long as they like, and copy-up changes where
-// its data lives, not its identity or inode number.
+// copy-up changes where its data lives, not its identity or inode number.
+//
+// A Node is reference counted (see Ref and Forget): whoever holds one holds
+// a reference, and the last one to go releases its descriptors. After that
+// every method fails with ESTALE; none may panic.
 type Node struct {
 	o    *Overlay
 	ino  uint64 // immutable
 	kind uint32 // S_IFMT bits, immutable
 
+	// refs counts the references: one per holder (each FUSE inode that
+	// stands for the node, each lookup or request in progress that uses
+	// it, each child node whose parent it is, the overlay for the root).
+	// Atomic, so that taking or dropping one never waits for a copy-up.
+	refs atomic.Int32
+
 	mu sync.Mutex // copy-up lock; guards the fields below (written also under parent's dirMu)
+	// released: the last reference went and the descriptors are closed.
+	released bool
 	// upperFd is the O_PATH fd of the upper directory (directories), or -1.
 	upperFd int
 	// realIno is the inode number of a non-directory's topmost real object,
@@ -55,7 +67,9 @@ type Node struct {
 	dirMu sync.Mutex // directories: serialises namespace changes inside
 
 	// parent and name locate the object (any one link of a hard-linked
-	// file); guarded by Overlay.treeMu. The root has no parent.
+	// file); guarded by Overlay.treeMu. The root has no parent. The node
+	// holds a reference on its parent, as a dentry does on its parent's:
+	// a parent's descriptors are where a non-directory is found.
 	parent *Node
 	name   string
 
@@ -81,8 +95,19 @@ func (n *Node) Kind() uint32 { return n.kind }
 // Overlay returns the overlay the node belongs to.
 func (n *Node) Overlay() *Overlay { return n.o }
 
+// born counts n, a new node, and gives it its first reference, the
+// caller's; its parent, if any, gets a reference from it.
+func (o *Overlay) born(n *Node) *Node {
+	n.refs.Store(1)
+	o.stats.nodes.Add(1)
+	if n.parent != nil {
+		n.parent.Ref()
+	}
+	return n
+}
+
 func (o *Overlay) newRoot() (*Node, error) {
-	n := &Node{o: o, kind: unix.S_IFDIR, upperFd: -1}
+	n := o.born(&Node{o: o, kind: unix.S_IFDIR, upperFd: -1})
 	if o.upper != nil {
 		fd, err := format.OpenAt(o.upper.root, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
 		if err != nil {
@@ -97,25 +122,28 @@ func (o *Overlay) newRoot() (*Node, error) {
 	for _, l := range o.lowers {
 		fd, err := format.OpenAt(l.root, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
 		if err != nil {
-			n.release()
+			n.Forget()
 			return nil, err
 		}
 		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd)})
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(n.realFd(), &st); err != nil {
-		n.release()
+		n.Forget()
 		return nil, err
 	}
 	n.ino = 1
-	o.stats.nodes.Add(1)
 	return n, nil
 }
 
-// realFd is the fd of a directory's topmost real directory.
+// realFd is the fd of a directory's topmost real directory, or -1 once the
+// node is released. The caller holds n.mu.
 func (n *Node) realFd() int {
 	if n.upperFd >= 0 {
 		return n.upperFd
+	}
+	if len(n.lowers) == 0 {
+		return -1
 	}
 	return n.lowers[0].fd
 }
@@ -154,15 +182,32 @@ func (o *Overlay) dirOpaque(fd int) bool {
 	return y
 }
 
-// Forget releases the node's file descriptors. The caller promises not to
-// use the node again.
-func (n *Node) Forget() {
-	n.release()
+// Ref takes one more reference on n for a new holder, who gives it back
+// with Forget. The caller must hold a reference already (a node whose last
+// reference went cannot come back): a binding that finds a node it had
+// handed out asks for it under the lock that orders its own Forget calls.
+func (n *Node) Ref() {
+	if n.refs.Add(1) <= 1 {
+		panic("overlay: Ref of a released node")
+	}
 }
 
+// Forget drops one reference on n. The last releases the node's file
+// descriptors and its reference on its parent; the node must not be used
+// after that (its methods then fail with ESTALE).
+func (n *Node) Forget() {
+	switch r := n.refs.Add(-1); {
+	case r == 0:
+		n.release()
+	case r < 0:
+		panic("overlay: Forget of a released node")
+	}
+}
+
+// release closes the descriptors of a node whose last reference went.
 func (n *Node) release() {
 	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.released = true
 	if n.pinned {
 		unix.Close(n.pinFd)
 		n.pinned = false
@@ -178,8 +223,28 @@ func (n *Node) release() {
 		}
 	}
 	n.lowers = nil
+	n.mu.Unlock()
 	n.o.unkeep(n)
+	n.o.treeMu.Lock()
+	parent := n.parent
+	n.parent = nil
+	n.o.treeMu.Unlock()
 	n.o.stats.nodes.Add(-1)
+	if parent != nil {
+		parent.Forget()
+	}
+}
+
+// live reports whether n still holds its descriptors; a released node
+// answers ESTALE. With the references counted right no request reaches
+// one: this is the guard that turns a mistake into an error, not a panic.
+func (n *Node) live() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.released {
+		return unix.ESTALE
+	}
+	return nil
 }
 
 // entryKind classifies a name found in one layer directory.
@@ -216,8 +281,9 @@ func (o *Overlay) probe(dirfd int, xwh bool, name string, st *unix.Stat_t) (entr
 }
 
 // Lookup finds name in the directory n (kernel: ovl_lookup). It returns a
-// new Node; callers that keep a table of nodes by inode number use it to find
-// one they already have, and Forget the new one.
+// new Node with one reference, the caller's; callers that keep a table of
+// nodes by inode number use it to find one they already have, and Forget
+// the new one.
 func (n *Node) Lookup(name string) (*Node, error) {
 	var st unix.Stat_t
 	return n.LookupStat(name, &st)
@@ -240,11 +306,15 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	}
 	n.mu.Lock()
 	upperFd, upperXWh, impure := n.upperFd, n.upperXWh, n.impure
-	lowers := n.lowers
-	// The fds stay open while n is alive; n.mu only guards the slice header.
+	lowers, released := n.lowers, n.released
+	// The fds stay open while n is alive (the caller holds a reference);
+	// n.mu only guards the slice header.
 	n.mu.Unlock()
+	if released {
+		return nil, unix.ESTALE
+	}
 
-	child := &Node{o: o, upperFd: -1, parent: n, name: name}
+	child := o.born(&Node{o: o, upperFd: -1, parent: n, name: name})
 	var st unix.Stat_t
 	var topSt unix.Stat_t // stat of the topmost real object
 	var lowerDirIno uint64
@@ -294,7 +364,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		// EINVAL, a valid one EPERM (see redirect.go).
 		r, ok, err := o.redirectOf(child.upperFd)
 		if err != nil {
-			child.release()
+			child.Forget()
 			return nil, err
 		}
 		if ok {
@@ -303,7 +373,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 				cands, fromRoot = o.root.lowers, true
 			}
 			if !o.followRedirects && len(cands) > 0 {
-				child.release()
+				child.Forget()
 				return nil, o.redirectRefused(name)
 			}
 		}
@@ -312,7 +382,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		lr := cands[i]
 		w, err := o.walkLower(lr, look)
 		if err != nil {
-			child.release()
+			child.Forget()
 			return nil, err
 		}
 		k := entryNone
@@ -322,7 +392,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if err != nil || k == entryNone || k == entryWhiteout {
 			w.close()
 			if err != nil {
-				child.release()
+				child.Forget()
 				return nil, err
 			}
 			if k == entryWhiteout {
@@ -343,7 +413,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			}
 			if err != nil {
 				w.close()
-				child.release()
+				child.Forget()
 				return nil, err
 			}
 		}
@@ -366,7 +436,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			err = unix.ELOOP // a layer root: see overlap.go
 		}
 		if err != nil {
-			child.release()
+			child.Forget()
 			return nil, err
 		}
 		if len(child.lowers) == 0 {
@@ -393,7 +463,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			err = o.redirectRefused(name)
 		}
 		if err != nil {
-			child.release()
+			child.Forget()
 			return nil, err
 		}
 		switch {
@@ -415,7 +485,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		}
 	}
 	if !found {
-		child.release()
+		child.Forget()
 		return nil, unix.ENOENT
 	}
 	switch {
@@ -450,7 +520,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		// Every upper regular file, not only those of impure directories:
 		// the kernel reads overlay.metacopy on each (ovl_lookup_single).
 		if _, err := o.lookupMetacopy(child, upperFd, name, lowers); err != nil {
-			child.release()
+			child.Forget()
 			return nil, err
 		}
 	}
@@ -459,7 +529,6 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	if child.IsDir() && (child.inUpper && len(child.lowers) > 0 || len(child.lowers) > 1) {
 		out.Nlink = 1 // merged: see Getattr
 	}
-	o.stats.nodes.Add(1)
 	return child, nil
 }
 
@@ -493,13 +562,19 @@ func (n *Node) location() (*Node, string) {
 // FUSE binding calls it when a lookup through another hard link finds a node
 // it already has, so the node stays reachable after the old link goes away
 // (also after Detach: the object had links the binding did not know).
+// The caller holds references on n and parent.
 func (n *Node) SetLocation(parent *Node, name string) {
 	if parent == nil || n == n.o.root {
 		return
 	}
+	parent.Ref()
 	n.o.treeMu.Lock()
+	old := n.parent
 	n.parent, n.name = parent, name
 	n.o.treeMu.Unlock()
+	if old != nil {
+		old.Forget()
+	}
 }
 
 // linkIno is the inode number of one name of a multiply-linked lower file:

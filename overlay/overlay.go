@@ -17,6 +17,13 @@
 //     answers ELOOP (overlap.go).
 //   - Each directory node holds O_PATH descriptors of its directories in each
 //     layer it merges; non-directories are reached through their parent's.
+//   - A Node lives while it has references (Ref, Forget): one per holder,
+//     such as each FUSE inode that stands for it, each request or lookup in
+//     progress that uses it, each child node (a node holds its parent, as a
+//     dentry does), the overlay for the root. The last Forget closes its
+//     descriptors; a released node answers ESTALE, never panics, and never
+//     comes back (Ref needs a reference already held). Stats.Nodes counts
+//     the nodes from their first reference to their last.
 //
 // Locking, in acquisition order:
 //  1. Overlay.renameMu serialises renames (the kernel's s_vfs_rename_mutex).
@@ -27,6 +34,18 @@
 //     starts while a dirMu is held.
 //  4. Overlay.treeMu guards Node.parent and Node.name.
 //  5. Overlay.keptMu guards Overlay.kept; nothing is taken under it.
+//
+// Node.refs is atomic: Ref takes no lock. A Forget that drops the last
+// reference takes the node's mu, keptMu and treeMu in turn, none while
+// another is held, and then Forgets the parent; so no overlay lock is held
+// where a last reference may go.
+//
+// What a caller (the FUSE binding, fusefs) may hold when it calls in: none
+// of the locks above, which are the package's own. Of its own locks it may
+// hold those that overlay never takes, which then come before all of the
+// above: fusefs holds a passthrough object's lock (ptNode.mu) across Open
+// and Setattr, which may copy up, and its inode table's lock across Ref
+// and Ino/Kind only, never across a call that may take an overlay lock.
 package overlay
 
 import (
@@ -507,7 +526,7 @@ func raiseFileLimit() {
 // Close releases the layers and the lock on the work directory.
 func (o *Overlay) Close() error {
 	if o.root != nil {
-		o.root.release()
+		o.root.Forget()
 		o.root = nil
 	}
 	for _, l := range append(o.lowers, o.upper) {

@@ -34,13 +34,13 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		if old, err = n.Lookup(name); err != nil {
 			return err
 		}
-		defer old.release()
+		defer old.Forget()
 	}
 	if target == nil {
 		if target, err = newParent.Lookup(newName); err != nil && err != unix.ENOENT {
 			return err
 		} else if err == nil {
-			defer target.release()
+			defer target.Forget()
 		}
 	}
 	exchange := flags&unix.RENAME_EXCHANGE != 0
@@ -193,13 +193,27 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			err = format.MakeWhiteout(ofd, name)
 		}
 	}
+	var dropped []*Node // parents whose references the moved nodes give back
 	if err == nil {
+		if old.parent != newParent {
+			newParent.Ref()
+			dropped = append(dropped, old.parent)
+		}
 		old.parent, old.name = newParent, newName
+		if exchange && target.parent != n {
+			n.Ref()
+			dropped = append(dropped, target.parent)
+		}
 		if exchange {
 			target.parent, target.name = n, name
 		}
 	}
 	o.treeMu.Unlock()
+	for _, p := range dropped {
+		if p != nil {
+			p.Forget()
+		}
+	}
 	if err != nil {
 		if cleared != "" {
 			unix.Renameat2(o.work, cleared, nfd, newName, unix.RENAME_NOREPLACE)

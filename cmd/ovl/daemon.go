@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -64,13 +65,22 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 		return report(fmt.Errorf("mount %s: %w", req.mnt, err))
 	}
 
-	if m, err := findMount(req.mnt); err != nil {
-		log.Printf("no stats socket: %v", err)
-	} else if ln, err := serveStats(m.dev, ov); err != nil {
-		log.Printf("no stats socket: %v", err)
-	} else {
-		defer ln.Close()
+	m, err := findMount(req.mnt)
+	var ln net.Listener
+	if err == nil {
+		ln, err = serveStats(m, ov)
 	}
+	if err != nil {
+		// Fatal: "ovl stats" and the wait of "ovl umount" need it.
+		if uerr := srv.Unmount(); uerr != nil {
+			log.Printf("unmount: %v", uerr)
+		} else {
+			srv.Wait()
+		}
+		ov.Close()
+		return report(fmt.Errorf("mount %s: %w", req.mnt, err))
+	}
+	defer ln.Close()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)

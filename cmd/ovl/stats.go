@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -52,17 +53,44 @@ func newStatsReply(ov *overlay.Overlay, gc bool) statsReply {
 	return r
 }
 
-// statsSocket names the abstract unix socket of the daemon serving the
-// FUSE mount with device dev ("major:minor"). An abstract name leaves no
-// file behind and vanishes with the daemon.
-func statsSocket(dev string) string { return "@ovl/" + dev }
+// statsSocket names the abstract unix socket of the daemon serving m. An
+// abstract name leaves no file behind and vanishes with the daemon.
+//
+// The name holds the mount's unique ID (statx STATX_MNT_ID_UNIQUE, Linux
+// 6.8+), which the kernel never gives to another mount: a device number,
+// the name before, is given to a new mount as soon as the old one is gone,
+// while its daemon may still be exiting and holding the name. Older
+// kernels get the device number; unique says which it is. The statx asks
+// for cached attributes only, so it sends the daemon no request and cannot
+// hang on a daemon that does.
+func statsSocket(m *mountEntry) (name string, unique bool) {
+	var stx unix.Statx_t
+	flags := unix.AT_STATX_DONT_SYNC | unix.AT_SYMLINK_NOFOLLOW | unix.AT_NO_AUTOMOUNT
+	if unix.Statx(unix.AT_FDCWD, m.mountPoint, flags, unix.STATX_MNT_ID_UNIQUE, &stx) == nil &&
+		stx.Mask&unix.STATX_MNT_ID_UNIQUE != 0 {
+		return fmt.Sprintf("@ovl/mnt/%d", stx.Mnt_id), true
+	}
+	return "@ovl/" + m.dev, false
+}
 
-// serveStats answers every connection on the stats socket with one JSON
-// reply. Failing to listen is not fatal to the mount: the name may be taken.
-func serveStats(dev string, ov *overlay.Overlay) (net.Listener, error) {
-	ln, err := net.Listen("unix", statsSocket(dev))
+// legacyBindWait bounds how long a daemon waits for a name by device
+// number (statsSocket) held by the exiting daemon of an earlier mount.
+const legacyBindWait = 10 * time.Second
+
+// serveStats answers every connection on the stats socket of m with one
+// JSON reply. A name that cannot be bound is an error the daemon reports:
+// without its socket, "ovl stats" and the wait of "ovl umount" would fail
+// for the whole life of the mount.
+func serveStats(m *mountEntry, ov *overlay.Overlay) (net.Listener, error) {
+	name, unique := statsSocket(m)
+	ln, err := net.Listen("unix", name)
+	for deadline := time.Now().Add(legacyBindWait); err != nil && !unique &&
+		errors.Is(err, unix.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		ln, err = net.Listen("unix", name)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("stats socket: %w", err)
+		return nil, fmt.Errorf("stats socket %s: %w", name, err)
 	}
 	go func() {
 		for {
@@ -97,7 +125,8 @@ func queryDaemon(mnt string, gc bool) (*statsReply, []byte, error) {
 	if m.fsType != "fuse" && !strings.HasPrefix(m.fsType, "fuse.") {
 		return nil, nil, fmt.Errorf("%s is a %s mount, not an ovl mount", mnt, m.fsType)
 	}
-	conn, err := net.DialTimeout("unix", statsSocket(m.dev), 2*time.Second)
+	name, _ := statsSocket(m)
+	conn, err := net.DialTimeout("unix", name, 2*time.Second)
 	if err != nil {
 		return nil, nil, fmt.Errorf("no ovl daemon answers for %s: %w", mnt, err)
 	}

@@ -1,0 +1,236 @@
+package fusefs
+
+import (
+	"context"
+	"sync"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ovl-project/ovl/overlay"
+)
+
+// generations is the inode table: which go-fuse inode stands for which
+// overlay object, and when an inode gives back its overlay node.
+//
+// It tells objects apart that reuse an inode number: go-fuse keeps an
+// inode until the kernel forgets it, and an upper filesystem may give a
+// removed object's number to a new one before that. Each removal of an
+// object's last known name starts a new generation of its number (FUSE's
+// nodeid generation), so a lookup never finds the old object.
+//
+// Lifetime. Each inode holds one reference on its overlay node from the
+// request that makes it until the kernel has forgotten it and no request
+// in progress has handed it out. go-fuse (v2.12.1, fs/bridge.go
+// addNewChild, fs/identitytable.go) cannot tell that moment: it registers
+// the inode a request returns only after the node's method returned; it
+// registers anew an inode whose FORGET it processed meanwhile, after its
+// OnForget may have run; and its OnForget also depends on its tree, whose
+// parent records go stale when a lookup binds a name to another inode
+// (inodeChildren.set keeps the old child's record). So ovl keeps the
+// kernel's lookup count itself, as go-fuse does, from the replies and the
+// FORGETs that pass through identRaw: +1 for each entry reply with a node
+// id (LOOKUP, READDIRPLUS entries, CREATE, MKDIR, MKNOD, SYMLINK, LINK),
+// -n for FORGET n. An inode gives back its overlay node when that count is
+// 0 and no request that handed it out is in progress, whichever comes
+// last; the root never does (the overlay holds its reference).
+type generations struct {
+	mu sync.Mutex
+	m  map[uint64]uint64 // inode number -> current generation
+	// live holds every node that holds its overlay node, by its
+	// StableAttr: go-fuse picks an existing inode for a lookup only after
+	// the request, so ovl finds it here first, to forget the duplicate
+	// overlay node and to record the name the object was found under.
+	live map[fs.StableAttr]*node
+	// byID holds the nodes the kernel knows, by FUSE node id (go-fuse
+	// never reuses one).
+	byID map[uint64]*node
+	// handed lists the nodes each request in progress handed to go-fuse,
+	// by the request's cancel channel (unique among requests in progress).
+	handed map[<-chan struct{}][]*node
+}
+
+func newGenerations() *generations {
+	return &generations{
+		m:      map[uint64]uint64{},
+		live:   map[fs.StableAttr]*node{},
+		byID:   map[uint64]*node{},
+		handed: map[<-chan struct{}][]*node{},
+	}
+}
+
+// addRoot records the root inode, node id 1, which the kernel never forgets.
+func (g *generations) addRoot(root *node) {
+	root.id, root.lookups = fuse.FUSE_ROOT_ID, 1
+	g.byID[fuse.FUSE_ROOT_ID] = root
+}
+
+// bump starts a new generation of the inode number ino.
+func (g *generations) bump(ino uint64) {
+	g.mu.Lock()
+	g.m[ino]++
+	g.mu.Unlock()
+}
+
+// inode returns the go-fuse inode for child, a node with a reference the
+// caller hands over, found as name in p: the inode ovl already has for the
+// object if there is one (child is then forgotten), else a new one that
+// holds child. One inode per object.
+func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
+	ino := child.Ino()
+	g := p.gens
+	g.mu.Lock()
+	attr := fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: g.m[ino]}
+	if ex := g.live[attr]; ex != nil {
+		// ex keeps its overlay node while this request is in progress,
+		// whatever FORGET comes meanwhile.
+		g.handOut(ctx, ex)
+		g.mu.Unlock()
+		child.Forget()
+		ex.n.SetLocation(p.n, name)
+		return ex.EmbeddedInode()
+	}
+	nd := &node{ov: p.ov, n: child, gens: g, attr: attr}
+	// Under g.mu: no other request may find nd before it is an inode.
+	ch := p.NewInode(ctx, nd, attr)
+	g.live[attr] = nd
+	g.handOut(ctx, nd)
+	g.mu.Unlock()
+	return ch
+}
+
+// hold takes a reference on nd's overlay node, unless nd gave it back
+// already; the caller drops it with Forget.
+func (g *generations) hold(nd *node) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if nd.dead {
+		return false
+	}
+	nd.n.Ref()
+	return true
+}
+
+// handOut records, with g.mu held, that the request of ctx gives nd to
+// go-fuse, which may register it after the request: nd keeps its overlay
+// node at least until then.
+func (g *generations) handOut(ctx context.Context, nd *node) {
+	key := cancelOf(ctx)
+	if key == nil {
+		return // not from a request: nothing registers nd later
+	}
+	nd.handed++
+	g.handed[key] = append(g.handed[key], nd)
+}
+
+// settle runs after a request that makes an entry: status and nodeID are
+// its reply. The inode the kernel now holds one more lookup of counts it;
+// any other this request handed out (go-fuse took another, or the request
+// failed) gives back its overlay node unless something else holds it.
+func (g *generations) settle(key <-chan struct{}, status fuse.Status, nodeID uint64) {
+	g.mu.Lock()
+	nds := g.handed[key]
+	delete(g.handed, key)
+	if status == fuse.OK && nodeID != 0 {
+		nd := g.byID[nodeID]
+		if nd == nil && len(nds) == 1 {
+			nd = nds[0]
+			nd.id = nodeID
+			g.byID[nodeID] = nd
+		}
+		if nd != nil {
+			nd.lookups++
+		}
+	}
+	var drop []*node
+	for _, nd := range nds {
+		nd.handed--
+		if g.unusedLocked(nd) {
+			drop = append(drop, nd)
+		}
+	}
+	g.mu.Unlock()
+	for _, nd := range drop {
+		nd.n.Forget()
+	}
+}
+
+// forget applies the kernel's FORGET of nlookup lookups of nodeID.
+func (g *generations) forget(nodeID, nlookup uint64) {
+	g.mu.Lock()
+	nd := g.byID[nodeID]
+	drop := false
+	if nd != nil {
+		nd.lookups -= min(nlookup, nd.lookups)
+		if nd.lookups == 0 {
+			delete(g.byID, nodeID)
+		}
+		drop = g.unusedLocked(nd)
+	}
+	g.mu.Unlock()
+	if drop {
+		nd.n.Forget()
+	}
+}
+
+// unusedLocked reports whether nd must give back its overlay node now, and
+// if so takes it out of the table; g.mu is held.
+func (g *generations) unusedLocked(nd *node) bool {
+	if nd.dead || nd.handed > 0 || nd.lookups > 0 || nd.id == fuse.FUSE_ROOT_ID {
+		return false
+	}
+	nd.dead = true
+	if g.live[nd.attr] == nd {
+		delete(g.live, nd.attr)
+	}
+	return true
+}
+
+// identRaw passes the kernel's lookup counts to the inode table: it
+// settles each request that makes an entry, and each FORGET, after
+// go-fuse's bridge has served it (see generations).
+type identRaw struct {
+	fuse.RawFileSystem
+	g *generations
+}
+
+func (r *identRaw) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	st := r.RawFileSystem.Lookup(cancel, h, name, out)
+	r.g.settle(cancel, st, out.NodeId)
+	return st
+}
+
+func (r *identRaw) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	st := r.RawFileSystem.Create(cancel, in, name, out)
+	r.g.settle(cancel, st, out.NodeId)
+	return st
+}
+
+func (r *identRaw) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
+	st := r.RawFileSystem.Mkdir(cancel, in, name, out)
+	r.g.settle(cancel, st, out.NodeId)
+	return st
+}
+
+func (r *identRaw) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
+	st := r.RawFileSystem.Mknod(cancel, in, name, out)
+	r.g.settle(cancel, st, out.NodeId)
+	return st
+}
+
+func (r *identRaw) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
+	st := r.RawFileSystem.Symlink(cancel, h, target, name, out)
+	r.g.settle(cancel, st, out.NodeId)
+	return st
+}
+
+func (r *identRaw) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
+	st := r.RawFileSystem.Link(cancel, in, name, out)
+	r.g.settle(cancel, st, out.NodeId)
+	return st
+}
+
+func (r *identRaw) Forget(nodeID, nlookup uint64) {
+	r.RawFileSystem.Forget(nodeID, nlookup)
+	r.g.forget(nodeID, nlookup)
+}
