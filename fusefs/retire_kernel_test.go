@@ -29,8 +29,8 @@ type retireFS struct {
 	data string // the file every open of the object uses
 
 	mu      sync.Mutex
-	cur     uint64          // the object's current node id
-	readers map[uint64]int  // read-only opens live, by node id
+	cur     uint64         // the object's current node id
+	readers map[uint64]int // read-only opens live, by node id
 	fhNode  map[uint64]uint64
 	fhRO    map[uint64]bool
 	fds     map[uint64]int
