@@ -105,7 +105,7 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	e := f.current(ctx).Release(ctx)
 	if f.owner != nil {
-		f.owner.opens.Add(-1)
+		f.owner.obj.opens.Add(-1)
 	}
 	if f.pm != nil {
 		f.pm.release(f)

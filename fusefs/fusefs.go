@@ -60,7 +60,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
-	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}, live: map[fs.StableAttr]*node{}}}
+	gens := &generations{m: map[uint64]uint64{}, live: map[fs.StableAttr]*node{}, succ: map[uint64]successor{}}
+	root := &node{ov: ov, n: ov.Root(), obj: &object{n: ov.Root(), refs: 1}, gens: gens}
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
 	// request changes, and ovl drops what a copy-up changes (afterCopyUp).
@@ -79,7 +80,10 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// Readdirplus only when the kernel sees stats of a directory's
 		// entries (READDIRPLUS_AUTO), so ls -f costs no lookups; plusRaw
 		// serves it, as go-fuse's own loses entries on a redo.
-		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+		// ATOMIC_O_TRUNC: O_TRUNC comes with the OPEN, which copies up and
+		// truncates as the kernel's ovl_open does, instead of an OPEN
+		// without it and then a SETATTR of the size through the new file.
+		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_ATOMIC_O_TRUNC,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -124,17 +128,16 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	} else {
 		pt = newPTMount(ov)
 		raw = &ptRaw{RawFileSystem: raw, m: pt}
-		mounts.Store(ov, pt)
+		gens.pt.Store(pt)
 	}
 	srv, err := serve(mountpoint, raw, &mo)
 	if err != nil {
-		mounts.Delete(ov)
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	if pt != nil {
 		if err := pt.probe(); err != nil {
 			log.Printf("passthrough: off: %v", err)
-			mounts.Delete(ov) // nothing to track: every open is served by the daemon
+			gens.pt.Store(nil) // nothing to track: every open is served by the daemon
 		}
 	}
 	return &Server{srv: srv, mountpoint: mountpoint, ov: ov}, nil
@@ -156,7 +159,6 @@ func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions) (*f
 // Wait blocks until the filesystem is unmounted.
 func (s *Server) Wait() {
 	s.srv.Wait()
-	mounts.Delete(s.ov)
 }
 
 // Unmount unmounts the filesystem; Wait then returns.
@@ -166,11 +168,18 @@ func (s *Server) Unmount() error { return s.srv.Unmount() }
 type node struct {
 	fs.Inode
 	ov   *overlay.Overlay
-	n    *overlay.Node
+	n    *overlay.Node // obj.n
+	obj  *object
 	gens *generations
 	attr fs.StableAttr // the key of this node in gens.live
-	// opens counts the open handles of a regular file (see pin).
-	opens atomic.Int32
+	// retired: the object's lookups give another FUSE inode now; this one
+	// lives on for its open handles (passthrough.go, retire).
+	retired atomic.Bool
+	pt      ptNode // passthrough state of this FUSE inode
+	// names are other names than the first that lookups found this
+	// inode under (hard links), for retire to invalidate; guarded by
+	// gens.mu.
+	names []nameRef
 	// A directory's last merged listing, kept while no entry changed since
 	// (listGen == gen), for the opens that the kernel serves from its
 	// readdir cache: see dir.
@@ -216,6 +225,21 @@ func (p *node) generation() uint64 {
 	return p.gen
 }
 
+// object is what the FUSE inodes of one overlay object share. An object
+// has one FUSE inode, and for a while two or more when a data change
+// retired one that its object's lower file is open through (passthrough.go,
+// retire): both stand for the same overlay node.
+type object struct {
+	n    *overlay.Node // immutable
+	refs int           // FUSE inodes using n; guarded by generations.mu
+	// opens counts the open handles of a regular file through any of
+	// its FUSE inodes (see pin).
+	opens atomic.Int32
+	// ptMu serialises the passthrough decision of an open or truncate
+	// with the copy-up it makes and the backing it registers.
+	ptMu sync.Mutex
+}
+
 // generations tells objects apart that reuse an inode number: go-fuse
 // keeps an inode until the kernel forgets it, and an upper filesystem may
 // give a removed object's number to a new one before that. Each removal
@@ -229,12 +253,92 @@ type generations struct {
 	// request, so ovl finds it here first, to forget the duplicate node
 	// and to record the name the object was found under.
 	live map[fs.StableAttr]*node
+	// succ holds, by inode number, an object whose FUSE inode was retired,
+	// for the generation the next lookup of its number gives: that lookup
+	// makes a new FUSE inode for the same overlay node.
+	succ map[uint64]successor
+	// pt is the mount's passthrough state, nil when every open is served
+	// by the daemon.
+	pt atomic.Pointer[ptMount]
 }
 
-func (g *generations) get(ino uint64) uint64 {
+type nameRef struct {
+	parent *fs.Inode
+	name   string
+}
+
+// maxNames bounds node.names: a name left out only costs a revalidation.
+const maxNames = 8
+
+// noteName records that a lookup of name in p found c, if c is known
+// under another name: the names a retirement must invalidate.
+func (c *node) noteName(p *node, name string) {
+	pname, pp := c.Parent()
+	if pp == p.EmbeddedInode() && pname == name {
+		return
+	}
+	g := c.gens
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.m[ino]
+	for _, r := range []nameRef{{pp, pname}, {p.EmbeddedInode(), name}} {
+		known := r.parent == nil
+		for _, k := range c.names {
+			known = known || k == r
+		}
+		if !known && len(c.names) < maxNames {
+			c.names = append(c.names, r)
+		}
+	}
+}
+
+// cachedNames returns the names the kernel may have cached for c.
+func (c *node) cachedNames() []nameRef {
+	var refs []nameRef
+	if name, parent := c.Parent(); parent != nil {
+		refs = append(refs, nameRef{parent, name})
+	}
+	c.gens.mu.Lock()
+	refs = append(refs, c.names...)
+	c.gens.mu.Unlock()
+	return refs
+}
+
+type successor struct {
+	gen uint64
+	obj *object
+}
+
+// retire starts a new generation of nd's inode number whose lookups make a
+// new FUSE inode for nd's object; false if nd is not its object's current
+// FUSE inode (already retired, or the object has no name left).
+func (g *generations) retire(nd *node) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ino := nd.attr.Ino
+	if g.m[ino] != nd.attr.Gen || nd.retired.Load() {
+		return false
+	}
+	g.m[ino]++
+	g.succ[ino] = successor{gen: g.m[ino], obj: nd.obj}
+	nd.retired.Store(true)
+	return true
+}
+
+// release drops a FUSE inode's hold on obj; the last one forgets the
+// overlay node.
+func (g *generations) release(obj *object) {
+	g.mu.Lock()
+	obj.refs--
+	last := obj.refs == 0
+	if last {
+		if s, ok := g.succ[obj.n.Ino()]; ok && s.obj == obj {
+			delete(g.succ, obj.n.Ino())
+		}
+	}
+	g.mu.Unlock()
+	if last && obj.n != obj.n.Overlay().Root() {
+		obj.n.Forget()
+	}
 }
 
 func (g *generations) bump(ino uint64) {
@@ -283,23 +387,39 @@ func cred(ctx context.Context) overlay.Cred {
 }
 
 // inode returns the go-fuse inode for an overlay node, reusing the one
-// go-fuse already has for its inode number: one inode per object.
+// go-fuse already has for its inode number: one inode per object, or a new
+// one for the object of a retired inode (generations.retire).
 func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
 	ino := child.Ino()
-	attr := fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: p.gens.get(ino)}
 	g := p.gens
 	g.mu.Lock()
+	attr := fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: g.m[ino]}
 	existing := g.live[attr]
+	var obj *object
+	if s, ok := g.succ[ino]; ok && existing == nil && s.gen == attr.Gen && s.obj.n.Kind() == child.Kind() {
+		obj = s.obj
+		obj.refs++ // for the new inode; undone below if go-fuse has one
+	}
 	g.mu.Unlock()
 	if existing != nil && existing.n != child {
 		child.Forget()
 		existing.n.SetLocation(p.n, name)
+		if !existing.n.IsDir() {
+			existing.noteName(p, name)
+		}
 		return existing.EmbeddedInode()
 	}
-	nd := &node{ov: p.ov, n: child, gens: g, attr: attr}
+	if obj != nil {
+		child.Forget()
+		obj.n.SetLocation(p.n, name)
+	} else {
+		obj = &object{n: child, refs: 1}
+	}
+	nd := &node{ov: p.ov, n: obj.n, obj: obj, gens: g, attr: attr}
+	nd.pt.obj = obj
 	ch := p.NewInode(ctx, nd, attr)
 	if ex := ch.Operations().(*node); ex != nd {
-		child.Forget()
+		g.release(obj)
 		ex.n.SetLocation(p.n, name)
 		return ch
 	}
@@ -353,6 +473,13 @@ func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 	}
 	out.FromStat(toSyscall(&st))
 	out.Ino = p.n.Ino()
+	if p.retired.Load() {
+		// Another FUSE inode changes the object, through passthrough
+		// writes the daemon does not see: the kernel must ask again at
+		// every stat through this one's descriptors. go-fuse replaces a
+		// zero timeout with the mount's; ptRaw turns this one into zero.
+		out.SetTimeout(retiredAttrMark)
+	}
 	return 0
 }
 
@@ -388,7 +515,13 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if h, ok := f.(*file); ok && h.writable {
 		fd = h.fd
 	}
-	if err := ptSetattr(p.ov, p.n, a, fd); err != nil {
+	var err error
+	if pt := p.gens.pt.Load(); pt != nil {
+		err = pt.setattr(p, a, fd)
+	} else {
+		err = p.n.Setattr(a, fd)
+	}
+	if err != nil {
 		return errno(err)
 	}
 	return p.Getattr(ctx, f, out)
@@ -396,9 +529,12 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	defer p.afterCopyUp(p.n.InUpper())
-	if pt := ptFor(p.ov); pt != nil {
-		h, fl, e := pt.open(ctx, p.n, flags)
-		return p.opened(h), fl | noFlush, e
+	if pt := p.gens.pt.Load(); pt != nil {
+		h, e := pt.open(ctx, p, flags)
+		if e != 0 {
+			return nil, 0, e
+		}
+		return p.opened(h), noFlush, 0
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -413,7 +549,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 func (p *node) opened(h fs.FileHandle) fs.FileHandle {
 	if f, ok := h.(*file); ok && f != nil {
 		f.owner = p
-		p.opens.Add(1)
+		p.obj.opens.Add(1)
 	}
 	return h
 }
@@ -422,7 +558,7 @@ func (p *node) opened(h fs.FileHandle) fs.FileHandle {
 // a regular file only while it has open handles.
 func pin(ch *fs.Inode) {
 	c := ch.Operations().(*node)
-	if c.n.Kind() != unix.S_IFREG || c.opens.Load() > 0 {
+	if c.n.Kind() != unix.S_IFREG || c.obj.opens.Load() > 0 {
 		c.n.Pin()
 	}
 }
@@ -438,8 +574,8 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
-	if pt := ptFor(p.ov); pt != nil {
-		h, e := pt.create(ctx, ch.Operations().(*node).n, fd, flags)
+	if pt := p.gens.pt.Load(); pt != nil {
+		h, e := pt.create(ctx, ch.Operations().(*node), fd, flags)
 		if e != 0 {
 			return nil, nil, 0, e
 		}
@@ -486,6 +622,7 @@ func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, errno(err)
 	}
 	out.Attr.FromStat(toSyscall(&st))
+	t.noteName(p, name)
 	return t.EmbeddedInode(), 0
 }
 
@@ -706,7 +843,8 @@ func (p *node) OnForget() {
 		delete(g.live, p.attr)
 	}
 	g.mu.Unlock()
-	if p.n != p.ov.Root() {
-		p.n.Forget()
+	if pt := g.pt.Load(); pt != nil {
+		pt.forget(&p.pt)
 	}
+	g.release(p.obj)
 }
