@@ -9,7 +9,10 @@
 //     to the overlay object and survive copy-up.
 //   - FUSE passthrough (passthrough.go, docs/passthrough.md) serves reads
 //     and writes of open files from the layer files without the daemon; a
-//     lower file is never the backing file of a writable open.
+//     lower file is never the backing file of a writable open. A data
+//     change of an object open on its lower file through passthrough is
+//     served through a new FUSE inode of the object (retire); FUSE inodes
+//     of one object share its overlay node (object).
 package fusefs
 
 import (

@@ -5,9 +5,11 @@ package fusefs
 // open of that inode that is not a passthrough open on the same backing, and
 // serves each passthrough open by reopening the backing file's path with the
 // new open's flags (fs/fuse/iomode.c, fs/fuse/passthrough.c). So ovl decides
-// per open, per overlay object, and registers backing files itself: go-fuse's
+// per open, per FUSE inode, and registers backing files itself: go-fuse's
 // bridge would hand an inode's first backing to every later open, a writable
-// one included.
+// one included. A data change that reaches an inode open on its lower file
+// is sent to a new FUSE inode of the same object (retire); nothing waits for
+// a RELEASE.
 //
 // Lock order: object.ptMu, then ptMount.mu.
 
