@@ -178,7 +178,9 @@ type node struct {
 	// retired: the object's lookups give another FUSE inode now; this one
 	// lives on for its open handles (passthrough.go, retire).
 	retired atomic.Bool
-	pt      ptNode // passthrough state of this FUSE inode
+	// pt is this FUSE inode's passthrough state, made at its first open;
+	// guarded by obj.ptMu.
+	pt *ptNode
 	// names are other names than the first that lookups found this
 	// inode under (hard links), for retire to invalidate; guarded by
 	// gens.mu.
@@ -419,7 +421,6 @@ func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.
 		obj = &object{n: child, refs: 1}
 	}
 	nd := &node{ov: p.ov, n: obj.n, obj: obj, gens: g, attr: attr}
-	nd.pt.obj = obj
 	ch := p.NewInode(ctx, nd, attr)
 	if ex := ch.Operations().(*node); ex != nd {
 		g.release(obj)
@@ -847,7 +848,7 @@ func (p *node) OnForget() {
 	}
 	g.mu.Unlock()
 	if pt := g.pt.Load(); pt != nil {
-		pt.forget(&p.pt)
+		pt.forget(p)
 	}
 	g.release(p.obj)
 }

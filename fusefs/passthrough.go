@@ -131,7 +131,7 @@ func cancelOf(ctx context.Context) <-chan struct{} {
 func (m *ptMount) open(ctx context.Context, nd *node, flags uint32) (*file, syscall.Errno) {
 	nd.obj.ptMu.Lock()
 	defer nd.obj.ptMu.Unlock()
-	n, s := nd.n, &nd.pt
+	n, s := nd.n, nd.ptState()
 	write := changesData(int(flags))
 	if write && s.refs > 0 && s.lower {
 		// Rule 4: the kernel cannot give this inode another backing.
@@ -171,6 +171,15 @@ func (m *ptMount) create(ctx context.Context, nd *node, fd int, flags uint32) (*
 		return nil, e
 	}
 	return h, 0
+}
+
+// ptState returns nd's passthrough state, made at its first open, with
+// nd.obj.ptMu held.
+func (nd *node) ptState() *ptNode {
+	if nd.pt == nil {
+		nd.pt = &ptNode{obj: nd.obj}
+	}
+	return nd.pt
 }
 
 func changesData(flags int) bool {
@@ -216,7 +225,7 @@ func (m *ptMount) retire(nd *node) syscall.Errno {
 // backing, with nd.obj.ptMu held. upper: h's descriptor is on the upper
 // layer.
 func (m *ptMount) attach(ctx context.Context, nd *node, h *file, upper, write bool) syscall.Errno {
-	s := &nd.pt
+	s := nd.ptState()
 	h.pm, h.pt = m, s
 	cancel := cancelOf(ctx)
 	if !m.on.Load() || cancel == nil || s.cached > 0 {
@@ -385,7 +394,13 @@ func (m *ptMount) release(h *file) {
 }
 
 // forget drops the registration an inode the kernel forgot kept.
-func (m *ptMount) forget(s *ptNode) {
+func (m *ptMount) forget(nd *node) {
+	nd.obj.ptMu.Lock()
+	s := nd.pt
+	nd.obj.ptMu.Unlock()
+	if s == nil {
+		return
+	}
 	m.mu.Lock()
 	idle := s.elem != nil
 	if idle {
@@ -503,7 +518,7 @@ func (m *ptMount) setattr(nd *node, a overlay.SetAttr, fd int) error {
 	}
 	nd.obj.ptMu.Lock()
 	defer nd.obj.ptMu.Unlock()
-	if nd.pt.refs > 0 && nd.pt.lower {
+	if s := nd.pt; s != nil && s.refs > 0 && s.lower {
 		return m.retire(nd)
 	}
 	return nd.n.Setattr(a, fd)
