@@ -966,8 +966,9 @@ func TestPassthroughCloseThenWrite(t *testing.T) {
 	}
 }
 
-// TestPassthroughConcurrentOpens runs readers, writers, mappings, chmods
-// and truncates of the same lower files from several goroutines at once.
+// TestPassthroughConcurrentOpens runs readers, writers, mappings, chmods,
+// truncates and writers while a reader holds the file, on the same lower
+// files from several goroutines at once.
 // No operation may fail; a read returns the original data or one
 // writer's; no lower file changes.
 func TestPassthroughConcurrentOpens(t *testing.T) {
@@ -1004,7 +1005,7 @@ func TestPassthroughConcurrentOpens(t *testing.T) {
 			for o := 0; o < ops; o++ {
 				p := filepath.Join(mnt, fmt.Sprintf("f%d", next(files)))
 				var err error
-				switch next(5) {
+				switch next(6) {
 				case 0: // reader
 					var fd int
 					if fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
@@ -1037,6 +1038,20 @@ func TestPassthroughConcurrentOpens(t *testing.T) {
 				case 4:
 					if next(4) == 0 {
 						err = unix.Truncate(p, 8)
+					}
+				case 5: // a reader held across a writer of the same file
+					var fd, wfd int
+					if fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+						if wfd, err = unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0); err == nil {
+							unix.Pwrite(wfd, []byte(fmt.Sprintf("W%d", w)), 0)
+							unix.Close(wfd)
+						}
+						b := make([]byte, 32)
+						n, _ := unix.Pread(fd, b, 0)
+						if !valid(b[:n]) {
+							errs <- fmt.Sprintf("%s read %q through a held descriptor", p, b[:n])
+						}
+						unix.Close(fd)
 					}
 				}
 				if err != nil {
