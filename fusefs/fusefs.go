@@ -231,9 +231,10 @@ func (p *node) generation() uint64 {
 }
 
 // object is what the FUSE inodes of one overlay object share. An object
-// has one FUSE inode, and for a while two or more when a data change
-// retired one that its object's lower file is open through (passthrough.go,
-// retire): both stand for the same overlay node.
+// has one FUSE inode, and for a while two when a data change retired the
+// one its lower file is open through (passthrough.go, retire): both stand
+// for the same overlay node, which lives until the last of them is
+// forgotten.
 type object struct {
 	n    *overlay.Node // immutable
 	refs int           // FUSE inodes using n; guarded by generations.mu
