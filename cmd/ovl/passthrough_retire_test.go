@@ -296,3 +296,54 @@ func ptWaitExec(t *testing.T, pid int, name string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestPassthroughRetiredInotify: inotify watches while a writer appends to
+// a lower file a reader holds. A watch on the directory reports the
+// writes as on the kernel's overlayfs. With passthrough, a watch on the
+// file itself that was added before the write is on the reader's FUSE
+// inode, which the write does not go through (it is retired): it reports
+// nothing of it; a watch added after it is on the new inode and reports
+// the next write (docs/passthrough.md).
+func TestPassthroughRetiredInotify(t *testing.T) {
+	layers := k.Layers{Lowers: []k.Layer{{k.File("d/LOG", "line1\n")}}}
+	for _, mode := range []string{"on", "off"} {
+		t.Run(mode, func(t *testing.T) {
+			p := ptPairOpts(t, mode, k.DefaultOptions(), layers)
+			var got [2]string
+			for i, s := range p.Sides() {
+				in := newInotify(t)
+				log := s.Path("d/LOG")
+				a, err := unix.Open(log, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				in.watch("file", log)
+				in.watch("dir", s.Path("d"))
+				appendLine := func() {
+					fd, err := unix.Open(log, unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC, 0)
+					if err != nil {
+						t.Fatalf("%s: append open: %v", s.Name, err)
+					}
+					unix.Write(fd, []byte("line\n"))
+					unix.Close(fd)
+				}
+				appendLine()
+				first := in.drain()
+				in.watch("file watched after", log)
+				appendLine()
+				second := in.drain()
+				unix.Close(a)
+				got[i] = fmt.Sprintf("first write: file %v, dir %v; second write: file %v, file watched after %v, dir %v",
+					first["file"], first["dir"], second["file"], second["file watched after"], second["dir"])
+			}
+			want := got[0]
+			if mode == "on" {
+				want = "first write: file [], dir [MODIFY LOG CLOSE_WRITE LOG]; " +
+					"second write: file [], file watched after [MODIFY CLOSE_WRITE], dir [MODIFY LOG CLOSE_WRITE LOG]"
+			}
+			if got[1] != want {
+				t.Errorf("ovl:\n\t%s\nwant:\n\t%s\nkernel:\n\t%s", got[1], want, got[0])
+			}
+		})
+	}
+}
