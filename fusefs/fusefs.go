@@ -179,8 +179,10 @@ type node struct {
 	// lives on for its open handles (passthrough.go, retire).
 	retired atomic.Bool
 	// pt is this FUSE inode's passthrough state, made at its first open;
-	// guarded by obj.ptMu.
-	pt *ptNode
+	// inval is closed once the names of a retired inode are invalidated
+	// (passthrough.go, retire). Both guarded by obj.ptMu.
+	pt    *ptNode
+	inval chan struct{}
 	// names are other names than the first that lookups found this
 	// inode under (hard links), for retire to invalidate; guarded by
 	// gens.mu.

@@ -130,7 +130,16 @@ func cancelOf(ctx context.Context) <-chan struct{} {
 // open serves node.Open for nd, a regular file.
 func (m *ptMount) open(ctx context.Context, nd *node, flags uint32) (*file, syscall.Errno) {
 	nd.obj.ptMu.Lock()
-	defer nd.obj.ptMu.Unlock()
+	h, e := m.openLocked(ctx, nd, flags)
+	inval := nd.inval
+	nd.obj.ptMu.Unlock()
+	if e == syscall.ESTALE {
+		awaitInval(inval)
+	}
+	return h, e
+}
+
+func (m *ptMount) openLocked(ctx context.Context, nd *node, flags uint32) (*file, syscall.Errno) {
 	n, s := nd.n, nd.ptState()
 	write := changesData(int(flags))
 	if write && s.refs > 0 && s.lower {
@@ -201,17 +210,22 @@ func changesData(flags int) bool {
 // to the new inode. A request that does not come through a name, a
 // reopen through /proc/self/fd/N, comes back to nd and fails with ESTALE
 // (TestKernelRetireRules).
+//
+// The names cached for nd are invalidated too, so that opens made after
+// the change find the new inode: a name whose dentry still pointed at nd
+// would give them nd, whose read-only opens share the lower backing
+// (attach). That happens in a goroutine, outside the request and without
+// the object's lock (an invalidation takes the kernel's lock of the
+// parent directory); the request's reply waits for it (awaitInval).
 func (m *ptMount) retire(nd *node) syscall.Errno {
 	if err := nd.n.CopyUp(); err != nil {
 		return errno(err)
 	}
 	if nd.gens.retire(nd) {
-		// Outside the request: the kernel may hold the parent's lock
-		// while it waits for this reply, and an invalidation takes it.
-		// Every name cached for nd: a name whose dentry still points
-		// at nd would give new opens nd, whose read-only opens share the
-		// lower backing (attach).
+		done := make(chan struct{})
+		nd.inval = done
 		go func() {
+			defer close(done)
 			for _, r := range nd.cachedNames() {
 				r.parent.NotifyEntry(r.name)
 			}
@@ -219,6 +233,29 @@ func (m *ptMount) retire(nd *node) syscall.Errno {
 		}()
 	}
 	return syscall.ESTALE
+}
+
+// invalWait bounds how long the reply to a retired request waits for the
+// invalidation of the old inode's names. It takes microseconds: nothing
+// that the kernel holds while it waits for an OPEN or a truncate's
+// SETATTR is needed by an invalidation, and the bound only guards against
+// a kernel where that changes.
+const invalWait = 10 * time.Second
+
+// awaitInval waits until the names of a retired inode are invalidated
+// (inval closed; nil: nothing to wait for), so that when the retried
+// request has returned, a later open of any of them finds the new inode.
+func awaitInval(inval <-chan struct{}) {
+	if inval == nil {
+		return
+	}
+	t := time.NewTimer(invalWait)
+	defer t.Stop()
+	select {
+	case <-inval:
+	case <-t.C:
+		log.Printf("passthrough: the kernel did not take a name invalidation within %v", invalWait)
+	}
 }
 
 // attach decides whether h is a passthrough handle of nd and on which
@@ -517,9 +554,15 @@ func (m *ptMount) setattr(nd *node, a overlay.SetAttr, fd int) error {
 		return nd.n.Setattr(a, fd)
 	}
 	nd.obj.ptMu.Lock()
-	defer nd.obj.ptMu.Unlock()
 	if s := nd.pt; s != nil && s.refs > 0 && s.lower {
-		return m.retire(nd)
+		e := m.retire(nd)
+		inval := nd.inval
+		nd.obj.ptMu.Unlock()
+		if e == syscall.ESTALE {
+			awaitInval(inval)
+		}
+		return e
 	}
+	defer nd.obj.ptMu.Unlock()
 	return nd.n.Setattr(a, fd)
 }
