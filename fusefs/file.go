@@ -108,7 +108,7 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 		f.pm.release(f)
 	}
 	if f.owner != nil {
-		f.owner.opens.Add(-1)
+		f.owner.obj.opens.Add(-1)
 		f.n.Forget()
 	}
 	return e

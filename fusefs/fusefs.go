@@ -9,7 +9,10 @@
 //     to the overlay object and survive copy-up.
 //   - FUSE passthrough (passthrough.go, docs/passthrough.md) serves reads
 //     and writes of open files from the layer files without the daemon; a
-//     lower file is never the backing file of a writable open.
+//     lower file is never the backing file of a writable open. A data
+//     change of an object open on its lower file through passthrough is
+//     served through a new FUSE inode of the object (retire); FUSE inodes
+//     of one object share its overlay node (object).
 package fusefs
 
 import (
@@ -61,7 +64,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
 	gens := newGenerations()
-	root := &node{ov: ov, n: ov.Root(), gens: gens}
+	root := &node{ov: ov, n: ov.Root(), obj: &object{n: ov.Root()}, gens: gens}
 	gens.addRoot(root)
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
@@ -81,7 +84,10 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// Readdirplus only when the kernel sees stats of a directory's
 		// entries (READDIRPLUS_AUTO), so ls -f costs no lookups; plusRaw
 		// serves it, as go-fuse's own loses entries on a redo.
-		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+		// ATOMIC_O_TRUNC: O_TRUNC comes with the OPEN, which copies up and
+		// truncates as the kernel's ovl_open does, instead of an OPEN
+		// without it and then a SETATTR of the size through the new file.
+		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_ATOMIC_O_TRUNC,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -130,17 +136,16 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	} else {
 		pt = newPTMount(ov)
 		raw = &ptRaw{RawFileSystem: raw, m: pt}
-		mounts.Store(ov, pt)
+		gens.pt.Store(pt)
 	}
 	srv, err := serve(mountpoint, raw, &mo)
 	if err != nil {
-		mounts.Delete(ov)
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	if pt != nil {
 		if err := pt.probe(); err != nil {
 			log.Printf("passthrough: off: %v", err)
-			mounts.Delete(ov) // nothing to track: every open is served by the daemon
+			gens.pt.Store(nil) // nothing to track: every open is served by the daemon
 		}
 	}
 	return &Server{srv: srv, mountpoint: mountpoint, ov: ov}, nil
@@ -162,7 +167,6 @@ func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions) (*f
 // Wait blocks until the filesystem is unmounted.
 func (s *Server) Wait() {
 	s.srv.Wait()
-	mounts.Delete(s.ov)
 }
 
 // Unmount unmounts the filesystem; Wait then returns.
@@ -174,7 +178,8 @@ func (s *Server) Unmount() error { return s.srv.Unmount() }
 type node struct {
 	fs.Inode
 	ov   *overlay.Overlay
-	n    *overlay.Node
+	n    *overlay.Node // obj.n
+	obj  *object
 	gens *generations
 	attr fs.StableAttr // the key of this node in gens.live
 	// Guarded by gens.mu: handed counts the requests in progress that gave
@@ -185,8 +190,18 @@ type node struct {
 	id      uint64
 	lookups uint64
 	dead    bool
-	// opens counts the open handles of a regular file (see pin).
-	opens atomic.Int32
+	// retired: the object's lookups give another FUSE inode now; this one
+	// lives on for its open handles (passthrough.go, retire).
+	retired atomic.Bool
+	// pt is this FUSE inode's passthrough state, made at its first open;
+	// inval is closed once the names of a retired inode are invalidated
+	// (passthrough.go, retire). Both guarded by obj.ptMu.
+	pt    *ptNode
+	inval chan struct{}
+	// names are other names than the first that lookups found this
+	// inode under (hard links), for retire to invalidate; guarded by
+	// gens.mu.
+	names []nameRef
 	// A directory's last merged listing, kept while no entry changed since
 	// (listGen == gen), for the opens that the kernel serves from its
 	// readdir cache: see dir.
@@ -230,6 +245,83 @@ func (p *node) generation() uint64 {
 	p.listMu.Lock()
 	defer p.listMu.Unlock()
 	return p.gen
+}
+
+// object is what the FUSE inodes of one overlay object share. An object
+// has one FUSE inode, and for a while two when a data change retired the
+// one its lower file is open through (passthrough.go, retire): both stand
+// for the same overlay node, and each holds a reference on it.
+type object struct {
+	n *overlay.Node // immutable
+	// opens counts the open handles of a regular file through any of
+	// its FUSE inodes (see pin).
+	opens atomic.Int32
+	// ptMu serialises the passthrough decision of an open or truncate
+	// with the copy-up it makes and the backing it registers.
+	ptMu sync.Mutex
+}
+
+type nameRef struct {
+	parent *fs.Inode
+	name   string
+}
+
+// maxNames bounds node.names: a name left out only costs a revalidation.
+const maxNames = 8
+
+// noteName records that a lookup of name in p found c, if c is known
+// under another name: the names a retirement must invalidate.
+func (c *node) noteName(p *node, name string) {
+	pname, pp := c.Parent()
+	if pp == p.EmbeddedInode() && pname == name {
+		return
+	}
+	g := c.gens
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, r := range []nameRef{{pp, pname}, {p.EmbeddedInode(), name}} {
+		known := r.parent == nil
+		for _, k := range c.names {
+			known = known || k == r
+		}
+		if !known && len(c.names) < maxNames {
+			c.names = append(c.names, r)
+		}
+	}
+}
+
+// cachedNames returns the names the kernel may have cached for c.
+func (c *node) cachedNames() []nameRef {
+	var refs []nameRef
+	if name, parent := c.Parent(); parent != nil {
+		refs = append(refs, nameRef{parent, name})
+	}
+	c.gens.mu.Lock()
+	refs = append(refs, c.names...)
+	c.gens.mu.Unlock()
+	return refs
+}
+
+// successor is the FUSE inode a retired one hands its object to.
+type successor struct {
+	gen uint64
+	old *node // the retired inode
+}
+
+// retire starts a new generation of nd's inode number whose lookups make a
+// new FUSE inode for nd's object; false if nd is not its object's current
+// FUSE inode (already retired, or the object has no name left).
+func (g *generations) retire(nd *node) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ino := nd.attr.Ino
+	if g.m[ino] != nd.attr.Gen || nd.retired.Load() || nd.dead {
+		return false
+	}
+	g.m[ino]++
+	g.succ[ino] = successor{gen: g.m[ino], old: nd}
+	nd.retired.Store(true)
+	return true
 }
 
 // gone records that the object of n has no name left that go-fuse knows.
@@ -314,6 +406,13 @@ func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 	}
 	out.FromStat(toSyscall(&st))
 	out.Ino = p.n.Ino()
+	if p.retired.Load() {
+		// Another FUSE inode changes the object, through passthrough
+		// writes the daemon does not see: the kernel must ask again at
+		// every stat through this one's descriptors. go-fuse replaces a
+		// zero timeout with the mount's; ptRaw turns this one into zero.
+		out.SetTimeout(retiredAttrMark)
+	}
 	return 0
 }
 
@@ -349,7 +448,13 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if h, ok := f.(*file); ok && h.writable {
 		fd = h.fd
 	}
-	if err := ptSetattr(p.ov, p.n, a, fd); err != nil {
+	var err error
+	if pt := p.gens.pt.Load(); pt != nil {
+		err = pt.setattr(p, a, fd)
+	} else {
+		err = p.n.Setattr(a, fd)
+	}
+	if err != nil {
 		return errno(err)
 	}
 	return p.Getattr(ctx, f, out)
@@ -357,9 +462,12 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	defer p.afterCopyUp(p.n.InUpper())
-	if pt := ptFor(p.ov); pt != nil {
-		h, fl, e := pt.open(ctx, p.n, flags)
-		return p.opened(h), fl | noFlush, e
+	if pt := p.gens.pt.Load(); pt != nil {
+		h, e := pt.open(ctx, p, flags)
+		if e != 0 {
+			return nil, 0, e
+		}
+		return p.opened(h), noFlush, 0
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -376,7 +484,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 func (p *node) opened(h fs.FileHandle) fs.FileHandle {
 	if f, ok := h.(*file); ok && f != nil {
 		f.owner = p
-		p.opens.Add(1)
+		p.obj.opens.Add(1)
 		f.n.Ref()
 	}
 	return h
@@ -386,7 +494,7 @@ func (p *node) opened(h fs.FileHandle) fs.FileHandle {
 // a regular file only while it has open handles.
 func pin(ch *fs.Inode) {
 	c := ch.Operations().(*node)
-	if c.n.Kind() != unix.S_IFREG || c.opens.Load() > 0 {
+	if c.n.Kind() != unix.S_IFREG || c.obj.opens.Load() > 0 {
 		c.n.Pin()
 	}
 }
@@ -402,8 +510,8 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
-	if pt := ptFor(p.ov); pt != nil {
-		h, e := pt.create(ctx, ch.Operations().(*node).n, fd, flags)
+	if pt := p.gens.pt.Load(); pt != nil {
+		h, e := pt.create(ctx, ch.Operations().(*node), fd, flags)
 		if e != 0 {
 			return nil, nil, 0, e
 		}
@@ -450,6 +558,7 @@ func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, errno(err)
 	}
 	out.Attr.FromStat(toSyscall(&st))
+	t.noteName(p, name)
 	return t.EmbeddedInode(), 0
 }
 

@@ -3,6 +3,7 @@ package fusefs
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -48,6 +49,14 @@ type generations struct {
 	// handed lists the nodes each request in progress handed to go-fuse,
 	// by the request's cancel channel (unique among requests in progress).
 	handed map[<-chan struct{}][]*node
+	// succ holds, by inode number, a FUSE inode retired for a data change
+	// (passthrough.go, retire), for the generation the next lookup of its
+	// number gives: that lookup makes a new FUSE inode for the same
+	// overlay node, which each of them holds a reference on.
+	succ map[uint64]successor
+	// pt is the mount's passthrough state, nil when every open is served
+	// by the daemon.
+	pt atomic.Pointer[ptMount]
 }
 
 func newGenerations() *generations {
@@ -56,6 +65,7 @@ func newGenerations() *generations {
 		live:   map[fs.StableAttr]*node{},
 		byID:   map[uint64]*node{},
 		handed: map[<-chan struct{}][]*node{},
+		succ:   map[uint64]successor{},
 	}
 }
 
@@ -88,14 +98,29 @@ func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.
 		g.mu.Unlock()
 		child.Forget()
 		ex.n.SetLocation(p.n, name)
+		if !ex.n.IsDir() {
+			ex.noteName(p, name)
+		}
 		return ex.EmbeddedInode()
 	}
-	nd := &node{ov: p.ov, n: child, gens: g, attr: attr}
+	n, obj := child, &object{n: child}
+	if s, ok := g.succ[ino]; ok && s.gen == attr.Gen && !s.old.dead && s.old.n.Kind() == child.Kind() {
+		// The first lookup after a retirement: a new FUSE inode for the
+		// retired one's object. s.old holds a reference, so Ref is safe.
+		delete(g.succ, ino)
+		n, obj = s.old.n, s.old.obj
+		n.Ref()
+	}
+	nd := &node{ov: p.ov, n: n, obj: obj, gens: g, attr: attr}
 	// Under g.mu: no other request may find nd before it is an inode.
 	ch := p.NewInode(ctx, nd, attr)
 	g.live[attr] = nd
 	g.handOut(ctx, nd)
 	g.mu.Unlock()
+	if n != child {
+		child.Forget()
+		n.SetLocation(p.n, name)
+	}
 	return ch
 }
 
@@ -151,7 +176,7 @@ func (g *generations) settle(key <-chan struct{}, status fuse.Status, nodeID uin
 	}
 	g.mu.Unlock()
 	for _, nd := range drop {
-		nd.n.Forget()
+		g.drop(nd)
 	}
 }
 
@@ -169,8 +194,17 @@ func (g *generations) forget(nodeID, nlookup uint64) {
 	}
 	g.mu.Unlock()
 	if drop {
-		nd.n.Forget()
+		g.drop(nd)
 	}
+}
+
+// drop gives back the overlay node of nd, an inode unusedLocked took out
+// of the table, and its passthrough state.
+func (g *generations) drop(nd *node) {
+	if pt := g.pt.Load(); pt != nil {
+		pt.forget(nd)
+	}
+	nd.n.Forget()
 }
 
 // unusedLocked reports whether nd must give back its overlay node now, and
@@ -182,6 +216,9 @@ func (g *generations) unusedLocked(nd *node) bool {
 	nd.dead = true
 	if g.live[nd.attr] == nd {
 		delete(g.live, nd.attr)
+	}
+	if s, ok := g.succ[nd.attr.Ino]; ok && s.old == nd {
+		delete(g.succ, nd.attr.Ino)
 	}
 	return true
 }

@@ -5,11 +5,13 @@ package fusefs
 // open of that inode that is not a passthrough open on the same backing, and
 // serves each passthrough open by reopening the backing file's path with the
 // new open's flags (fs/fuse/iomode.c, fs/fuse/passthrough.c). So ovl decides
-// per open, per overlay object, and registers backing files itself: go-fuse's
+// per open, per FUSE inode, and registers backing files itself: go-fuse's
 // bridge would hand an inode's first backing to every later open, a writable
-// one included.
+// one included. A data change that reaches an inode open on its lower file
+// is sent to a new FUSE inode of the same object (retire); nothing waits for
+// a RELEASE.
 //
-// Lock order: ptNode.mu, then ptMount.mu.
+// Lock order: object.ptMu, then ptMount.mu.
 
 import (
 	"container/list"
@@ -22,30 +24,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/overlay"
 )
-
-// releaseWait is how long a write open waits for the read-only handles on a
-// lower backing to be released before it fails with ETXTBSY. The kernel
-// sends RELEASE after close(2) has returned, so a process that closes its
-// read-only descriptor and then opens the file for writing must not be
-// refused because that RELEASE is still on its way.
-const releaseWait = time.Second
-
-// mounts finds the passthrough state of a mount from its overlay, so that
-// node.Open needs no field of its own.
-var mounts sync.Map // *overlay.Overlay -> *ptMount
-
-func ptFor(ov *overlay.Overlay) *ptMount {
-	if m, ok := mounts.Load(ov); ok {
-		return m.(*ptMount)
-	}
-	return nil
-}
 
 // ptMount is one mount's passthrough state.
 type ptMount struct {
@@ -56,7 +39,6 @@ type ptMount struct {
 	on atomic.Bool
 
 	mu      sync.Mutex
-	nodes   map[*overlay.Node]*ptNode // objects with handles, opens in progress or a cached backing
 	ids     map[<-chan struct{}]int32 // backing id for the OPEN/CREATE in progress, by its cancel channel
 	badDev  map[uint64]bool           // devices whose files cannot be backing files
 	noClone bool                      // lower files cannot be cloned read-only: no lower backings
@@ -72,28 +54,23 @@ type ptMount struct {
 // holds an open file in the kernel and its overlay object here.
 const idleMax = 1024
 
-// ptNode is what the kernel keeps per FUSE inode, for one overlay object,
-// plus a registration kept after the last handle (ptMount.idle).
+// ptNode is what the kernel keeps per FUSE inode: one overlay object may
+// have two FUSE inodes for a while (retire), each with its own backing.
 type ptNode struct {
-	n *overlay.Node // immutable
-	// Guarded by ptMount.mu: pins counts handles, opens in progress and
-	// a place in ptMount.idle (elem); the entry goes when pins is 0.
-	pins int
-	elem *list.Element
+	obj *object // immutable; obj.ptMu guards the fields below but elem
 
-	mu       sync.Mutex
-	id       int32         // registered backing id, 0 if none
-	lower    bool          // the backing is the lower file
-	dev, ino uint64        // the backing's real file
-	refs     int           // handles opened on the backing: it is live in the kernel
-	cached   int           // handles opened without passthrough
-	gone     chan struct{} // closed when the last handle on a lower backing is released
+	elem *list.Element // guarded by ptMount.mu: its place in ptMount.idle
+
+	id       int32  // registered backing id, 0 if none
+	lower    bool   // the backing is the lower file
+	dev, ino uint64 // the backing's real file
+	refs     int    // handles opened on the backing: it is live in the kernel
+	cached   int    // handles opened without passthrough
 }
 
 func newPTMount(ov *overlay.Overlay) *ptMount {
 	return &ptMount{
 		ov:     ov,
-		nodes:  map[*overlay.Node]*ptNode{},
 		ids:    map[<-chan struct{}]int32{},
 		badDev: map[uint64]bool{},
 		logged: map[string]bool{},
@@ -141,26 +118,6 @@ func (m *ptMount) probe() error {
 	return nil
 }
 
-func (m *ptMount) pin(n *overlay.Node) *ptNode {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s := m.nodes[n]
-	if s == nil {
-		s = &ptNode{n: n}
-		m.nodes[n] = s
-	}
-	s.pins++
-	return s
-}
-
-func (m *ptMount) unpin(n *overlay.Node, s *ptNode) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s.pins--; s.pins == 0 {
-		delete(m.nodes, n)
-	}
-}
-
 // cancelOf is the key that ties a node's Open to the raw OPEN reply: go-fuse
 // passes the request's cancel channel in the context.
 func cancelOf(ctx context.Context) <-chan struct{} {
@@ -170,29 +127,27 @@ func cancelOf(ctx context.Context) <-chan struct{} {
 	return nil
 }
 
-// open serves node.Open.
-func (m *ptMount) open(ctx context.Context, n *overlay.Node, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	s := m.pin(n)
-	s.mu.Lock()
-	h, e := m.openLocked(ctx, n, s, int(flags))
-	s.mu.Unlock()
-	if e != 0 {
-		m.unpin(n, s)
-		return nil, 0, e
+// open serves node.Open for nd, a regular file.
+func (m *ptMount) open(ctx context.Context, nd *node, flags uint32) (*file, syscall.Errno) {
+	nd.obj.ptMu.Lock()
+	h, e := m.openLocked(ctx, nd, flags)
+	inval := nd.inval
+	nd.obj.ptMu.Unlock()
+	if e == syscall.ESTALE {
+		awaitInval(inval)
 	}
-	return h, 0, 0
+	return h, e
 }
 
-func (m *ptMount) openLocked(ctx context.Context, n *overlay.Node, s *ptNode, flags int) (*file, syscall.Errno) {
-	write := changesData(flags)
-	if write {
-		// Rule 4: no copy-up, no write, while a lower backing is live.
-		if e := s.waitNoLower(); e != 0 {
-			return nil, e
-		}
+func (m *ptMount) openLocked(ctx context.Context, nd *node, flags uint32) (*file, syscall.Errno) {
+	n, s := nd.n, nd.ptState()
+	write := changesData(int(flags))
+	if write && s.refs > 0 && s.lower {
+		// Rule 4: the kernel cannot give this inode another backing.
+		return nil, m.retire(nd)
 	}
 	before := n.DataInUpper()
-	fd, err := n.Open(flags)
+	fd, err := n.Open(int(flags))
 	if err != nil {
 		return nil, errno(err)
 	}
@@ -201,70 +156,113 @@ func (m *ptMount) openLocked(ctx context.Context, n *overlay.Node, s *ptNode, fl
 		// Copied up meanwhile (chmod, another writer): fd may be either;
 		// reopen, now surely on the upper.
 		unix.Close(fd)
-		if fd, err = n.Open(flags); err != nil {
+		if fd, err = n.Open(int(flags)); err != nil {
 			return nil, errno(err)
 		}
 		upper = true
 	}
-	h := newFile(m.ov, n, fd, flags)
-	if e := m.attach(ctx, s, h, upper, write); e != 0 {
+	h := newFile(m.ov, n, fd, int(flags))
+	if e := m.attach(ctx, nd, h, upper, write); e != 0 {
 		h.lf.Release(ctx)
 		return nil, e
 	}
 	return h, 0
 }
 
-// create serves node.Create: fd is a new file in the upper layer.
-func (m *ptMount) create(ctx context.Context, n *overlay.Node, fd int, flags uint32) (fs.FileHandle, syscall.Errno) {
-	s := m.pin(n)
-	s.mu.Lock()
-	h := newFile(m.ov, n, fd, int(flags))
-	e := m.attach(ctx, s, h, true, changesData(int(flags)))
-	s.mu.Unlock()
-	if e != 0 {
+// create serves node.Create for nd, whose object is new: fd is a new file
+// in the upper layer.
+func (m *ptMount) create(ctx context.Context, nd *node, fd int, flags uint32) (*file, syscall.Errno) {
+	nd.obj.ptMu.Lock()
+	defer nd.obj.ptMu.Unlock()
+	h := newFile(m.ov, nd.n, fd, int(flags))
+	if e := m.attach(ctx, nd, h, true, changesData(int(flags))); e != 0 {
 		h.lf.Release(ctx)
-		m.unpin(n, s)
 		return nil, e
 	}
 	return h, 0
+}
+
+// ptState returns nd's passthrough state, made at its first open, with
+// nd.obj.ptMu held.
+func (nd *node) ptState() *ptNode {
+	if nd.pt == nil {
+		nd.pt = &ptNode{obj: nd.obj}
+	}
+	return nd.pt
 }
 
 func changesData(flags int) bool {
 	return flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0
 }
 
-// waitNoLower waits, with s.mu held (and released meanwhile), until s has
-// no live lower backing; ETXTBSY if it still has one after releaseWait.
-// It does not give up on FUSE_INTERRUPT: the kernel sends one for any
-// signal (Go programs get SIGURG all the time), and answering EINTR would
-// fail open(2) on a regular file; a fatal signal ends the caller's wait in
-// the kernel anyway.
-func (s *ptNode) waitNoLower() syscall.Errno {
-	var timeout <-chan time.Time
-	for s.refs > 0 && s.lower {
-		if timeout == nil {
-			t := time.NewTimer(releaseWait)
-			defer t.Stop()
-			timeout = t.C
-		}
-		gone := s.gone
-		s.mu.Unlock()
-		select {
-		case <-gone:
-			s.mu.Lock()
-		case <-timeout:
-			s.mu.Lock()
-			if s.refs > 0 && s.lower {
-				return syscall.ETXTBSY
-			}
-		}
+// retire serves a data change (a write or O_TRUNC open, a truncate by
+// path) that reached nd while nd's object is open on its lower file
+// through passthrough, with nd.obj.ptMu held. The kernel keeps that
+// backing on nd until the last such handle is closed and lets no other
+// open of nd in (rule 3 of docs/passthrough.md), so the change must reach
+// the object through another FUSE inode. retire copies the object up
+// (its data: so that no read-only open can put a lower backing on the new
+// inode before the request comes back), gives the object's next LOOKUP a
+// new FUSE node id (generations.retire), and answers ESTALE: the VFS
+// repeats a path open (do_filp_open) or a path truncate (retry_estale)
+// once with LOOKUP_REVAL, FUSE revalidates the name with a LOOKUP
+// (fuse_dentry_revalidate), finds the new node id and sends the request
+// to the new inode. A request that does not come through a name, a
+// reopen through /proc/self/fd/N, comes back to nd and fails with ESTALE
+// (TestKernelRetireRules).
+//
+// The names cached for nd are invalidated too, so that opens made after
+// the change find the new inode: a name whose dentry still pointed at nd
+// would give them nd, whose read-only opens share the lower backing
+// (attach). That happens in a goroutine, outside the request and without
+// the object's lock (an invalidation takes the kernel's lock of the
+// parent directory); the request's reply waits for it (awaitInval).
+func (m *ptMount) retire(nd *node) syscall.Errno {
+	if err := nd.n.CopyUp(); err != nil {
+		return errno(err)
 	}
-	return 0
+	if nd.gens.retire(nd) {
+		done := make(chan struct{})
+		nd.inval = done
+		go func() {
+			defer close(done)
+			for _, r := range nd.cachedNames() {
+				r.parent.NotifyEntry(r.name)
+			}
+			nd.NotifyContent(-1, 0) // its cached attributes: see node.Getattr
+		}()
+	}
+	return syscall.ESTALE
 }
 
-// attach decides whether h is a passthrough handle and on which backing,
-// with s.mu held. upper: h's descriptor is on the upper layer.
-func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write bool) syscall.Errno {
+// invalWait bounds how long the reply to a retired request waits for the
+// invalidation of the old inode's names. It takes microseconds: nothing
+// that the kernel holds while it waits for an OPEN or a truncate's
+// SETATTR is needed by an invalidation, and the bound only guards against
+// a kernel where that changes.
+const invalWait = 10 * time.Second
+
+// awaitInval waits until the names of a retired inode are invalidated
+// (inval closed; nil: nothing to wait for), so that when the retried
+// request has returned, a later open of any of them finds the new inode.
+func awaitInval(inval <-chan struct{}) {
+	if inval == nil {
+		return
+	}
+	t := time.NewTimer(invalWait)
+	defer t.Stop()
+	select {
+	case <-inval:
+	case <-t.C:
+		log.Printf("passthrough: the kernel did not take a name invalidation within %v", invalWait)
+	}
+}
+
+// attach decides whether h is a passthrough handle of nd and on which
+// backing, with nd.obj.ptMu held. upper: h's descriptor is on the upper
+// layer.
+func (m *ptMount) attach(ctx context.Context, nd *node, h *file, upper, write bool) syscall.Errno {
+	s := nd.ptState()
 	h.pm, h.pt = m, s
 	cancel := cancelOf(ctx)
 	if !m.on.Load() || cancel == nil || s.cached > 0 {
@@ -284,7 +282,6 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 		if s.elem != nil {
 			m.idle.Remove(s.elem)
 			s.elem = nil
-			s.pins-- // the idle list's pin; this open holds another
 		}
 		m.mu.Unlock()
 		if !same || write {
@@ -303,15 +300,15 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 	case same && !(write && s.lower):
 		// The same real file: share its backing.
 	case s.lower && upper && !write:
-		// Copied up (metadata only: data changes wait for the lower
-		// backing to go) while the lower file is open: same data.
+		// Copied up while the lower file is open through nd: the kernel
+		// takes no other backing. Same data after a copy-up of metadata
+		// (a data change retires nd); on a retired nd, a read-only reopen
+		// through /proc/self/fd/N, the lower data as its other handles.
 	default:
-		// Another file than the live backing's: the kernel would refuse
-		// both passthrough (EBUSY) and a cached open (EIO).
-		return syscall.ETXTBSY
-	}
-	if s.refs == 0 && s.lower {
-		s.gone = make(chan struct{})
+		// Another file than the live backing's (not seen: the cases
+		// above cover every open): the kernel would refuse both
+		// passthrough (EBUSY) and a cached open (EIO).
+		return m.retire(nd)
 	}
 	s.refs++
 	h.backed = true
@@ -321,7 +318,7 @@ func (m *ptMount) attach(ctx context.Context, s *ptNode, h *file, upper, write b
 	return 0
 }
 
-// unregister drops s's backing, with s.mu held.
+// unregister drops s's backing, with s.obj.ptMu held.
 func (m *ptMount) unregister(s *ptNode) {
 	if srv := m.srv.Load(); srv != nil {
 		if errno := srv.UnregisterBackingFd(s.id); errno != 0 {
@@ -401,21 +398,20 @@ func readOnlyClone(fd int) (int, error) {
 	return t, nil
 }
 
-// release drops h's hold on its object's state; the last handle on a
-// backing unregisters it. The kernel has dropped the inode's backing before
-// it sends the RELEASE that gets here.
+// release drops h's hold on its inode's state; the last handle on a
+// backing unregisters it, or keeps a lower one registered for the next
+// open (rule 6). The kernel has dropped the inode's backing before it sends
+// the RELEASE that gets here.
 func (m *ptMount) release(h *file) {
 	s := h.pt
 	keep := false
-	s.mu.Lock()
+	s.obj.ptMu.Lock()
 	switch {
 	case h.backed:
 		if s.refs--; s.refs == 0 {
-			if s.gone != nil {
-				close(s.gone)
-				s.gone = nil
-			}
-			if keep = s.lower; !keep {
+			// A retired inode gets no more opens but reopens through
+			// /proc/self/fd: not worth a registration.
+			if keep = s.lower && (h.owner == nil || !h.owner.retired.Load()); !keep {
 				m.unregister(s)
 			}
 		}
@@ -426,13 +422,35 @@ func (m *ptMount) release(h *file) {
 	if keep {
 		m.mu.Lock()
 		s.elem = m.idle.PushFront(s)
-		s.pins++
 		m.mu.Unlock()
 	}
-	s.mu.Unlock()
-	m.unpin(s.n, s)
+	s.obj.ptMu.Unlock()
 	if keep {
 		m.trimIdle()
+	}
+}
+
+// forget drops the registration an inode the kernel forgot kept.
+func (m *ptMount) forget(nd *node) {
+	nd.obj.ptMu.Lock()
+	s := nd.pt
+	nd.obj.ptMu.Unlock()
+	if s == nil {
+		return
+	}
+	m.mu.Lock()
+	idle := s.elem != nil
+	if idle {
+		m.idle.Remove(s.elem)
+		s.elem = nil
+	}
+	m.mu.Unlock()
+	if idle {
+		s.obj.ptMu.Lock()
+		if s.refs == 0 && s.id != 0 {
+			m.unregister(s)
+		}
+		s.obj.ptMu.Unlock()
 	}
 }
 
@@ -448,12 +466,11 @@ func (m *ptMount) trimIdle() {
 		v := m.idle.Remove(m.idle.Back()).(*ptNode)
 		v.elem = nil
 		m.mu.Unlock()
-		v.mu.Lock()
+		v.obj.ptMu.Lock()
 		if v.refs == 0 && v.id != 0 {
 			m.unregister(v)
 		}
-		v.mu.Unlock()
-		m.unpin(v.n, v)
+		v.obj.ptMu.Unlock()
 	}
 }
 
@@ -477,6 +494,30 @@ type ptRaw struct {
 func (r *ptRaw) Init(s *fuse.Server) {
 	r.m.srv.Store(s)
 	r.RawFileSystem.Init(s)
+}
+
+// retiredAttrMark is the attribute timeout node.Getattr gives a retired
+// inode, which ptRaw sends as zero: a zero timeout makes the kernel ask at
+// every stat (fuse_time_to_jiffies gives 0), a one-nanosecond one only
+// from the next jiffy on.
+const retiredAttrMark = time.Nanosecond
+
+func (r *ptRaw) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	st := r.RawFileSystem.GetAttr(cancel, in, out)
+	zeroRetired(out)
+	return st
+}
+
+func (r *ptRaw) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
+	st := r.RawFileSystem.SetAttr(cancel, in, out)
+	zeroRetired(out)
+	return st
+}
+
+func zeroRetired(out *fuse.AttrOut) {
+	if out.Timeout() == retiredAttrMark {
+		out.AttrValid, out.AttrValidNsec = 0, 0
+	}
 }
 
 func (r *ptRaw) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
@@ -505,20 +546,23 @@ func (r *ptRaw) finish(cancel <-chan struct{}, st fuse.Status, out *fuse.OpenOut
 	out.OpenFlags = out.OpenFlags&^(fuse.FOPEN_KEEP_CACHE|fuse.FOPEN_DIRECT_IO) | fuse.FOPEN_PASSTHROUGH
 }
 
-// ptSetattr runs n.Setattr; a truncate by path is a data change, refused
-// while a lower backing is live (rule 4), and done under the object's lock
-// so that no lower backing appears meanwhile.
-func ptSetattr(ov *overlay.Overlay, n *overlay.Node, a overlay.SetAttr, fd int) error {
-	m := ptFor(ov)
-	if m == nil || a.Size == nil || fd >= 0 {
-		return n.Setattr(a, fd)
+// setattr runs nd's Setattr: a truncate by path is a data change, which
+// retires nd while its object is open on the lower file through it, and is
+// done under the object's lock so that no lower backing appears meanwhile.
+func (m *ptMount) setattr(nd *node, a overlay.SetAttr, fd int) error {
+	if a.Size == nil || fd >= 0 {
+		return nd.n.Setattr(a, fd)
 	}
-	s := m.pin(n)
-	defer m.unpin(n, s)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e := s.waitNoLower(); e != 0 {
+	nd.obj.ptMu.Lock()
+	if s := nd.pt; s != nil && s.refs > 0 && s.lower {
+		e := m.retire(nd)
+		inval := nd.inval
+		nd.obj.ptMu.Unlock()
+		if e == syscall.ESTALE {
+			awaitInval(inval)
+		}
 		return e
 	}
-	return n.Setattr(a, fd)
+	defer nd.obj.ptMu.Unlock()
+	return nd.n.Setattr(a, fd)
 }
