@@ -4,9 +4,11 @@
 // inode per overlay node.
 //
 // Rules it enforces:
-//   - The kernel checks permissions (default_permissions, POSIX ACLs on) and
-//     holds POSIX and flock locks on the FUSE inode itself, so locks belong
-//     to the overlay object and survive copy-up.
+//   - The kernel checks permissions (default_permissions, POSIX ACLs on).
+//   - The daemon holds POSIX, OFD and flock locks of regular files per
+//     overlay object (locks.go), so that they conflict whichever FUSE inode
+//     and descriptor of the object they come through, before and after a
+//     copy-up; the kernel holds directories' locks on their FUSE inode.
 //   - FUSE passthrough (passthrough.go, docs/passthrough.md) serves reads
 //     and writes of open files from the layer files without the daemon; a
 //     lower file is never the backing file of a writable open.
@@ -53,6 +55,7 @@ type Server struct {
 	srv        *fuse.Server
 	mountpoint string
 	ov         *overlay.Overlay
+	root       *node
 }
 
 // Mount serves ov at mountpoint and returns once the mount is ready.
@@ -60,7 +63,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
-	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}, live: map[fs.StableAttr]*node{}}}
+	locks := newMountLocks()
+	root := &node{ov: ov, n: ov.Root(), gens: &generations{m: map[uint64]uint64{}, live: map[fs.StableAttr]*node{}}, locks: locks}
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
 	// request changes, and ovl drops what a copy-up changes (afterCopyUp).
@@ -80,6 +84,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// entries (READDIRPLUS_AUTO), so ls -f costs no lookups; plusRaw
 		// serves it, as go-fuse's own loses entries on a redo.
 		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+		// FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS: locks.go.
+		EnableLocks: true,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -118,6 +124,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	})
 	raw = &plusRaw{RawFileSystem: raw}
+	raw = &lockRaw{RawFileSystem: raw, l: locks}
 	var pt *ptMount
 	if opts.NoPassthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
@@ -137,7 +144,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 			mounts.Delete(ov) // nothing to track: every open is served by the daemon
 		}
 	}
-	return &Server{srv: srv, mountpoint: mountpoint, ov: ov}, nil
+	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root}, nil
 }
 
 // serve is fs.Mount for a raw file system.
@@ -168,7 +175,9 @@ type node struct {
 	ov   *overlay.Overlay
 	n    *overlay.Node
 	gens *generations
-	attr fs.StableAttr // the key of this node in gens.live
+	// locks is the mount's lock table (locks.go), shared by every node.
+	locks *mountLocks
+	attr  fs.StableAttr // the key of this node in gens.live
 	// opens counts the open handles of a regular file (see pin).
 	opens atomic.Int32
 	// A directory's last merged listing, kept while no entry changed since
@@ -296,7 +305,7 @@ func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.
 		existing.n.SetLocation(p.n, name)
 		return existing.EmbeddedInode()
 	}
-	nd := &node{ov: p.ov, n: child, gens: g, attr: attr}
+	nd := &node{ov: p.ov, n: child, gens: g, attr: attr, locks: p.locks}
 	ch := p.NewInode(ctx, nd, attr)
 	if ex := ch.Operations().(*node); ex != nd {
 		child.Forget()
@@ -398,7 +407,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	defer p.afterCopyUp(p.n.InUpper())
 	if pt := ptFor(p.ov); pt != nil {
 		h, fl, e := pt.open(ctx, p.n, flags)
-		return p.opened(h), fl | noFlush, e
+		return p.opened(h), fl, e
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -406,7 +415,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	// The kernel's page cache of the object stays valid across opens:
 	// its data changes only through this mount (copy-up keeps it).
-	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE | noFlush, 0
+	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // opened counts h, a new handle of p (nil: none), until its release.
@@ -443,9 +452,9 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if e != 0 {
 			return nil, nil, 0, e
 		}
-		return ch, ch.Operations().(*node).opened(h), noFlush, 0
+		return ch, ch.Operations().(*node).opened(h), 0, 0
 	}
-	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), noFlush, 0
+	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), 0, 0
 }
 
 func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
