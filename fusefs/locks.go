@@ -38,10 +38,15 @@ package fusefs
 // through a descriptor just closed while a duplicate of it stays open makes
 // a conflicting non-blocking request wait up to filelock.DefaultCloseGrace
 // before it fails (the daemon cannot tell that close from a last one whose
-// RELEASE is on its way).
+// RELEASE is on its way), if the closing process is one that took locks
+// through that open file.
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -188,6 +193,33 @@ func (p *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
 	if h, ok := f.(*file); ok && h != nil {
 		id = h.locks.current()
 	}
-	p.locks.table.Flush(p.n.Ino(), filelock.Owner(owner), id)
+	var pid uint32
+	if id != 0 {
+		// Only a handle that took locks needs to know who closed it.
+		pid = closerTgid(ctx)
+	}
+	p.locks.table.Flush(p.n.Ino(), filelock.Owner(owner), id, pid)
+	return 0
+}
+
+// closerTgid is the process (thread group) id of the caller of ctx, which
+// FUSE gives as a thread id, in the daemon's pid namespace; 0 if unknown.
+// Lock requests carry the thread group id.
+func closerTgid(ctx context.Context) uint32 {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+				return uint32(n)
+			}
+		}
+	}
 	return 0
 }

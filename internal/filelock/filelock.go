@@ -31,12 +31,15 @@
 //     file) drops the handle's flock lock and the POSIX locks of every owner
 //     that took locks through that handle alone: OFD locks, whose owner is
 //     the open file; a process's locks are gone by then through Flush.
-//   - A lock held through a handle that was flushed (closed once) since its
-//     last lock request may be about to go: the Release of a last close
-//     arrives after close(2) returned. A request that would fail only
-//     because of such locks waits for them up to the table's close grace
-//     before it fails, and a handle that outlives the grace (a duplicate of
-//     its descriptor is still open) no longer counts as closing.
+//   - A lock held through a handle that one of the processes that took
+//     locks through it flushed (closed a descriptor of) since its last lock
+//     request may be about to go: the Release of a last close arrives after
+//     close(2) returned. A request that would fail only because of such
+//     locks waits for them up to the table's close grace before it fails,
+//     and a handle that outlives the grace (a duplicate of its descriptor is
+//     still open) no longer counts as closing. A close by another process (a
+//     child closing inherited descriptors at exec or exit) does not count:
+//     were it the last, the locks would go with no wait for their Release.
 //
 // Table.mu is the only lock; it is never held while a request waits.
 package filelock
@@ -112,6 +115,9 @@ type object struct {
 	// flushed holds the handles with locks that were flushed since their
 	// last lock request: they may be about to be released.
 	flushed map[Handle]bool
+	// users holds the pids of the processes that took locks through each
+	// handle.
+	users map[Handle]map[uint32]bool
 	// wake is closed, and replaced, whenever a lock goes or is downgraded.
 	wake    chan struct{}
 	waiters int
@@ -152,6 +158,7 @@ func (t *Table) object(key uint64) *object {
 			flock:   map[Handle]held{},
 			handles: map[Owner]map[Handle]bool{},
 			flushed: map[Handle]bool{},
+			users:   map[Handle]map[uint32]bool{},
 			wake:    make(chan struct{}),
 		}
 		t.objs[key] = o
@@ -274,7 +281,7 @@ func (o *object) setPosix(owner Owner, h Handle, lk Lock) {
 				o.handles[owner] = hs
 			}
 			hs[h] = true
-			delete(o.flushed, h)
+			o.used(h, lk.Pid)
 		}
 	}
 	slices.SortStableFunc(out, func(a, b record) int {
@@ -293,6 +300,17 @@ func (o *object) setPosix(owner Owner, h Handle, lk Lock) {
 	if changed {
 		o.wakeAll()
 	}
+}
+
+// used records that process pid took a lock through h, which is alive.
+func (o *object) used(h Handle, pid uint32) {
+	delete(o.flushed, h)
+	us := o.users[h]
+	if us == nil {
+		us = map[uint32]bool{}
+		o.users[h] = us
+	}
+	us[pid] = true
 }
 
 func (o *object) hasPosix(owner Owner) bool {
@@ -506,7 +524,7 @@ func (t *Table) Flock(ctx context.Context, key uint64, h Handle, typ Type, pid u
 		}
 		if !conflict {
 			o.flock[h] = held{typ: typ, pid: pid}
-			delete(o.flushed, h)
+			o.used(h, pid)
 			return nil
 		}
 		var tmo <-chan time.Time
@@ -535,9 +553,10 @@ func (t *Table) Flock(ctx context.Context, key uint64, h Handle, typ Type, pid u
 	}
 }
 
-// Flush is a close(2) of a descriptor of handle h on key by owner: the
-// owner's POSIX locks on key go, and h's other locks may be about to.
-func (t *Table) Flush(key uint64, owner Owner, h Handle) {
+// Flush is a close(2) of a descriptor of handle h on key by owner, in
+// process pid (0: unknown): the owner's POSIX locks on key go, and if pid
+// took locks through h, h's other locks may be about to.
+func (t *Table) Flush(key uint64, owner Owner, h Handle, pid uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	o := t.objs[key]
@@ -545,7 +564,7 @@ func (t *Table) Flush(key uint64, owner Owner, h Handle) {
 		return
 	}
 	o.dropOwner(owner)
-	if h != 0 && o.relevant(h) {
+	if h != 0 && o.relevant(h) && (pid == 0 || o.users[h][pid]) {
 		o.flushed[h] = true
 	}
 	t.drop(key, o)
@@ -566,6 +585,7 @@ func (t *Table) Release(key uint64, h Handle) {
 		changed = true
 	}
 	delete(o.flushed, h)
+	delete(o.users, h)
 	for owner, hs := range o.handles {
 		if !hs[h] {
 			continue

@@ -265,10 +265,10 @@ func TestFlushAndRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another process closing a descriptor changes nothing of theirs.
-	tb.Flush(key, 12, 3)
+	tb.Flush(key, 12, 3, 12)
 	expectDump(t, tb, "10:R:0-9 10:R:20-29 11:R:40-49")
 	// The process closing any descriptor of the object drops its locks.
-	tb.Flush(key, 10, 2)
+	tb.Flush(key, 10, 2, 10)
 	expectDump(t, tb, "11:R:40-49")
 	// The last close of an open file drops the locks of owners that used it
 	// alone (OFD locks) and its flock lock ...
@@ -300,7 +300,7 @@ func TestCloseGrace(t *testing.T) {
 	if err := tb.Flock(bg, key, 1, Write, 1, false); err != nil {
 		t.Fatal(err)
 	}
-	tb.Flush(key, 10, 1)
+	tb.Flush(key, 10, 1, 1)
 	done := make(chan error, 2)
 	go func() { done <- tb.Flock(bg, key, 2, Write, 2, false) }()
 	go func() { done <- tb.Set(bg, key, 2, 12, whole(Write), false) }()
@@ -315,7 +315,7 @@ func TestCloseGrace(t *testing.T) {
 	set(t, tb, 3, 11, whole(Unlock), nil)
 	set(t, tb, 2, 12, whole(Unlock), nil)
 	set(t, tb, 3, 11, whole(Read), nil)
-	tb.Flush(key, 10, 3)
+	tb.Flush(key, 10, 3, 0)
 	go func() {
 		l, err := tb.Test(bg, key, 13, whole(Write))
 		if err == nil && l.Type != Unlock {
@@ -334,7 +334,7 @@ func TestCloseGrace(t *testing.T) {
 	if err := tb.Flock(bg, key, 1, Write, 1, false); err != nil {
 		t.Fatal(err)
 	}
-	tb.Flush(key, 10, 1)
+	tb.Flush(key, 10, 1, 1)
 	if err := tb.Flock(bg, key, 2, Write, 2, false); err != syscall.EAGAIN {
 		t.Fatalf("flock after the grace: %v", err)
 	}
@@ -342,8 +342,14 @@ func TestCloseGrace(t *testing.T) {
 	if len(tb.objs[key].flushed) != 0 {
 		t.Fatal("a handle that outlived the grace still counts as closing")
 	}
+	// A close by a process that took no lock through the handle (a child
+	// closing inherited descriptors at exec) does not count.
+	tb.Flush(key, 20, 1, 999)
+	if len(tb.objs[key].flushed) != 0 {
+		t.Fatal("a close by a process that took no lock through the handle counts as closing")
+	}
 	// A lock request through a flushed handle shows it is alive too.
-	tb.Flush(key, 10, 1)
+	tb.Flush(key, 10, 1, 1)
 	if err := tb.Flock(bg, key, 1, Write, 1, false); err != nil || len(tb.objs[key].flushed) != 0 {
 		t.Fatalf("flock through a flushed handle: %v, flushed %v", err, tb.objs[key].flushed)
 	}
