@@ -23,7 +23,7 @@
 //     that fails or is interrupted leaves no lock.
 //   - Waiting (F_SETLKW, flock without LOCK_NB) ends when the lock is
 //     granted, with EINTR when the request's context is done (FUSE
-//     INTERRUPT), or with EDEADLK when a POSIX owner would wait for an owner
+//     INTERRUPT; the wait for a close's release below is not interrupted), or with EDEADLK when a POSIX owner would wait for an owner
 //     that waits, through a chain of at most maxDeadlockSteps owners, for it
 //     (posix_locks_deadlock). A waiter never holds a partial lock.
 //   - Release: Flush (a descriptor closed) drops every POSIX lock the
@@ -395,6 +395,12 @@ func (t *Table) deadlock(owner, blocker Owner) bool {
 	return false
 }
 
+// graceCtx is the context of a wait for a close's release (F_GETLK, or a
+// request that does not wait otherwise): an interrupt does not end it, as
+// such a call never fails with EINTR on a local filesystem, and the grace
+// bounds it.
+func graceCtx() context.Context { return context.Background() }
+
 // graceTimer returns the channel of a timer for the close grace, and its stop.
 func (t *Table) graceTimer() (<-chan time.Time, func() bool) {
 	tm := time.NewTimer(t.grace)
@@ -430,7 +436,7 @@ func (t *Table) Test(ctx context.Context, key uint64, owner Owner, lk Lock) (Loc
 			timeout, stop = t.graceTimer()
 			defer stop()
 		}
-		timedOut, err := t.wait(ctx, o, owner, 0, false, timeout)
+		timedOut, err := t.wait(graceCtx(), o, owner, 0, false, timeout)
 		if err != nil {
 			return Lock{}, err
 		}
@@ -480,7 +486,11 @@ func (t *Table) Set(ctx context.Context, key uint64, h Handle, owner Owner, lk L
 			}
 			tmo = timeout
 		}
-		timedOut, err := t.wait(ctx, o, owner, blocker, wait, tmo)
+		wctx := ctx
+		if !wait {
+			wctx = graceCtx()
+		}
+		timedOut, err := t.wait(wctx, o, owner, blocker, wait, tmo)
 		if err != nil {
 			return err
 		}
@@ -539,7 +549,11 @@ func (t *Table) Flock(ctx context.Context, key uint64, h Handle, typ Type, pid u
 			}
 			tmo = timeout
 		}
-		timedOut, err := t.wait(ctx, o, 0, 0, false, tmo)
+		wctx := ctx
+		if !wait {
+			wctx = graceCtx()
+		}
+		timedOut, err := t.wait(wctx, o, 0, 0, false, tmo)
 		if err != nil {
 			return err
 		}

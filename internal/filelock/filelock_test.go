@@ -302,8 +302,11 @@ func TestCloseGrace(t *testing.T) {
 	}
 	tb.Flush(key, 10, 1, 1)
 	done := make(chan error, 2)
-	go func() { done <- tb.Flock(bg, key, 2, Write, 2, false) }()
-	go func() { done <- tb.Set(bg, key, 2, 12, whole(Write), false) }()
+	// An interrupt does not end this wait: F_SETLK never fails with EINTR.
+	interrupted, cancel := context.WithCancel(bg)
+	cancel()
+	go func() { done <- tb.Flock(interrupted, key, 2, Write, 2, false) }()
+	go func() { done <- tb.Set(interrupted, key, 2, 12, whole(Write), false) }()
 	eventually(t, "waiters", func() bool { return tb.waiters(key) == 2 })
 	tb.Release(key, 1)
 	for range 2 {
