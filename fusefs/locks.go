@@ -8,7 +8,8 @@ package fusefs
 // one), whose locks would then not conflict.
 //
 // What the kernel sends once FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are
-// negotiated (Linux 6.18, fs/fuse/file.c, fs/locks.c):
+// negotiated (Linux 6.18, fs/fuse/file.c, fs/locks.c; TestKernelLockRules
+// checks each on the running kernel):
 //   - fcntl F_GETLK, F_SETLK, F_SETLKW and their F_OFD_ forms: GETLK, SETLK,
 //     SETLKW with the owner fuse_lock_owner_id makes of the process's files
 //     table (POSIX) or of the open file (OFD), and the caller's tgid. FUSE
