@@ -42,6 +42,8 @@ type file struct {
 	pt        *ptNode
 	backed    bool
 	cachedRef bool
+
+	locks fileLocks // its lock handle (locks.go)
 }
 
 var (
@@ -52,13 +54,6 @@ var (
 	_ fs.FileLseeker   = (*file)(nil)
 	_ fs.FileAllocater = (*file)(nil)
 )
-
-// noFlush goes in every open reply: a close has nothing for the daemon to
-// do (POSIX locks are the kernel's, writes reach the layer before they
-// return, through the daemon or passthrough, and the layers are local
-// filesystems with nothing to report at close), and FLUSH would be a
-// synchronous round trip in each close(2).
-const noFlush = fuse.FOPEN_NOFLUSH
 
 func newFile(ov *overlay.Overlay, n *overlay.Node, fd int, flags int) *file {
 	return &file{
@@ -103,6 +98,9 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
+	// First: close(2) returned before this RELEASE was sent, and a lock
+	// request may be waiting for these locks to go.
+	f.locks.release()
 	e := f.current(ctx).Release(ctx)
 	if f.pm != nil {
 		f.pm.release(f)

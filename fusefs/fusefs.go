@@ -4,9 +4,11 @@
 // inode per overlay node.
 //
 // Rules it enforces:
-//   - The kernel checks permissions (default_permissions, POSIX ACLs on) and
-//     holds POSIX and flock locks on the FUSE inode itself, so locks belong
-//     to the overlay object and survive copy-up.
+//   - The kernel checks permissions (default_permissions, POSIX ACLs on).
+//   - The daemon holds POSIX, OFD and flock locks of regular files per
+//     overlay object (locks.go), so that they conflict whichever FUSE inode
+//     and descriptor of the object they come through, before and after a
+//     copy-up; the kernel holds directories' locks on their FUSE inode.
 //   - FUSE passthrough (passthrough.go, docs/passthrough.md) serves reads
 //     and writes of open files from the layer files without the daemon; a
 //     lower file is never the backing file of a writable open. A data
@@ -56,6 +58,7 @@ type Server struct {
 	srv        *fuse.Server
 	mountpoint string
 	ov         *overlay.Overlay
+	root       *node
 }
 
 // Mount serves ov at mountpoint and returns once the mount is ready.
@@ -64,7 +67,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		return nil, fmt.Errorf("no FUSE device: %w (load the fuse module or give the container /dev/fuse)", err)
 	}
 	gens := newGenerations()
-	root := &node{ov: ov, n: ov.Root(), obj: &object{n: ov.Root()}, gens: gens}
+	locks := newMountLocks()
+	root := &node{ov: ov, n: ov.Root(), obj: &object{n: ov.Root()}, gens: gens, locks: locks}
 	gens.addRoot(root)
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
@@ -88,6 +92,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// truncates as the kernel's ovl_open does, instead of an OPEN
 		// without it and then a SETATTR of the size through the new file.
 		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_ATOMIC_O_TRUNC,
+		// FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS: locks.go.
+		EnableLocks: true,
 		// The kernel checks the caller against the overlay inode's owner,
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
@@ -130,6 +136,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		NullPermissions: true,
 	})
 	raw = &plusRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}}
+	raw = &lockRaw{RawFileSystem: raw, l: locks}
 	var pt *ptMount
 	if opts.NoPassthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
@@ -148,7 +155,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 			gens.pt.Store(nil) // nothing to track: every open is served by the daemon
 		}
 	}
-	return &Server{srv: srv, mountpoint: mountpoint, ov: ov}, nil
+	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root}, nil
 }
 
 // serve is fs.Mount for a raw file system.
@@ -181,7 +188,9 @@ type node struct {
 	n    *overlay.Node // obj.n
 	obj  *object
 	gens *generations
-	attr fs.StableAttr // the key of this node in gens.live
+	// locks is the mount's lock table (locks.go), shared by every node.
+	locks *mountLocks
+	attr  fs.StableAttr // the key of this node in gens.live
 	// Guarded by gens.mu: handed counts the requests in progress that gave
 	// this inode to go-fuse, which registers it after the request returns;
 	// id and lookups are its FUSE node id and the kernel's lookup count of
@@ -467,7 +476,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if e != 0 {
 			return nil, 0, e
 		}
-		return p.opened(h), noFlush, 0
+		return p.opened(h), 0, 0
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
@@ -475,7 +484,7 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	// The kernel's page cache of the object stays valid across opens:
 	// its data changes only through this mount (copy-up keeps it).
-	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE | noFlush, 0
+	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // opened counts h, a new handle of p (nil: none), until its release; the
@@ -515,9 +524,9 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if e != 0 {
 			return nil, nil, 0, e
 		}
-		return ch, ch.Operations().(*node).opened(h), noFlush, 0
+		return ch, ch.Operations().(*node).opened(h), 0, 0
 	}
-	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), noFlush, 0
+	return ch, ch.Operations().(*node).opened(newFile(p.ov, ch.Operations().(*node).n, fd, int(flags))), 0, 0
 }
 
 func (p *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {

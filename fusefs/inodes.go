@@ -111,7 +111,7 @@ func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.
 		n, obj = s.old.n, s.old.obj
 		n.Ref()
 	}
-	nd := &node{ov: p.ov, n: n, obj: obj, gens: g, attr: attr}
+	nd := &node{ov: p.ov, n: n, obj: obj, gens: g, attr: attr, locks: p.locks}
 	// Under g.mu: no other request may find nd before it is an inode.
 	ch := p.NewInode(ctx, nd, attr)
 	g.live[attr] = nd
