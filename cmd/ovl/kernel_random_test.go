@@ -399,6 +399,14 @@ func TestKernelRandomTimeout(t *testing.T) {
 		if err := kcmpSignal(pid, true); err != nil {
 			t.Fatal(err)
 		}
+		// kill(2) returns before every thread has stopped: a busy thread
+		// could still answer the next request. Wait until all have.
+		for deadline := time.Now().Add(60 * time.Second); !kcmpStopped(pid); {
+			if time.Now().After(deadline) {
+				t.Fatalf("ovl daemon %d not stopped 60s after SIGSTOP", pid)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	o := k.Run(rc)
 	if pid != 0 {
@@ -429,6 +437,26 @@ func kcmpSignal(pid int, stop bool) error {
 		return p.Signal(sigStop)
 	}
 	return p.Signal(sigCont)
+}
+
+// kcmpStopped reports whether every thread of pid is stopped by a signal.
+func kcmpStopped(pid int) bool {
+	stats, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if len(stats) == 0 {
+		return false
+	}
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return false
+		}
+		// The state follows the command name in parentheses.
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 func kcmpAlive(pid int) bool {
