@@ -49,14 +49,16 @@ func (Kernel) Mount(l Layout, o Options) error {
 // Unmount implements Mounter.
 func (Kernel) Unmount(mnt string) error { return umount(mnt) }
 
+// umount unmounts mnt, retrying while it is busy: a process that used it
+// (a helper child) may still be exiting on a loaded machine.
 func umount(mnt string) error {
 	var err error
-	for i := 0; i < 50; i++ {
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		err = unix.Unmount(mnt, 0)
 		if err == nil || err == unix.EINVAL || err == unix.ENOENT {
 			return nil
 		}
-		if err != unix.EBUSY {
+		if err != unix.EBUSY || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
