@@ -87,7 +87,9 @@ func TestKernelReaddirHuge(t *testing.T) {
 		}
 		d := time.Since(start)
 		t.Logf("%s: listed %d entries in %v", s.Name, len(ents), d)
-		if d > 20*time.Second {
+		// A bound for a quadratic listing (minutes), not a benchmark:
+		// CI runs on a loaded two-core machine.
+		if d > 120*time.Second {
 			t.Errorf("%s: listing 100k entries took %v", s.Name, d)
 		}
 		seen := map[string]bool{}

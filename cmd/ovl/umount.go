@@ -11,8 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// daemonExitWait bounds how long umount waits for the daemon to exit.
-const daemonExitWait = 5 * time.Second
+// daemonExitWait bounds how long umount waits for the daemon to exit. The
+// daemon exits right after the unmount, but on a busy machine that can
+// take seconds; failing then would make a successful unmount look failed.
+const daemonExitWait = 60 * time.Second
 
 // runUmount unmounts and waits until the daemon has exited: only then has
 // it released the lock on the upper, so a remount right after works.

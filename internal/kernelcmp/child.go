@@ -15,8 +15,9 @@ import (
 
 // Cred is who a child process runs as.
 type Cred struct {
-	UID, GID uint32
-	Groups   []uint32
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
 }
 
 var (
@@ -44,7 +45,10 @@ func Helper() (string, error) {
 		cmd.Dir = filepath.Dir(file)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			helperErr = fmt.Errorf("build kcmphelper: %v\n%s", err, out)
+			return
 		}
+		// Whatever the umask was: every caller must be able to run it.
+		helperErr = os.Chmod(helperPath, 0o755)
 	})
 	return helperPath, helperErr
 }

@@ -121,6 +121,7 @@ func compareNode(p string, a, b *Node, o CompareOptions) []Diff {
 			fmt.Sprintf("%d:%d", unix.Major(b.Rdev), unix.Minor(b.Rdev)))
 	}
 	add("hash", a.Hash, b.Hash)
+	add("readdir", a.ReadDir, b.ReadDir)
 	add("target", a.Target, b.Target)
 	for _, k := range unionKeys(a.Xattrs, b.Xattrs) {
 		va, oka := a.Xattrs[k]

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,14 +49,16 @@ func (Kernel) Mount(l Layout, o Options) error {
 // Unmount implements Mounter.
 func (Kernel) Unmount(mnt string) error { return umount(mnt) }
 
+// umount unmounts mnt, retrying while it is busy: a process that used it
+// (a helper child) may still be exiting on a loaded machine.
 func umount(mnt string) error {
 	var err error
-	for i := 0; i < 50; i++ {
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		err = unix.Unmount(mnt, 0)
 		if err == nil || err == unix.EINVAL || err == unix.ENOENT {
 			return nil
 		}
-		if err != unix.EBUSY {
+		if err != unix.EBUSY || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -106,6 +111,28 @@ func (m Ovl) Stats(mnt string) (map[string]any, error) {
 		return nil, fmt.Errorf("ovl stats %s: %v in %q", mnt, err, stdout.Bytes())
 	}
 	return st, nil
+}
+
+// DaemonPid finds the ovl daemon serving mnt by its command line (it ends
+// with "-- MNT"), not through its stats socket: that socket is named
+// after the FUSE device number, which the daemon of an earlier mount may
+// still hold while it exits.
+func (m Ovl) DaemonPid(mnt string) (int, error) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if n := len(args); n >= 3 && args[1] == "mount" && args[n-2] == "--" && args[n-1] == mnt {
+			pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			if err == nil && pid != os.Getpid() {
+				return pid, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no ovl daemon serves %s", mnt)
 }
 
 // mounted reports whether mnt is a mount point (its device differs from

@@ -31,16 +31,36 @@ type Op struct {
 	UID   int    `json:"uid,omitempty"`
 	GID   int    `json:"gid,omitempty"`
 	Dev   uint64 `json:"dev,omitempty"` // mknod device
+	// As, when set, runs the op in a child process with these
+	// credentials (Run batches consecutive ops of the same caller into
+	// one child), so that permission checks for unprivileged callers
+	// are compared too.
+	As *Cred `json:"as,omitempty"`
+}
+
+// shortPath abbreviates the long components of p for logs: a 255-byte
+// name is "<255:xxxxxxxx>".
+func shortPath(p string) string {
+	if len(p) <= 60 {
+		return p
+	}
+	parts := strings.Split(p, "/")
+	for i, c := range parts {
+		if len(c) > 16 {
+			parts[i] = fmt.Sprintf("<%d:%s>", len(c), c[:8])
+		}
+	}
+	return strings.Join(parts, "/")
 }
 
 func (op Op) String() string {
 	var b strings.Builder
 	b.WriteString(op.Op)
 	if op.Path != "" {
-		fmt.Fprintf(&b, " %q", op.Path)
+		fmt.Fprintf(&b, " %q", shortPath(op.Path))
 	}
 	if op.Path2 != "" {
-		fmt.Fprintf(&b, " %q", op.Path2)
+		fmt.Fprintf(&b, " %q", shortPath(op.Path2))
 	}
 	if op.Name != "" {
 		fmt.Fprintf(&b, " name=%s", op.Name)
@@ -66,6 +86,9 @@ func (op Op) String() string {
 	}
 	if op.Dev != 0 {
 		fmt.Fprintf(&b, " dev=%d:%d", unix.Major(op.Dev), unix.Minor(op.Dev))
+	}
+	if op.As != nil {
+		fmt.Fprintf(&b, " as=%d:%d", op.As.UID, op.As.GID)
 	}
 	return b.String()
 }
@@ -151,17 +174,24 @@ func result(out string, err error) Result {
 //	umask     umask(Mode)
 //	waitstdin read stdin to EOF (a start barrier for child processes)
 //	sleep     sleep Off milliseconds
+//	dropcaches  write Off (2: dentries and inodes, 3: also the page
+//	          cache; 0 means 2) to /proc/sys/vm/drop_caches: the kernel
+//	          forgets every unused inode of both mounts (Run applies it
+//	          once for both sides)
 //	rmrf      remove Path and everything under it, depth first in name
 //	          order, stopping at the first error (rm -rf); Out = how many
 //	          objects were removed
 //
 // The stateful ops need an FDs (ApplyFDs); Apply gives them none:
 //
-//	hold      open(Path, O_RDONLY|O_NONBLOCK) and keep the fd under Path
-//	          (an fd already held there is closed first)
+//	hold      open(Path, Flags|O_NONBLOCK) (Flags 0: O_RDONLY) and keep
+//	          the fd under Path (an fd already held there is closed
+//	          first)
 //	readheld  through the fd held under Path (EBADF if none): Out = the
 //	          content read from offset 0 (pread) and the fstat StatString;
 //	          read or fstat errors are part of Out
+//	writeheld pwrite(Data, Off) through the fd held under Path (EBADF if
+//	          none, or if it is not open for writing)
 //	unhold    close the fd held under Path (EBADF if none)
 //
 // "views" (ViewsOp) is not applied: Run compares the merged views there.
@@ -192,7 +222,7 @@ func (op Op) ApplyFDs(root string, fds *FDs) Result {
 	switch op.Op {
 	case ViewsOp:
 		return Result{Err: "views is done by Run, not Apply"}
-	case "hold", "readheld", "unhold":
+	case "hold", "readheld", "unhold", "writeheld":
 		if fds == nil {
 			return Result{Err: op.Op + " needs ApplyFDs"}
 		}
@@ -303,6 +333,12 @@ func (op Op) ApplyFDs(root string, fds *FDs) Result {
 	case "sleep":
 		time.Sleep(time.Duration(op.Off) * time.Millisecond)
 		return Result{}
+	case "dropcaches":
+		v := op.Off
+		if v == 0 {
+			v = 2
+		}
+		return result("", os.WriteFile("/proc/sys/vm/drop_caches", []byte(fmt.Sprintln(v)), 0))
 	}
 	return Result{Err: "unknown op " + op.Op}
 }
@@ -318,12 +354,18 @@ func (h *FDs) apply(op Op, p string) Result {
 			unix.Close(fd)
 			delete(h.fds, op.Path)
 		}
-		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(p, op.Flags|unix.O_NONBLOCK|unix.O_CLOEXEC, op.Mode)
 		if err != nil {
 			return result("", err)
 		}
 		h.fds[op.Path] = fd
 		return Result{}
+	case "writeheld":
+		if !held {
+			return Result{Errno: unix.EBADF}
+		}
+		_, err := unix.Pwrite(fd, []byte(op.Data), op.Off)
+		return result("", err)
 	case "unhold":
 		if !held {
 			return Result{Errno: unix.EBADF}

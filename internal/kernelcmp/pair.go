@@ -41,6 +41,22 @@ type Config struct {
 	// Observe, when set, also receives every difference and problem the
 	// Pair reports, as data (the random tester classifies them).
 	Observe func(Finding)
+	// Overlap puts layers inside each other (see Overlaps). A side that
+	// refuses such a mount is not a Fatal: Side.MountErr says why.
+	Overlap string
+}
+
+// Overlaps are the layer layouts Config.Overlap can ask for. The kernel
+// mounts the first three and answers ELOOP to a lookup through the mount
+// that reaches the upper or work directory; it refuses the others.
+var Overlaps = []string{
+	"upper-in-lower", // the upper is directory "u" of the bottom lower
+	"work-in-lower",  // the work dir is directory "w" of the top lower
+	"both-in-lower",  // both
+	"lower-twice",    // the top lower is also the bottom one
+	"lower-in-lower", // directory "lx" of the top lower is another lower
+	"lower-in-upper", // directory "lx" of the upper is another lower
+	"work-in-upper",  // the work dir is directory "w" of the upper
 }
 
 // Finding is one report of a Pair's comparisons, as data: either Diffs
@@ -68,6 +84,8 @@ type Side struct {
 	Dir     string // holds l0.., upper, work, mnt
 	Layout  Layout
 	mounted bool
+	// MountErr is why the side refused to mount (Config.Overlap only).
+	MountErr error
 }
 
 // Path is rel inside the mount.
@@ -170,6 +188,9 @@ func NewPair(t testing.TB, cfg Config, layers Layers) *Pair {
 				t.Fatal(err)
 			}
 		}
+		if err := overlap(&s.Layout, cfg.Overlap); err != nil {
+			t.Fatalf("overlap %s: %v", cfg.Overlap, err)
+		}
 		if i == 0 {
 			p.Ref = s
 		} else {
@@ -181,6 +202,52 @@ func NewPair(t testing.TB, cfg Config, layers Layers) *Pair {
 	}
 	p.Mount()
 	return p
+}
+
+// overlap rearranges layout l as Config.Overlap asks.
+func overlap(l *Layout, how string) error {
+	if how == "" {
+		return nil
+	}
+	if l.Upper == "" {
+		return fmt.Errorf("a read-only mount has no upper")
+	}
+	top, bottom := l.Lowers[0], l.Lowers[len(l.Lowers)-1]
+	move := func(from, to string) (string, error) {
+		if err := os.RemoveAll(to); err != nil {
+			return "", err
+		}
+		if out, err := exec.Command("mv", "-T", from, to).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("mv %s %s: %v: %s", from, to, err, out)
+		}
+		return to, nil
+	}
+	var err error
+	switch how {
+	case "upper-in-lower":
+		l.Upper, err = move(l.Upper, filepath.Join(bottom, "u"))
+	case "work-in-lower":
+		l.Work, err = move(l.Work, filepath.Join(top, "w"))
+	case "both-in-lower":
+		if l.Upper, err = move(l.Upper, filepath.Join(bottom, "u")); err == nil {
+			l.Work, err = move(l.Work, filepath.Join(top, "w"))
+		}
+	case "lower-twice":
+		l.Lowers = append(l.Lowers, top)
+	case "lower-in-lower":
+		d := filepath.Join(top, "lx")
+		l.Lowers = append(l.Lowers, d)
+		err = os.MkdirAll(d, 0o755)
+	case "lower-in-upper":
+		d := filepath.Join(l.Upper, "lx")
+		l.Lowers = append(l.Lowers, d)
+		err = os.MkdirAll(d, 0o755)
+	case "work-in-upper":
+		l.Work, err = move(l.Work, filepath.Join(l.Upper, "w"))
+	default:
+		err = fmt.Errorf("unknown overlap")
+	}
+	return err
 }
 
 // Sides returns the reference and the candidate.
@@ -227,8 +294,13 @@ func (p *Pair) Mount() {
 			continue
 		}
 		if err := s.M.Mount(s.Layout, p.Cfg.Options); err != nil {
+			if p.Cfg.Overlap != "" {
+				s.MountErr = err
+				continue
+			}
 			p.T.Fatalf("%s: %v", s.Name, err)
 		}
+		s.MountErr = nil
 		s.mounted = true
 		if err := checkFsType(s.M, s.Layout.Mnt); err != nil {
 			p.T.Fatalf("%s: %v", s.Name, err)
@@ -446,8 +518,12 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 		l := owner.Layout
 		if p.Cfg.Options.IndexMode() != "on" {
 			// With an index the work dir belongs to the upper (its index/
-			// holds the hard links); else start from an empty one.
-			l.Work = filepath.Join(owner.Dir, "work2")
+			// holds the hard links); else start from an empty one (in
+			// the same place when the layers overlap: where it is
+			// matters to the view).
+			if p.Cfg.Overlap == "" {
+				l.Work = filepath.Join(owner.Dir, "work2")
+			}
 			os.RemoveAll(l.Work)
 		}
 		l.Mnt = filepath.Join(owner.Dir, "mnt2")

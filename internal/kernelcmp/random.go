@@ -16,25 +16,31 @@ import (
 // Gen 1 had two lowers, no hard links or xattr whiteouts, and no chown,
 // utimes, rmrf or held fds. Gen 2 put whiteouts under a directory that an
 // opaque directory of a layer in between cuts off (stray whiteouts). Gen 3
-// held fds in every mode; gen 4 holds them only with passthrough=off.
-const Gen = 4
+// held fds in every mode; gen 4 held them only with passthrough=off.
+// Gen 5 (issue 17) holds fds with passthrough on too, and adds mode 0 and
+// every setuid/setgid/sticky combination (calls, umask, layer entries),
+// names of 255 and 256 bytes and paths near PATH_MAX in every path-taking
+// op, O_RDONLY|O_TRUNC and the other open flag mixes, writes through held
+// fds, drop_caches mid-run, ops as unprivileged callers, and garbage
+// overlay xattrs in the layers.
+const Gen = 5
 
 // RandomCase draws the case of a seed: one to three lower layers and an
 // upper over a small name space, then nOps ops. Even seeds use userxattr,
-// odd ones trusted.overlay xattrs. Seeds 2 and 3 mod 4 mount ovl with
-// passthrough=off and hold fds across changes; seeds 0 and 1 mod 4 use
-// ovl's default (FUSE passthrough where the kernel allows it) and hold no
-// fds, because with passthrough a read-only fd of a lower file makes
-// writers fail with ETXTBSY on purpose (README, docs/passthrough.md).
+// odd ones trusted.overlay xattrs. Seeds 3 mod 4 mount ovl with
+// passthrough=off; the others use ovl's defaults (FUSE passthrough where
+// the kernel allows it). Every mode holds fds across changes.
 func RandomCase(seed int64, nOps int) Case {
 	rng := rand.New(rand.NewSource(seed))
 	c := Case{Seed: seed, Gen: Gen, NOps: nOps, NLowers: 1 + rng.Intn(3), UserXattr: seed%2 == 0}
-	held := seed%4 >= 2
-	if held {
+	if seed%4 == 3 {
 		c.OvlOptions = []string{"passthrough=off"}
 	}
 	c.Layers = RandomLayers(rng, c.NLowers)
-	c.Ops = RandomOps(rng, nOps, held)
+	c.Ops = RandomOps(rng, nOps, true)
+	if rng.Intn(12) == 0 {
+		c.Overlap = Overlaps[rng.Intn(len(Overlaps))]
+	}
 	return c
 }
 
@@ -49,6 +55,44 @@ var (
 		time.Date(2030, 12, 31, 23, 59, 59, 0, time.UTC).UnixNano(),
 	}
 	randIDs = []int{0, 1000, 65534}
+	// randCallers are the unprivileged callers ops run as.
+	randCallers = []Cred{{UID: 1000, GID: 1000}, {UID: 65534, GID: 65534}}
+
+	// Name255 is the longest valid name, Name256 one byte too long.
+	Name255 = strings.Repeat("n", 255)
+	Name256 = strings.Repeat("m", 256)
+	// DeepDir is a directory path of 3513 bytes (14 names of 250): with
+	// a 255-byte name below it, a path of the mount stays under PATH_MAX
+	// (4096) as long as the mount point's path is shorter than 300 bytes.
+	DeepDir = func() string {
+		var parts []string
+		for i := 0; i < 14; i++ {
+			parts = append(parts, fmt.Sprintf("d%02d", i)+strings.Repeat("d", 247))
+		}
+		return strings.Join(parts, "/")
+	}()
+
+	// Modes the calls use: the usual ones, 0, and setuid, setgid and
+	// sticky alone and together.
+	fileModes  = []uint32{0o644, 0o600, 0o755, 0, 0o4000, 0o2000, 0o1000, 0o7777, 0o6755, 0o4755, 0o2755, 0o444}
+	dirModes   = []uint32{0o755, 0o700, 0, 0o4000, 0o2000, 0o1000, 0o7777, 0o2755, 0o1777, 0o555}
+	chmodModes = []uint32{0o600, 0o644, 0o755, 0o4755, 0o2711, 0, 0o4000, 0o2000, 0o1000, 0o7777, 0o6000, 0o1777}
+	umasks     = []uint32{0o022, 0, 0o077, 0o777, 0o002, 0o027, 0o7777}
+	// openFlags are the open(2) flag mixes of "open" ops (O_NONBLOCK is
+	// added: a FIFO must not block).
+	openFlags = []int{
+		unix.O_RDONLY | unix.O_TRUNC,
+		unix.O_RDONLY | unix.O_TRUNC | unix.O_CREAT,
+		unix.O_WRONLY | unix.O_TRUNC,
+		unix.O_WRONLY | unix.O_TRUNC | unix.O_CREAT,
+		unix.O_WRONLY | unix.O_APPEND,
+		unix.O_RDWR | unix.O_APPEND | unix.O_CREAT,
+		unix.O_RDWR,
+		unix.O_RDWR | unix.O_TRUNC,
+		unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL,
+		unix.O_RDONLY,
+		unix.O_RDONLY | unix.O_NOFOLLOW,
+	}
 )
 
 func joinName(d, f string) string {
@@ -61,17 +105,18 @@ func joinName(d, f string) string {
 // RandomLayers builds a random layer stack over a fixed name space, so that
 // random ops often hit lower, upper, merged, whited-out and opaque names.
 // Lower layers may hold hard links (to a file of the same layer), FIFOs,
-// files of other owners, whiteouts in both forms (character device 0/0,
-// and the xattr form in a directory marked opaque=x, which the kernel
-// reads in lower layers above the bottom one only), and opaque
-// directories.
+// files of other owners and of every mode (0 and setuid/setgid/sticky
+// included), whiteouts in both forms (character device 0/0, and the xattr
+// form in a directory marked opaque=x, which the kernel reads in lower
+// layers above the bottom one only), opaque directories, a deep directory
+// near PATH_MAX, names of 255 bytes, and garbage overlay xattrs.
 func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 	// Layers are generated bottom first. A whiteout goes only into a
 	// directory that merges with one below (the kernel lists whiteouts
 	// of an unmerged directory in readdir while lookup hides them; layer
 	// tools never write such whiteouts).
 	below := map[string]bool{}
-	gen := func(xwhiteouts bool) Layer {
+	gen := func(xwhiteouts, upper bool) Layer {
 		var l Layer
 		// Which directories this layer has ("" always); a file may take
 		// a directory's name where the layer has no such directory.
@@ -90,7 +135,7 @@ func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 				if opaque[d] && !opaque[parentOf(d)] {
 					l = append(l, OpaqueDir(d))
 				} else {
-					e := Dir(d).Mode(uint32(0o700 + rng.Intn(2)*0o55))
+					e := Dir(d).Mode([]uint32{0o700, 0o755, 0o700, 0o755, 0o1777, 0o2775, 0o000, 0o4711}[rng.Intn(8)])
 					if rng.Intn(6) == 0 {
 						e = e.Owner(1000, 1000)
 					}
@@ -108,7 +153,7 @@ func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 					if rng.Intn(8) == 0 {
 						data = strings.Repeat(data+"\n", 200+rng.Intn(400))
 					}
-					e := File(p, data).Mode([]uint32{0o644, 0o600, 0o755, 0o4755}[rng.Intn(4)])
+					e := File(p, data).Mode([]uint32{0o644, 0o600, 0o755, 0o4755, 0o000, 0o4000, 0o2000, 0o1000, 0o6755, 0o640}[rng.Intn(10)])
 					if rng.Intn(2) == 0 {
 						e = e.Xattr("user.r", fmt.Sprint(rng.Intn(3)))
 					}
@@ -128,7 +173,7 @@ func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 						free = append(free, p)
 					}
 				case 5:
-					l = append(l, Symlink(p, []string{"f", "g", "b", "../f", "nowhere"}[rng.Intn(5)]))
+					l = append(l, Symlink(p, []string{"f", "g", "b", "../f", "nowhere", Name255}[rng.Intn(6)]))
 				case 6:
 					if rng.Intn(3) == 0 {
 						l = append(l, FIFO(p))
@@ -147,15 +192,68 @@ func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 			l = append(l, Hardlink(free[i], files[rng.Intn(len(files))]))
 			free = append(free[:i], free[i+1:]...)
 		}
+		// Long names and a deep directory, now and then.
+		if rng.Intn(4) == 0 {
+			l = append(l, File(Name255, "long name").Mode([]uint32{0o644, 0}[rng.Intn(2)]))
+		}
+		if rng.Intn(4) == 0 {
+			l = append(l, File(DeepDir+"/f", "deep").Mode([]uint32{0o644, 0o600, 0}[rng.Intn(3)]))
+			if rng.Intn(2) == 0 {
+				l = append(l, Dir(DeepDir+"/"+Name255))
+			}
+		}
+		// Garbage overlay xattrs, as a damaged or hostile layer has them.
+		if rng.Intn(5) == 0 {
+			l = garbageXattrs(rng, l, upper)
+		}
 		updateBelow(below, l)
 		return l
 	}
 	var ls Layers
 	for i := 0; i < nLowers; i++ {
-		ls.Lowers = append([]Layer{gen(i > 0)}, ls.Lowers...)
+		ls.Lowers = append([]Layer{gen(i > 0, false)}, ls.Lowers...)
 	}
-	ls.Upper = gen(false)
+	ls.Upper = gen(false, true)
 	return ls
+}
+
+// garbageXattrs gives one or two entries of l overlay xattrs that no
+// overlay writes: an opaque value that is neither "y" nor "x" (the kernel
+// reads only a one-byte "y" as opaque), a redirect with a NUL, "..", "."
+// or a path out of the root, a metacopy or origin of garbage.
+func garbageXattrs(rng *rand.Rand, l Layer, upper bool) Layer {
+	l = append(Layer(nil), l...)
+	for n := 1 + rng.Intn(2); n > 0 && len(l) > 0; n-- {
+		i := rng.Intn(len(l))
+		e := l[i]
+		switch e.Kind {
+		case KindDir:
+			if _, ok := e.Xattrs["overlay.opaque"]; ok {
+				continue
+			}
+			switch rng.Intn(3) {
+			case 0:
+				e = e.Xattr("overlay.opaque", []string{"yes-this-is-not-a-y", "n", "Y", "\x00", "yy"}[rng.Intn(5)])
+			case 1:
+				e = e.Xattr("overlay.redirect", []string{"a\x00b", "/../x", "..", ".", "/nowhere", "x/../y", "/" + Name256}[rng.Intn(7)])
+			default:
+				e = e.Xattr("overlay.origin", "\x00garbage")
+			}
+		case KindFile:
+			switch rng.Intn(3) {
+			case 0:
+				e = e.Xattr("overlay.metacopy", []string{"garbage", "", "\x00\x04\x00\x00"}[rng.Intn(3)])
+			case 1:
+				e = e.Xattr("overlay.origin", "\x00garbage")
+			default:
+				e = e.Xattr("overlay.redirect", []string{"/a/f", "\x00", "/../../etc/passwd"}[rng.Intn(3)])
+			}
+		default:
+			continue
+		}
+		l[i] = e
+	}
+	return l
 }
 
 // merges reports whether directory d of a new layer merges with the
@@ -176,7 +274,8 @@ func parentOf(d string) string {
 	return ""
 }
 
-// Names are the paths random ops use.
+// Names are the paths random ops use: a small name space (and "u" and
+// "w/work", where overlapping layers put the upper and work directories).
 func Names() []string {
 	var out []string
 	for _, d := range randDirs {
@@ -184,15 +283,24 @@ func Names() []string {
 			out = append(out, joinName(d, f))
 		}
 	}
-	return append(out, "a", "c", "d", "a/b/x", "new", "a/new")
+	return append(out, "a", "c", "d", "a/b/x", "new", "a/new", "u", "u/f", "w/work")
 }
 
-// RandomOps draws n ops over Names. Besides single ops it makes short
-// sequences: rm -rf of a subtree and re-creating names in it, and, if
-// held, an fd held open across changes to its file (hold, a change that
-// copies up, readheld).
+// LongNames are the paths of the NAME_MAX and PATH_MAX edges random ops
+// use now and then: names of 255 and 256 bytes (also as a directory
+// component), and paths in a directory near PATH_MAX.
+func LongNames() []string {
+	return []string{Name255, Name256, "a/" + Name255, "a/" + Name256, Name256 + "/f", Name255 + "/f",
+		DeepDir, DeepDir + "/f", DeepDir + "/" + Name255, DeepDir + "/" + Name256, DeepDir + "/" + Name255 + "/g"}
+}
+
+// RandomOps draws n ops over Names and LongNames. Besides single ops it makes short
+// sequences: rm -rf of a subtree and re-creating names in it, fds held
+// open across changes to their file (hold, a change that copies up,
+// readheld) if held, the deep directory made one level at a time, and
+// runs of ops as an unprivileged caller.
 func RandomOps(rng *rand.Rand, n int, held bool) []Op {
-	g := &opGen{rng: rng, names: Names(), noHold: !held}
+	g := &opGen{rng: rng, names: Names(), long: LongNames(), noHold: !held}
 	var ops []Op
 	for len(ops) < n {
 		ops = append(ops, g.next()...)
@@ -204,13 +312,21 @@ func RandomOps(rng *rand.Rand, n int, held bool) []Op {
 type opGen struct {
 	rng    *rand.Rand
 	names  []string
+	long   []string // drawn for one name in 16
 	held   []string
 	noHold bool // draw no hold, readheld, unhold
 }
 
-func (g *opGen) name() string { return g.names[g.rng.Intn(len(g.names))] }
+func (g *opGen) name() string {
+	if g.rng.Intn(16) == 0 {
+		return g.long[g.rng.Intn(len(g.long))]
+	}
+	return g.names[g.rng.Intn(len(g.names))]
+}
 
 func (g *opGen) pick(s ...string) string { return s[g.rng.Intn(len(s))] }
+
+func (g *opGen) mode(m []uint32) uint32 { return m[g.rng.Intn(len(m))] }
 
 func (g *opGen) data() string {
 	switch g.rng.Intn(6) {
@@ -226,10 +342,15 @@ func (g *opGen) off() int64 {
 	return []int64{0, 0, 1, 3, 100, 4096, 70000}[g.rng.Intn(7)]
 }
 
+// openOp is an open and close with one of openFlags.
+func (g *opGen) openOp(p string) Op {
+	return Op{Op: "open", Path: p, Flags: openFlags[g.rng.Intn(len(openFlags))] | unix.O_NONBLOCK, Mode: g.mode(fileModes)}
+}
+
 // change is an op that changes an existing object (most copy it up).
 func (g *opGen) change(p string) Op {
 	rng := g.rng
-	switch rng.Intn(9) {
+	switch rng.Intn(11) {
 	case 0:
 		return Op{Op: "write", Path: p, Data: g.data(), Off: g.off()}
 	case 1:
@@ -239,7 +360,7 @@ func (g *opGen) change(p string) Op {
 	case 3:
 		return Op{Op: "open", Path: p, Flags: unix.O_WRONLY | unix.O_TRUNC | unix.O_NONBLOCK}
 	case 4:
-		return Op{Op: "chmod", Path: p, Mode: []uint32{0o600, 0o644, 0o755, 0o4755, 0o2711}[rng.Intn(5)]}
+		return Op{Op: "chmod", Path: p, Mode: g.mode(chmodModes)}
 	case 5:
 		return Op{Op: g.pick("chown", "lchown"), Path: p, UID: randIDs[rng.Intn(3)], GID: randIDs[rng.Intn(3)]}
 	case 6:
@@ -247,16 +368,45 @@ func (g *opGen) change(p string) Op {
 	case 7:
 		return Op{Op: "setxattr", Path: p, Name: g.pick("user.r", "user.s"), Data: fmt.Sprint(rng.Intn(3)),
 			Flags: []int{0, 0, unix.XATTR_CREATE, unix.XATTR_REPLACE}[rng.Intn(4)]}
+	case 8, 9:
+		return g.openOp(p)
 	default:
 		return Op{Op: "removexattr", Path: p, Name: g.pick("user.r", "user.s")}
+	}
+}
+
+// asCaller is an op an unprivileged caller may try.
+func (g *opGen) asCaller(p string) Op {
+	rng := g.rng
+	switch rng.Intn(12) {
+	case 0:
+		return Op{Op: "read", Path: p}
+	case 1:
+		return Op{Op: g.pick("stat", "lstat"), Path: p}
+	case 2:
+		return Op{Op: "access", Path: p, Mode: []uint32{unix.R_OK, unix.W_OK, unix.X_OK, unix.R_OK | unix.W_OK}[rng.Intn(4)]}
+	case 3:
+		return Op{Op: "create", Path: p, Mode: g.mode(fileModes)}
+	case 4:
+		return Op{Op: "mkdir", Path: p, Mode: g.mode(dirModes)}
+	case 5:
+		return Op{Op: "unlink", Path: p}
+	case 6:
+		return Op{Op: "rename", Path: p, Path2: g.name()}
+	case 7:
+		return Op{Op: "readdir", Path: g.pick("", "a", "a/b", "c", "d", DeepDir)}
+	case 8:
+		return Op{Op: "getxattr", Path: p, Name: "user.r"}
+	default:
+		return g.change(p)
 	}
 }
 
 func (g *opGen) next() []Op {
 	rng := g.rng
 	n := g.name
-	k := rng.Intn(40)
-	if g.noHold && (k == 24 || k == 25 || k == 26 || k == 34) {
+	k := rng.Intn(48)
+	if g.noHold && (k == 24 || k == 25 || k == 26 || k == 34 || k == 43 || k == 44) {
 		k = 2 // a change instead
 	}
 	switch k {
@@ -265,13 +415,13 @@ func (g *opGen) next() []Op {
 		if rng.Intn(3) == 0 {
 			flags = unix.O_EXCL
 		}
-		return []Op{{Op: "create", Path: n(), Mode: []uint32{0o644, 0o600, 0o755}[rng.Intn(3)], Flags: flags}}
+		return []Op{{Op: "create", Path: n(), Mode: g.mode(fileModes), Flags: flags}}
 	case 2, 3, 4, 5, 6, 7, 8, 9:
 		return []Op{g.change(n())}
 	case 10:
 		return []Op{{Op: "write", Path: n(), Data: g.data(), Off: g.off(), Flags: unix.O_TRUNC}}
 	case 11, 12:
-		return []Op{{Op: "mkdir", Path: n(), Mode: g.pickMode(0o755, 0o700)}}
+		return []Op{{Op: "mkdir", Path: n(), Mode: g.mode(dirModes)}}
 	case 13:
 		return []Op{{Op: "rmdir", Path: n()}}
 	case 14, 15:
@@ -288,9 +438,9 @@ func (g *opGen) next() []Op {
 	case 19, 20:
 		return []Op{{Op: "link", Path: n(), Path2: n()}}
 	case 21:
-		return []Op{{Op: "symlink", Path: n(), Data: g.pick("f", "g", "../f", "b", "nowhere")}}
+		return []Op{{Op: "symlink", Path: n(), Data: g.pick("f", "g", "../f", "b", "nowhere", Name255, DeepDir+"/f")}}
 	case 22:
-		return []Op{{Op: "mknod", Path: n(), Mode: unix.S_IFIFO | 0o644}}
+		return []Op{{Op: "mknod", Path: n(), Mode: unix.S_IFIFO | g.mode([]uint32{0o644, 0, 0o4644, 0o7777, 0o1600})}}
 	case 23:
 		// rm -rf of a subtree, then names in it made again.
 		d := g.pick("a", "a/b", "c")
@@ -311,7 +461,7 @@ func (g *opGen) next() []Op {
 		// An fd opened before a change (often a copy-up) is read after.
 		p := n()
 		g.held = append(g.held, p)
-		ops := []Op{{Op: "hold", Path: p}}
+		ops := []Op{g.hold(p)}
 		for k := rng.Intn(3); k >= 0; k-- {
 			ops = append(ops, g.change(p))
 		}
@@ -321,11 +471,15 @@ func (g *opGen) next() []Op {
 		if len(g.held) > 0 && rng.Intn(4) != 0 {
 			p = g.held[rng.Intn(len(g.held))]
 		}
-		return []Op{{Op: g.pick("readheld", "readheld", "unhold"), Path: p}}
+		op := Op{Op: g.pick("readheld", "readheld", "unhold", "writeheld"), Path: p}
+		if op.Op == "writeheld" {
+			op.Data, op.Off = "H", g.off()
+		}
+		return []Op{op}
 	case 27, 28:
 		return []Op{{Op: "read", Path: n()}}
 	case 29:
-		return []Op{{Op: "readdir", Path: g.pick("", "a", "a/b", "c", "d")}}
+		return []Op{{Op: "readdir", Path: g.pick("", "a", "a/b", "c", "d", Name255, Name256, DeepDir, DeepDir+"/"+Name255)}}
 	case 30, 31:
 		return []Op{{Op: g.pick("lstat", "stat"), Path: n()}}
 	case 32:
@@ -340,13 +494,75 @@ func (g *opGen) next() []Op {
 		if rng.Intn(2) == 0 {
 			gone = Op{Op: "rename", Path: p, Path2: n()}
 		}
-		return []Op{{Op: "hold", Path: p}, gone, {Op: "readheld", Path: p}}
+		return []Op{g.hold(p), gone, {Op: "readheld", Path: p}}
+	case 35:
+		return []Op{{Op: "umask", Mode: g.mode(umasks)}}
+	case 36:
+		// The kernel forgets every inode it can; the next ops look
+		// everything up again.
+		return []Op{{Op: "dropcaches", Off: []int64{2, 2, 3}[rng.Intn(3)]}}
+	case 37, 38:
+		// An unprivileged caller.
+		cred := randCallers[rng.Intn(len(randCallers))]
+		var ops []Op
+		for k := rng.Intn(4); k >= 0; k-- {
+			op := g.asCaller(n())
+			op.As = &cred
+			ops = append(ops, op)
+		}
+		return ops
+	case 39:
+		// Through a symlink: make one to a name (relative: an absolute
+		// target would leave the mount), open it with a flag mix.
+		l, t := g.pick("new", "a/new", "d"), n()
+		if strings.HasPrefix(l, "a/") {
+			t = "../" + t
+		}
+		return []Op{{Op: "symlink", Path: l, Data: t}, g.openOp(l)}
+	case 40:
+		if rng.Intn(4) != 0 {
+			return []Op{g.openOp(n())}
+		}
+		// The deep directory, one level at a time.
+		var ops []Op
+		parts := strings.Split(DeepDir, "/")
+		for i := range parts {
+			ops = append(ops, Op{Op: "mkdir", Path: strings.Join(parts[:i+1], "/"), Mode: 0o755})
+		}
+		return append(ops, Op{Op: "create", Path: DeepDir + "/" + g.pick("f", Name255, Name256), Mode: g.mode(fileModes)})
+	case 41, 42:
+		return []Op{g.openOp(n())}
+	case 43, 44:
+		// tail -f: a reader holds the file while another appends or
+		// truncates it.
+		p := n()
+		g.held = append(g.held, p)
+		ops := []Op{g.hold(p)}
+		for k := rng.Intn(3); k >= 0; k-- {
+			switch rng.Intn(4) {
+			case 0:
+				ops = append(ops, Op{Op: "truncate", Path: p, Off: []int64{0, 3}[rng.Intn(2)]})
+			case 1:
+				ops = append(ops, Op{Op: "open", Path: p, Flags: []int{unix.O_RDWR, unix.O_WRONLY | unix.O_TRUNC, unix.O_RDONLY | unix.O_TRUNC}[rng.Intn(3)] | unix.O_NONBLOCK})
+			default:
+				ops = append(ops, Op{Op: "append", Path: p, Data: "line\n"})
+			}
+			ops = append(ops, Op{Op: "readheld", Path: p})
+		}
+		return ops
 	default:
 		return []Op{g.change(n())}
 	}
 }
 
-func (g *opGen) pickMode(m ...uint32) uint32 { return m[g.rng.Intn(len(m))] }
+// hold is a hold op, mostly read-only, sometimes for writing.
+func (g *opGen) hold(p string) Op {
+	op := Op{Op: "hold", Path: p}
+	if g.rng.Intn(4) == 0 {
+		op.Flags = []int{unix.O_RDWR, unix.O_WRONLY | unix.O_APPEND}[g.rng.Intn(2)]
+	}
+	return op
+}
 
 // CheckLayers reports a layer stack the generator would not make, so
 // that shrinking stays among the layers a real tool writes: a whiteout
@@ -368,7 +584,7 @@ func CheckLayers(ls Layers) error {
 		}
 		opaque := map[string]bool{}
 		for _, e := range l {
-			if e.Kind == KindDir && strings.HasPrefix(e.Xattrs["overlay.opaque"], "y") {
+			if e.Kind == KindDir && isOpaque(e) {
 				opaque[e.Path] = true
 			}
 		}
@@ -415,7 +631,7 @@ func updateBelow(below map[string]bool, l Layer) {
 			}
 		}
 		next[e.Path] = e.Kind == KindDir
-		if e.Kind == KindDir && strings.HasPrefix(e.Xattrs["overlay.opaque"], "y") {
+		if e.Kind == KindDir && isOpaque(e) {
 			for p := range below {
 				if strings.HasPrefix(p, e.Path+"/") {
 					delete(below, p)
@@ -427,3 +643,8 @@ func updateBelow(below map[string]bool, l Layer) {
 		below[p] = isDir
 	}
 }
+
+// isOpaque reports whether the kernel takes directory entry e for opaque:
+// overlay.opaque is exactly "y" (it reads one byte; a longer value does
+// not fit and is not opaque).
+func isOpaque(e Entry) bool { return e.Xattrs["overlay.opaque"] == "y" }

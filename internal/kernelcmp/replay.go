@@ -32,6 +32,8 @@ type Case struct {
 	// OvlOptions are extra -o options for ovl only (Options.OvlExtra),
 	// e.g. "passthrough=off".
 	OvlOptions []string `json:"ovl_options,omitempty"`
+	// Overlap puts the layers inside each other (Config.Overlap).
+	Overlap string `json:"overlap,omitempty"`
 	// Every compares the merged views after every Every-th op as well
 	// (RunConfig.Every): the walks look up and read every object, which
 	// some failures need.
@@ -66,7 +68,7 @@ func (c Case) Options() Options {
 
 // RunConfig is a RunConfig for c with the given candidate.
 func (c Case) RunConfig(candidate Mounter) RunConfig {
-	return RunConfig{Config: Config{Options: c.Options(), Candidate: candidate}, Layers: c.Layers, Ops: c.Ops, Every: c.Every}
+	return RunConfig{Config: Config{Options: c.Options(), Candidate: candidate, Overlap: c.Overlap}, Layers: c.Layers, Ops: c.Ops, Every: c.Every}
 }
 
 // String is a short description.
@@ -78,6 +80,9 @@ func (c Case) String() string {
 	every := ""
 	if len(c.OvlOptions) > 0 {
 		every = ", ovl " + strings.Join(c.OvlOptions, ",")
+	}
+	if c.Overlap != "" {
+		every += ", layers " + c.Overlap
 	}
 	if c.Every > 0 {
 		every += fmt.Sprintf(", views every %d ops", c.Every)
@@ -207,7 +212,7 @@ func (c Case) Format() ([]byte, error) {
 		}
 	}
 	// Header fields in a fixed order, then the bulky ones.
-	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11, "ovl_options": 12, "every": 13}
+	order := map[string]int{"name": 0, "class": 1, "also": 2, "diagnosis": 3, "found": 4, "failure": 5, "seed": 6, "gen": 7, "nops": 8, "nlowers": 9, "userxattr": 10, "redirect_dir": 11, "ovl_options": 12, "overlap": 13, "every": 14}
 	sort.Slice(keys, func(i, j int) bool { return order[keys[i]] < order[keys[j]] })
 	for _, k := range keys {
 		fmt.Fprintf(&out, "  %q: %s,\n", k, m[k])

@@ -11,18 +11,27 @@ import (
 	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-const reproDir = "testdata/repro"
+const (
+	reproDir = "testdata/repro"
+	// openDir holds reproductions of bugs not fixed yet.
+	openDir = "testdata/open"
+)
 
-// TestReprosKernelVsKernel replays every saved reproduction with the kernel
-// on both sides: each must run clean, or its mismatch would be the
-// harness's or the case's own nondeterminism, not a bug of ovl.
+// TestReprosKernelVsKernel replays every saved reproduction (fixed and
+// open) with the kernel on both sides: each must run clean, or its
+// mismatch would be the harness's or the case's own nondeterminism, not a
+// bug of ovl.
 func TestReprosKernelVsKernel(t *testing.T) {
 	testutil.RequireRoot(t)
 	cases, err := LoadCases(reproDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range cases {
+	open, err := LoadCases(openDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range append(cases, open...) {
 		t.Run(c.Name, func(t *testing.T) {
 			if c.Class == "" || c.Diagnosis == "" {
 				t.Errorf("%s: a reproduction needs a class and a diagnosis", c.Name)

@@ -40,6 +40,10 @@ type RunConfig struct {
 	// differs: after it the sides' states differ and most later reports
 	// are consequences.
 	StopAtFirst bool
+	// Continue, if set, names failures StopAtFirst goes on after (e.g. an
+	// op that failed on both sides, with different errnos: it changed
+	// neither side, so what follows is still comparable).
+	Continue func(Failure) bool
 }
 
 // ViewsOp is an op that Run does itself: compare the merged views at this
@@ -58,6 +62,9 @@ type Failure struct {
 	Class string
 	// Text is the full report.
 	Text string
+	// BothFailed is set for an op that failed on both sides, with
+	// different errnos.
+	BothFailed bool
 }
 
 func (f Failure) String() string { return fmt.Sprintf("after op %d: [%s] %s", f.Op, f.Class, f.Text) }
@@ -127,7 +134,21 @@ func Run(rc RunConfig) Outcome {
 		r.timeout = DefaultOpTimeout
 	}
 	r.times = knownTimes(rc)
+	// "umask" ops change this process's umask: give every run the same
+	// start and leave the process as it was. The helper for ops of other
+	// callers is built before that.
+	for _, op := range rc.Ops {
+		if op.As != nil {
+			if _, err := Helper(); err != nil {
+				r.fail(-1, "harness: helper", err.Error())
+				return r.out
+			}
+			break
+		}
+	}
+	umask := unix.Umask(0o022)
 	r.run()
+	unix.Umask(umask)
 	r.rt.runCleanups()
 	for _, e := range r.rt.takeErrs() {
 		if strings.HasPrefix(e, "cleanup") {
@@ -211,26 +232,64 @@ func (r *runner) run() {
 	if !r.guard("setup", func() { r.p = NewPair(r.rt, cfg, rc.Layers) }) {
 		return
 	}
+	if ref, cand := r.p.Ref.MountErr, r.p.Cand.MountErr; ref != nil || cand != nil {
+		// Overlapping layers: both sides must refuse, or neither.
+		switch {
+		case ref == nil:
+			r.fail(-1, fmt.Sprintf("mount %s: ok vs refused", cfg.Overlap), fmt.Sprintf("%s mounted, %s refused: %v", r.p.Ref.Name, r.p.Cand.Name, cand))
+		case cand == nil:
+			r.fail(-1, fmt.Sprintf("mount %s: refused vs ok", cfg.Overlap), fmt.Sprintf("%s refused (%v), %s mounted", r.p.Ref.Name, ref, r.p.Cand.Name))
+		}
+		return
+	}
 	defer func() {
 		for i := range r.fds {
 			r.fds[i].Close()
 		}
 	}()
 	sides := r.p.Sides()
-	for i, op := range rc.Ops {
+	for i := 0; i < len(rc.Ops); {
+		op := rc.Ops[i]
 		if rc.BeforeOp != nil {
 			rc.BeforeOp(i, r.p)
 		}
 		if op.Op == ViewsOp {
 			r.last, r.out.Ran = i, i+1
-			if _, ok := r.views(fmt.Sprintf("at op %d", i)); !ok || (rc.StopAtFirst && r.out.Failed()) {
+			if _, ok := r.views(fmt.Sprintf("at op %d", i)); !ok || r.stop() {
 				return
 			}
+			i++
 			continue
 		}
-		var res [2]Result
+		// Ops of another caller run in one child process per side, as
+		// many in a row as share the caller (up to the next periodic
+		// view check).
+		n := 1
+		child := op.As != nil && !inProcessOnly(op.Op)
+		if child {
+			for i+n < len(rc.Ops) && sameCaller(op, rc.Ops[i+n]) && (rc.Every <= 0 || (i+n)%rc.Every != 0) {
+				if rc.BeforeOp != nil {
+					rc.BeforeOp(i+n, r.p)
+				}
+				n++
+			}
+		}
+		batch := rc.Ops[i : i+n]
+		var res [2][]Result
 		for j, s := range sides {
-			ok, pv := r.timed([]string{s.Layout.Mnt}, func() { res[j] = op.ApplyFDs(s.Layout.Mnt, &r.fds[j]) })
+			if op.Op == "dropcaches" && j == 1 {
+				// One drop forgets the inodes of both mounts.
+				res[1] = res[0]
+				continue
+			}
+			var cerr error
+			ok, pv := r.timed([]string{s.Layout.Mnt}, func() {
+				if !child {
+					res[j] = []Result{op.ApplyFDs(s.Layout.Mnt, &r.fds[j])}
+					return
+				}
+				res[j], cerr = RunOps(s.Layout.Mnt, op.As, batch)
+			})
 			if pv != nil {
 				r.fail(i, "harness: panic", fmt.Sprintf("op %d %s on %s: panic: %v", i, op, s.Name, pv))
 				return
@@ -241,25 +300,77 @@ func (r *runner) run() {
 					fmt.Sprintf("op %d %s: %s did not answer within %v; its mount was aborted", i, op, s.Name, r.timeout))
 				return
 			}
+			if cerr == nil && len(res[j]) != n {
+				cerr = fmt.Errorf("%d results for %d ops", len(res[j]), n)
+			}
+			if cerr != nil {
+				r.fail(i, "harness: child", fmt.Sprintf("op %d %s on %s: %v", i, op, s.Name, cerr))
+				return
+			}
 		}
-		r.last, r.out.Ran = i, i+1
-		a, b := res[0], res[1]
-		switch {
-		case a.Err != "" || b.Err != "":
-			r.fail(i, "harness: op "+op.Op, fmt.Sprintf("op %d %s: harness error: %s %s, %s %s", i, op, sides[0].Name, a, sides[1].Name, b))
-		case a != b:
-			r.fail(i, opClass(op, a, b), fmt.Sprintf("op %d %s: %s %s, %s %s", i, op, sides[0].Name, a, sides[1].Name, b))
+		for k, op := range batch {
+			r.last, r.out.Ran = i+k, i+k+1
+			a, b := res[0][k], res[1][k]
+			switch {
+			case a.Err != "" || b.Err != "":
+				r.fail(i+k, "harness: op "+op.Op, fmt.Sprintf("op %d %s: harness error: %s %s, %s %s", i+k, op, sides[0].Name, a, sides[1].Name, b))
+			case a != b:
+				r.fail(i+k, opClass(op, a, b), fmt.Sprintf("op %d %s: %s %s, %s %s", i+k, op, sides[0].Name, a, sides[1].Name, b))
+				if a.Errno != 0 && b.Errno != 0 {
+					r.out.Failures[len(r.out.Failures)-1].BothFailed = true
+				}
+			}
+			if r.stop() {
+				return
+			}
 		}
-		if rc.StopAtFirst && r.out.Failed() {
-			return
-		}
-		if rc.Every > 0 && (i+1)%rc.Every == 0 && i+1 < len(rc.Ops) {
-			if _, ok := r.views(fmt.Sprintf("after op %d", i)); !ok || (rc.StopAtFirst && r.out.Failed()) {
+		i += n
+		if rc.Every > 0 && i%rc.Every == 0 && i < len(rc.Ops) {
+			if _, ok := r.views(fmt.Sprintf("after op %d", i-1)); !ok || r.stop() {
 				return
 			}
 		}
 	}
 	r.finish()
+}
+
+// stop reports whether a StopAtFirst run ends here: a failure that
+// Continue does not let pass was seen.
+func (r *runner) stop() bool {
+	if !r.rc.StopAtFirst {
+		return false
+	}
+	for _, f := range r.out.Failures {
+		if r.rc.Continue == nil || !r.rc.Continue(f) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameCaller reports whether b can run in the same child process as a
+// (a.As is set): the same credentials, and not an op the runner does
+// itself or one that needs the held fds.
+func sameCaller(a, b Op) bool {
+	if b.As == nil || b.As.UID != a.As.UID || b.As.GID != a.As.GID || len(b.As.Groups) != len(a.As.Groups) {
+		return false
+	}
+	for i := range a.As.Groups {
+		if a.As.Groups[i] != b.As.Groups[i] {
+			return false
+		}
+	}
+	return !inProcessOnly(b.Op)
+}
+
+// inProcessOnly are the ops Run applies in its own process whatever
+// their As says.
+func inProcessOnly(op string) bool {
+	switch op {
+	case ViewsOp, "hold", "readheld", "writeheld", "unhold", "dropcaches", "umask":
+		return true
+	}
+	return false
 }
 
 // opClass is the class of an op whose results differ: the op kind and
@@ -502,6 +613,8 @@ func (r *runner) finish() {
 	if !ok {
 		return
 	}
+	// The interchange makes directories of its own.
+	unix.Umask(0o022)
 	for i := range r.fds {
 		r.fds[i].Close()
 	}

@@ -138,6 +138,9 @@ type Node struct {
 	Atime, Mtime int64 // ns
 	Ctime        int64
 	Ino, Dev     uint64
+	// ReadDir is the errno of listing a directory that could not be
+	// listed ("" if it could).
+	ReadDir string
 }
 
 // Tree is a snapshot: nodes by slash path relative to the root ("" is the
@@ -188,6 +191,12 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 		return nil
 	}
 	ents, err := ReadDir(p)
+	if e, ok := Errno(err); ok && e != 0 && rel != "" {
+		// A directory the mount refuses to list (hostile metadata, a
+		// layer reached through the mount): the errno is compared.
+		n.ReadDir = ErrnoName(e)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("readdir %s: %w", rel, err)
 	}
@@ -218,8 +227,16 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 	for _, name := range names {
 		crel := path.Join(rel, name)
 		if err := t.walk(root, crel, o); err != nil {
-			if errnoOf(errors.Unwrap(err)) == unix.ENOENT && t.Nodes[crel] == nil {
+			e := errnoOf(errors.Unwrap(err))
+			if e == unix.ENOENT && t.Nodes[crel] == nil {
 				t.problem("%s: listed by readdir, but lstat fails with ENOENT", crel)
+				continue
+			}
+			if e != 0 && t.Nodes[crel] == nil {
+				// Listed, but the lookup fails (ELOOP for a layer
+				// root, EACCES/EIO/ESTALE for hostile metadata): the
+				// errno is what is compared.
+				t.Nodes[crel] = &Node{Type: "error:" + ErrnoName(e)}
 				continue
 			}
 			return err
@@ -260,20 +277,26 @@ func snapNode(p string, o SnapOptions) (*Node, error) {
 		buf := make([]byte, 4096)
 		k, err := unix.Readlink(p, buf)
 		if err != nil {
-			return nil, err
+			n.Target = "<readlink: " + ErrnoName(errnoOf(err)) + ">"
+		} else {
+			n.Target = string(buf[:k])
 		}
-		n.Target = string(buf[:k])
 	case "file":
 		if !o.NoHash {
 			h, err := hashFile(p)
-			if err != nil {
+			if e, ok := Errno(err); ok && e != 0 {
+				h = "<read: " + ErrnoName(e) + ">"
+			} else if err != nil {
 				return nil, err
 			}
 			n.Hash = h
 		}
 	}
 	names, err := llistxattr(p)
-	if err != nil && err != unix.ENOTSUP {
+	if e, ok := Errno(err); ok && e != 0 && e != unix.ENOTSUP {
+		// Compared like a value.
+		names, n.Xattrs = nil, map[string]string{"<listxattr>": ErrnoName(e)}
+	} else if err != nil && err != unix.ENOTSUP {
 		return nil, fmt.Errorf("listxattr: %w", err)
 	}
 	for _, name := range names {
