@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -142,10 +143,12 @@ type kcmpTester struct {
 	cand     k.Mounter
 	known    map[string]string // class -> saved reproduction
 	intended map[string]string // class -> why the difference is kept
-	found    map[string]*kcmpFound
-	order    []string // classes in the order found
-	seeds    int
-	ops      int
+	// notIntendedWith: class -> ovl options under which it is a bug.
+	notIntendedWith map[string][]string
+	found           map[string]*kcmpFound
+	order           []string // classes in the order found
+	seeds           int
+	ops             int
 	// shrinkLeft bounds how many classes are shrunk (the CI set shrinks
 	// one, so that a failing CI run stays short).
 	shrinkLeft int
@@ -160,7 +163,7 @@ type kcmpFound struct {
 
 func newKcmpTester(t *testing.T, set kcmpSettings) *kcmpTester {
 	testutil.RequireRoot(t)
-	kt := &kcmpTester{t: t, set: set, cand: k.Ovl{Bin: testutil.Binary(t)}, known: map[string]string{}, intended: map[string]string{}, found: map[string]*kcmpFound{}}
+	kt := &kcmpTester{t: t, set: set, cand: k.Ovl{Bin: testutil.Binary(t)}, known: map[string]string{}, intended: map[string]string{}, notIntendedWith: map[string][]string{}, found: map[string]*kcmpFound{}}
 	cases, err := k.LoadCases(kcmpReproDir)
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +200,7 @@ func newKcmpTester(t *testing.T, set kcmpSettings) *kcmpTester {
 		for _, class := range append([]string{c.Class}, c.Also...) {
 			if strings.HasPrefix(class, "op ") {
 				kt.intended[class] = c.Intended
+				kt.notIntendedWith[class] = c.NotIntendedWith
 			}
 		}
 	}
@@ -226,7 +230,7 @@ func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	// follows from it is not compared).
 	var fails []k.Failure
 	for _, f := range o.Failures {
-		if why := kt.intended[f.Class]; why != "" {
+		if why := kt.intended[f.Class]; why != "" && !anyIn(kt.notIntendedWith[f.Class], c.OvlOptions) {
 			t.Logf("seed %d: [%s] after op %d: %s", seed, f.Class, f.Op, why)
 			continue
 		}
@@ -562,4 +566,14 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 			t.Errorf("no CI seed generates %s", w)
 		}
 	}
+}
+
+// anyIn reports whether one of opts is in have.
+func anyIn(opts, have []string) bool {
+	for _, o := range opts {
+		if slices.Contains(have, o) {
+			return true
+		}
+	}
+	return false
 }

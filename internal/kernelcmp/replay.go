@@ -52,6 +52,10 @@ type Case struct {
 	// reproducing exactly its classes, and the random tester does not
 	// count them as failures.
 	Intended string `json:"intended,omitempty"`
+	// NotIntendedWith lists ovl options under which an intended
+	// difference is a bug after all (passthrough=off for what passthrough
+	// alone explains): the random tester counts it in seeds mounted so.
+	NotIntendedWith []string `json:"not_intended_with,omitempty"`
 	Found    string `json:"found,omitempty"`
 	Layers   Layers `json:"-"`
 	Ops      []Op   `json:"ops"`
