@@ -631,14 +631,25 @@ func TestStatsForgetFreesHeap(t *testing.T) {
 		t.Errorf("live heap %.0f -> %.0f -> %.0f bytes (idle, %d nodes, after forget): %.0f of the %.0f the walk added remain",
 			live(idle), live(walked), live(forgot), files, left, grown)
 	}
-	walked2, forgot2 := walk()
-	if more := live(forgot2) - live(forgot); more > grown/10 {
-		t.Errorf("a second walk and forget left %.0f more bytes of live heap (%.0f -> %.0f); one walk adds %.0f",
-			more, live(forgot), live(forgot2), grown)
+	// Walking again reuses those maps, but a map may still grow once (Go
+	// rehashes when deleted slots pile up, and go-fuse never reuses node
+	// ids): so up to three more walks, until one leaves less than a tenth
+	// of what a walk adds. A leak of what nodes hold grows at every walk.
+	residual := []float64{live(forgot)}
+	var walked2, forgot2 map[string]float64
+	for i := 0; i < 3; i++ {
+		walked2, forgot2 = walk()
+		residual = append(residual, live(forgot2))
+		if live(forgot2)-residual[len(residual)-2] <= grown/10 {
+			break
+		}
+	}
+	if n := len(residual); residual[n-1]-residual[n-2] > grown/10 {
+		t.Errorf("every walk and forget left more live heap (%.0f after each; one walk adds %.0f): a leak", residual, grown)
 	}
 	mib := func(m map[string]float64) float64 { return live(m) / (1 << 20) }
-	t.Logf("live heap MiB: idle %.1f, after stat of %d files %.1f, after forget %.1f, again %.1f and %.1f",
-		mib(idle), files, mib(walked), mib(forgot), mib(walked2), mib(forgot2))
+	t.Logf("live heap MiB: idle %.1f, after stat of %d files %.1f, after forget %.1f, last walk %.1f and %.1f; after each forget %.0f",
+		mib(idle), files, mib(walked), mib(forgot), mib(walked2), mib(forgot2), residual)
 }
 
 // The README's first command.

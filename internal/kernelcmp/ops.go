@@ -432,7 +432,14 @@ func removeAll(p string) (int, error) {
 }
 
 func withOpen(p string, flags int, mode uint32, f func(fd int) error) error {
+	// Retried on EINTR, as Go's os.Open does: the kernel's overlayfs
+	// waits for a concurrent copy-up interruptibly (ovl_copy_up_start) and
+	// fails the open with EINTR when a signal (the Go runtime's SIGURG)
+	// comes meanwhile; that is not a difference between the sides.
 	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, mode)
+	for err == unix.EINTR {
+		fd, err = unix.Open(p, flags|unix.O_CLOEXEC, mode)
+	}
 	if err != nil {
 		return err
 	}
