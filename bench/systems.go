@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/internal/mountinfo"
 )
 
 // A system is one way to present a stack of layers at a mountpoint.
@@ -207,65 +209,18 @@ func (m *mounted) unmount(e *env) error {
 // cores), so that only a hung server fails.
 const serverWait = 120 * time.Second
 
-// mountEntry is one line of /proc/self/mountinfo.
-type mountEntry struct {
-	root, point, fstype string
-}
-
-func mountTable() ([]mountEntry, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	var out []mountEntry
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		sep := -1
-		for i, x := range f {
-			if x == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || sep+1 >= len(f) {
-			continue
-		}
-		out = append(out, mountEntry{root: unescape(f[3]), point: unescape(f[4]), fstype: f[sep+1]})
-	}
-	return out, nil
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // lookupMount returns the topmost mount at mnt.
-func lookupMount(mnt string) (mountEntry, bool) {
-	tab, err := mountTable()
+func lookupMount(mnt string) (mountinfo.Entry, bool) {
+	tab, err := mountinfo.Read()
 	if err != nil {
-		return mountEntry{}, false
+		return mountinfo.Entry{}, false
 	}
 	for i := len(tab) - 1; i >= 0; i-- {
-		if tab[i].point == mnt {
+		if tab[i].MountPoint == mnt {
 			return tab[i], true
 		}
 	}
-	return mountEntry{}, false
+	return mountinfo.Entry{}, false
 }
 
 func isMounted(mnt string) bool {
@@ -279,13 +234,13 @@ func checkFsType(s *system, mnt string) error {
 		return fmt.Errorf("%s is not in /proc/self/mountinfo", mnt)
 	}
 	if s.fstype == "" {
-		if me.fstype == "overlay" || strings.HasPrefix(me.fstype, "fuse") {
-			return fmt.Errorf("%s is of type %s, want a plain filesystem", mnt, me.fstype)
+		if me.FSType == "overlay" || strings.HasPrefix(me.FSType, "fuse") {
+			return fmt.Errorf("%s is of type %s, want a plain filesystem", mnt, me.FSType)
 		}
 		return nil
 	}
-	if me.fstype != s.fstype {
-		return fmt.Errorf("%s is of type %s, want %s", mnt, me.fstype, s.fstype)
+	if me.FSType != s.fstype {
+		return fmt.Errorf("%s is of type %s, want %s", mnt, me.FSType, s.fstype)
 	}
 	return nil
 }
@@ -355,10 +310,10 @@ func procStatus(pid int, key string) (int64, error) {
 // cleanMounts unmounts whatever an earlier, interrupted run left under dir,
 // deepest first.
 func cleanMounts(dir string) {
-	tab, _ := mountTable()
+	tab, _ := mountinfo.Read()
 	for i := len(tab) - 1; i >= 0; i-- {
-		if strings.HasPrefix(tab[i].point, dir+"/") {
-			unix.Unmount(tab[i].point, unix.MNT_DETACH)
+		if strings.HasPrefix(tab[i].MountPoint, dir+"/") {
+			unix.Unmount(tab[i].MountPoint, unix.MNT_DETACH)
 		}
 	}
 }

@@ -1,14 +1,13 @@
 package format
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/internal/mountinfo"
 )
 
 // DirID names a directory by its device and inode number, so that two
@@ -51,7 +50,7 @@ func Ancestry(path string) (self DirID, ancestors []DirID, err error) {
 	if self, err = IDOf(cur); err != nil {
 		return DirID{}, nil, err
 	}
-	var mounts []mountEntry // read once, when a bind mount's root is met
+	var mounts []mountinfo.Entry // read once, when a bind mount's root is met
 	last := self
 	for range 4096 { // no filesystem is that deep; guards against a cycle
 		var stx unix.Statx_t
@@ -85,57 +84,14 @@ func Ancestry(path string) (self DirID, ancestors []DirID, err error) {
 	return self, ancestors, nil
 }
 
-// mountEntry is what Ancestry needs of one line of /proc/self/mountinfo.
-type mountEntry struct {
-	id         uint64
-	dev        string // major:minor of the filesystem
-	root       string // the mount's root inside its filesystem
-	mountpoint string
-}
-
-// readMountinfo reads /proc/self/mountinfo (proc(5)); nil on any error,
-// which only shortens the ancestry of directories under bind mounts.
-func readMountinfo() []mountEntry {
-	f, err := os.Open("/proc/self/mountinfo")
+// readMountinfo reads the mount table; nil on any error, which only
+// shortens the ancestry of directories under bind mounts.
+func readMountinfo() []mountinfo.Entry {
+	es, err := mountinfo.Read()
 	if err != nil {
-		return []mountEntry{}
+		return nil
 	}
-	defer f.Close()
-	out := []mountEntry{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 5 {
-			continue
-		}
-		id, err := strconv.ParseUint(fs[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		out = append(out, mountEntry{id: id, dev: fs[2], root: unescapeMountinfo(fs[3]), mountpoint: unescapeMountinfo(fs[4])})
-	}
-	return out
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 and the like) of
-// mountinfo's path fields.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return es
 }
 
 // higherMount returns an O_PATH fd of the directory want, the root of the
@@ -143,27 +99,27 @@ func unescapeMountinfo(s string) string {
 // is an ancestor of it, so that ".." from it walks on in the filesystem.
 // It returns -1 when mntID is the filesystem's root or no such mount is
 // reachable.
-func higherMount(mounts []mountEntry, mntID uint64, want DirID) int {
-	var m *mountEntry
+func higherMount(mounts []mountinfo.Entry, mntID uint64, want DirID) int {
+	var m *mountinfo.Entry
 	for i := range mounts {
-		if mounts[i].id == mntID {
+		if mounts[i].ID == mntID {
 			m = &mounts[i]
 		}
 	}
-	if m == nil || m.root == "/" {
+	if m == nil || m.Root == "/" {
 		return -1
 	}
-	var cands []*mountEntry
+	var cands []*mountinfo.Entry
 	for i := range mounts {
 		c := &mounts[i]
-		if c.id != m.id && c.dev == m.dev && (c.root == "/" || strings.HasPrefix(m.root, c.root+"/")) {
+		if c.ID != m.ID && c.Dev == m.Dev && (c.Root == "/" || strings.HasPrefix(m.Root, c.Root+"/")) {
 			cands = append(cands, c)
 		}
 	}
 	// The highest root first: most often the filesystem's own mount.
-	sort.SliceStable(cands, func(i, j int) bool { return len(cands[i].root) < len(cands[j].root) })
+	sort.SliceStable(cands, func(i, j int) bool { return len(cands[i].Root) < len(cands[j].Root) })
 	for _, c := range cands {
-		rel := strings.TrimPrefix(strings.TrimPrefix(m.root, c.root), "/")
+		rel := strings.TrimPrefix(strings.TrimPrefix(m.Root, c.Root), "/")
 		fd := openInMount(c, rel)
 		if fd < 0 {
 			continue
@@ -179,14 +135,14 @@ func higherMount(mounts []mountEntry, mntID uint64, want DirID) int {
 // openInMount opens rel beneath the root of mount c without leaving it
 // (RESOLVE_NO_XDEV): a mount stacked on the way, or on c's mountpoint,
 // makes it fail rather than land elsewhere.
-func openInMount(c *mountEntry, rel string) int {
-	root, err := unix.Open(c.mountpoint, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+func openInMount(c *mountinfo.Entry, rel string) int {
+	root, err := unix.Open(c.MountPoint, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1
 	}
 	defer unix.Close(root)
 	var stx unix.Statx_t
-	if unix.Statx(root, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) != nil || stx.Mnt_id != c.id {
+	if unix.Statx(root, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) != nil || stx.Mnt_id != c.ID {
 		return -1 // c is hidden under another mount
 	}
 	if rel == "" {

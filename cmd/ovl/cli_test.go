@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ovl-project/ovl/internal/mountinfo"
 	"github.com/ovl-project/ovl/internal/testutil"
 )
 
@@ -87,13 +88,13 @@ func cliTree(t *testing.T) string {
 const cliLayerOpts = "lowerdir=l1:l2,upperdir=u,workdir=w"
 
 // cliMountAt returns the mountinfo entry at path, or nil.
-func cliMountAt(t *testing.T, path string) *mountEntry {
+func cliMountAt(t *testing.T, path string) *mountinfo.Entry {
 	t.Helper()
 	m, err := findMount(path)
 	if err != nil {
 		return nil
 	}
-	if m.fsType != "fuse" && !strings.HasPrefix(m.fsType, "fuse.") {
+	if m.FSType != "fuse" && !strings.HasPrefix(m.FSType, "fuse.") {
 		return nil
 	}
 	return m
@@ -202,7 +203,7 @@ func TestParseArgs(t *testing.T) {
 }
 
 func TestUnescapeOctal(t *testing.T) {
-	if got := unescapeOctal(`/a\040b\134c\011`); got != "/a b\\c\t" {
+	if got := mountinfo.Unescape(`/a\040b\134c\011`); got != "/a b\\c\t" {
 		t.Errorf("got %q", got)
 	}
 }
@@ -472,8 +473,8 @@ func TestMountFlags(t *testing.T) {
 				t.Fatal("not in mountinfo")
 			}
 			for opt, want := range c.want {
-				if m.hasOption(opt) != want {
-					t.Errorf("mount options %v: %s present = %v, want %v", m.options, opt, !want, want)
+				if m.HasOption(opt) != want {
+					t.Errorf("mount options %v: %s present = %v, want %v", m.Options, opt, !want, want)
 				}
 			}
 			if r := runOvl(t, dir, "umount", "m"); r.code != 0 {

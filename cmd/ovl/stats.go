@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ovl-project/ovl/internal/mountinfo"
 	"github.com/ovl-project/ovl/overlay"
 )
 
@@ -63,14 +64,14 @@ func newStatsReply(ov *overlay.Overlay, gc bool) statsReply {
 // kernels get the device number; unique says which it is. The statx asks
 // for cached attributes only, so it sends the daemon no request and cannot
 // hang on a daemon that does.
-func statsSocket(m *mountEntry) (name string, unique bool) {
+func statsSocket(m *mountinfo.Entry) (name string, unique bool) {
 	var stx unix.Statx_t
 	flags := unix.AT_STATX_DONT_SYNC | unix.AT_SYMLINK_NOFOLLOW | unix.AT_NO_AUTOMOUNT
-	if unix.Statx(unix.AT_FDCWD, m.mountPoint, flags, unix.STATX_MNT_ID_UNIQUE, &stx) == nil &&
+	if unix.Statx(unix.AT_FDCWD, m.MountPoint, flags, unix.STATX_MNT_ID_UNIQUE, &stx) == nil &&
 		stx.Mask&unix.STATX_MNT_ID_UNIQUE != 0 {
 		return fmt.Sprintf("@ovl/mnt/%d", stx.Mnt_id), true
 	}
-	return "@ovl/" + m.dev, false
+	return "@ovl/" + m.Dev, false
 }
 
 // legacyBindWait bounds how long a daemon waits for a name by device
@@ -81,7 +82,7 @@ const legacyBindWait = 10 * time.Second
 // JSON reply. A name that cannot be bound is an error the daemon reports:
 // without its socket, "ovl stats" and the wait of "ovl umount" would fail
 // for the whole life of the mount.
-func serveStats(m *mountEntry, ov *overlay.Overlay) (net.Listener, error) {
+func serveStats(m *mountinfo.Entry, ov *overlay.Overlay) (net.Listener, error) {
 	name, unique := statsSocket(m)
 	ln, err := net.Listen("unix", name)
 	for deadline := time.Now().Add(legacyBindWait); err != nil && !unique &&
@@ -100,11 +101,13 @@ func serveStats(m *mountEntry, ov *overlay.Overlay) (net.Listener, error) {
 			}
 			go func() {
 				defer c.Close()
-				// A client that sends nothing (an older ovl) gets its
-				// reply when the short read deadline passes.
-				c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+				// The client half-closes after its request. The bounds
+				// only keep a stuck client from holding a goroutine: on
+				// a loaded machine a client may take seconds between
+				// connect and write (a 250 ms bound broke its pipe).
+				c.SetReadDeadline(time.Now().Add(statsIOWait))
 				req, _ := io.ReadAll(io.LimitReader(c, 64))
-				c.SetDeadline(time.Now().Add(5 * time.Second))
+				c.SetDeadline(time.Now().Add(statsIOWait))
 				if err := json.NewEncoder(c).Encode(newStatsReply(ov, string(req) == gcRequest)); err != nil {
 					log.Printf("stats: %v", err)
 				}
@@ -117,16 +120,20 @@ func serveStats(m *mountEntry, ov *overlay.Overlay) (net.Listener, error) {
 // queryDaemon asks the daemon serving mnt for its stats. It checks that the
 // socket belongs to root or to the caller, so that another user squatting
 // the name cannot pass for the daemon.
+// statsIOWait bounds each step of a stats query, on both sides: far above
+// what it takes, so that only a hung peer fails it.
+const statsIOWait = 60 * time.Second
+
 func queryDaemon(mnt string, gc bool) (*statsReply, []byte, error) {
 	m, err := findMount(mnt)
 	if err != nil {
 		return nil, nil, err
 	}
-	if m.fsType != "fuse" && !strings.HasPrefix(m.fsType, "fuse.") {
-		return nil, nil, fmt.Errorf("%s is a %s mount, not an ovl mount", mnt, m.fsType)
+	if m.FSType != "fuse" && !strings.HasPrefix(m.FSType, "fuse.") {
+		return nil, nil, fmt.Errorf("%s is a %s mount, not an ovl mount", mnt, m.FSType)
 	}
 	name, _ := statsSocket(m)
-	conn, err := net.DialTimeout("unix", name, 2*time.Second)
+	conn, err := net.DialTimeout("unix", name, statsIOWait)
 	if err != nil {
 		return nil, nil, fmt.Errorf("no ovl daemon answers for %s: %w", mnt, err)
 	}
@@ -138,7 +145,7 @@ func queryDaemon(mnt string, gc bool) (*statsReply, []byte, error) {
 	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
 		return nil, nil, fmt.Errorf("the stats socket of %s belongs to uid %d, not to root or you", mnt, cred.Uid)
 	}
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.SetDeadline(time.Now().Add(statsIOWait))
 	req := "\n"
 	if gc {
 		req = gcRequest

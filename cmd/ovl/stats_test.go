@@ -156,15 +156,15 @@ func TestStatsSocketNewMount(t *testing.T) {
 			resume()
 			t.Fatal("mount missing from mountinfo")
 		}
-		if m2.dev != m1.dev {
+		if m2.Dev != m1.Dev {
 			runOvl(t, dir, "umount", "m2")
 			resume()
 			if try < 50 {
 				continue
 			}
-			t.Fatalf("the second mount never got the first one's device number %s in %d tries", m1.dev, try+1)
+			t.Fatalf("the second mount never got the first one's device number %s in %d tries", m1.Dev, try+1)
 		}
-		t.Logf("both mounts had device %s (try %d)", m1.dev, try+1)
+		t.Logf("both mounts had device %s (try %d)", m1.Dev, try+1)
 		st := runOvl(t, dir, "stats", "m2")
 		var second int
 		if st.code != 0 {

@@ -36,7 +36,7 @@ func runUmount(inv *invocation) error {
 			defer unix.Close(fd)
 		}
 	}
-	if err := unmount(m.mountPoint, false); err != nil {
+	if err := unmount(m.MountPoint, false); err != nil {
 		return err
 	}
 	if pidfd < 0 {

@@ -1,7 +1,6 @@
 package kernelcmp
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/internal/mountinfo"
 )
 
 // DefaultOpTimeout bounds one op, one snapshot or one final step of a Run.
@@ -724,57 +725,22 @@ func abortFuse(dev uint64) error {
 
 // mountDev finds mnt (the topmost mount there) in /proc/self/mountinfo.
 func mountDev(mnt string) (dev uint64, fstype string, err error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return 0, "", err
 	}
-	defer f.Close()
-	found := false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || unescapeMountinfo(fields[4]) != mnt {
-			continue
-		}
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		m := mounts[i]
 		var maj, min uint32
-		if _, err := fmt.Sscanf(fields[2], "%d:%d", &maj, &min); err != nil || sep < 0 || sep+1 >= len(fields) {
+		if m.MountPoint != mnt {
 			continue
 		}
-		dev, fstype, found = unix.Mkdev(maj, min), fields[sep+1], true
-	}
-	if err := sc.Err(); err != nil {
-		return 0, "", err
-	}
-	if !found {
-		return 0, "", fmt.Errorf("%s: not a mount point", mnt)
-	}
-	return dev, fstype, nil
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
+		if _, err := fmt.Sscanf(m.Dev, "%d:%d", &maj, &min); err != nil {
+			return 0, "", fmt.Errorf("%s: device %q: %w", mnt, m.Dev, err)
 		}
-		b.WriteByte(s[i])
+		return unix.Mkdev(maj, min), m.FSType, nil
 	}
-	return b.String()
+	return 0, "", fmt.Errorf("%s: not a mount point", mnt)
 }
 
 // errFatal is what recT panics with on Fatal.
