@@ -56,9 +56,9 @@ type Case struct {
 	// difference is a bug after all (passthrough=off for what passthrough
 	// alone explains): the random tester counts it in seeds mounted so.
 	NotIntendedWith []string `json:"not_intended_with,omitempty"`
-	Found    string `json:"found,omitempty"`
-	Layers   Layers `json:"-"`
-	Ops      []Op   `json:"ops"`
+	Found           string   `json:"found,omitempty"`
+	Layers          Layers   `json:"-"`
+	Ops             []Op     `json:"ops"`
 }
 
 // Options are the mount options of the case.
