@@ -63,7 +63,7 @@ func TestHiddenSplitNarrow(t *testing.T) {
 	if len(hidden) != 0 {
 		t.Errorf("kernel lookup ENOENT: hidden = %v, want none", hidden)
 	}
-	if !IsHiddenClass("view " + HiddenMark + ": lookup fails") || IsHiddenClass("view error:EPERM exists: missing vs error:EPERM") {
+	if !IsHiddenClass("view "+HiddenMark+": lookup fails") || IsHiddenClass("view error:EPERM exists: missing vs error:EPERM") {
 		t.Error("IsHiddenClass")
 	}
 }
