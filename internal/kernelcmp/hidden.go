@@ -42,7 +42,7 @@ type hiddenCheck struct {
 //     lists and whose lookup fails on ovl with E; when the kernel is still
 //     mounted its lookup must fail with E too;
 //   - "readdir: E vs (listed)": the kernel's readdir of an impure directory
-//     failed where ovl listed it;
+//     failed where ovl listed it, with an entry whose lookup fails;
 //   - "exists: missing vs T" under such a directory: what the kernel could
 //     not list.
 func (h hiddenCheck) split(ds []Diff) (hidden map[int]string, rest []Diff) {
@@ -53,10 +53,18 @@ func (h hiddenCheck) split(ds []Diff) (hidden map[int]string, rest []Diff) {
 		}
 		return d.B, d.A
 	}
+	// A directory the kernel could not list: ovl must list in it an entry
+	// whose lookup fails (what failed the kernel's readdir).
+	failing := map[string]bool{}
+	for _, d := range ds {
+		if k, o := kv(d); d.Field == "exists" && k == "missing" && strings.HasPrefix(o, "error:") {
+			failing[path.Dir(d.Path)] = true
+		}
+	}
 	unlisted := map[string]bool{}
 	for i, d := range ds {
 		k, o := kv(d)
-		if d.Field == "readdir" && k != "" && o == "" && h.impure(d.Path) {
+		if d.Field == "readdir" && k != "" && o == "" && failing[d.Path] && h.impure(d.Path) {
 			unlisted[d.Path] = true
 			hidden[i] = "readdir of impure dir fails"
 		}
@@ -119,7 +127,7 @@ func (h hiddenCheck) impure(rel string) bool {
 //   - readdir: the kernel lists a subset of ovl's names, and each name
 //     only ovl lists fails its lookup on both with the same errno; or the
 //     kernel's readdir of an impure directory fails (again, as root) where
-//     ovl's succeeds;
+//     ovl's lists an entry whose lookup fails;
 //   - rmrf: the kernel's ends in ENOTEMPTY (the hidden entry is still
 //     there) and ovl's in the lookup error of an entry that only ovl lists,
 //     and after it both list the directory alike but for such entries.
@@ -138,7 +146,7 @@ func hiddenOp(op Op, a, b Result, kmnt, omnt, upper, prefix string) (string, boo
 			h := hiddenCheck{upper: upper, prefix: prefix}
 			_, kerr := ReadDir(filepath.Join(kmnt, dir))
 			_, oerr := ReadDir(filepath.Join(omnt, dir))
-			if errnoOf(kerr) == a.Errno && oerr == nil && h.impure(dir) {
+			if errnoOf(kerr) == a.Errno && oerr == nil && h.impure(dir) && failingEntry(omnt, dir) {
 				return "op readdir: " + HiddenMark + ": readdir of impure dir fails", true
 			}
 		}
@@ -197,4 +205,19 @@ func hiddenEntries(kmnt, omnt, dir string) (errno string, ok bool) {
 		errno = ErrnoName(ke)
 	}
 	return errno, true
+}
+
+// failingEntry reports whether ovl lists in dir an entry whose lookup fails.
+func failingEntry(omnt, dir string) bool {
+	ents, err := ReadDir(filepath.Join(omnt, dir))
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		var st unix.Stat_t
+		if e.Name != "." && e.Name != ".." && unix.Lstat(filepath.Join(omnt, dir, e.Name), &st) != nil {
+			return true
+		}
+	}
+	return false
 }

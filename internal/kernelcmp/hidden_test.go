@@ -21,25 +21,35 @@ func TestHiddenSplitNarrow(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefix := "user.overlay."
-	if err := unix.Lsetxattr(filepath.Join(upper, "imp"), prefix+"impure", []byte("y"), 0); err != nil {
-		t.Fatalf("user xattrs on the temp dir: %v", err)
+	for _, d := range []string{"imp", "imp3"} {
+		if err := os.MkdirAll(filepath.Join(upper, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Lsetxattr(filepath.Join(upper, d), prefix+"impure", []byte("y"), 0); err != nil {
+			t.Fatalf("user xattrs on the temp dir: %v", err)
+		}
 	}
 	ds := []Diff{
 		{Path: "bad", Field: "exists", A: "missing", B: "error:EPERM"},
 		{Path: "gone", Field: "exists", A: "missing", B: "file"},
 		{Path: "extra", Field: "exists", A: "file", B: "missing"},
 		{Path: "imp", Field: "readdir", A: "EINVAL", B: ""},
+		{Path: "imp/bad", Field: "exists", A: "missing", B: "error:EINVAL"},
 		{Path: "imp/x", Field: "exists", A: "missing", B: "symlink"},
 		{Path: "imp/x/y", Field: "exists", A: "missing", B: "file"},
 		{Path: "pure", Field: "readdir", A: "EINVAL", B: ""},
+		{Path: "pure/bad", Field: "exists", A: "missing", B: "error:EINVAL"},
 		{Path: "pure/x", Field: "exists", A: "missing", B: "file"},
+		{Path: "imp3", Field: "readdir", A: "EINVAL", B: ""},
+		{Path: "imp3/x", Field: "exists", A: "missing", B: "file"},
 		{Path: "ovlfails", Field: "readdir", A: "", B: "EIO"},
 		{Path: "imp2", Field: "exists", A: "missing", B: "error:EINVAL"},
 		{Path: "f", Field: "perm", A: "0644", B: "0600"},
 	}
 	h := hiddenCheck{kernelA: true, upper: upper, prefix: prefix}
 	hidden, rest := h.split(ds)
-	want := map[int]string{0: "lookup fails", 3: "readdir of impure dir fails", 4: "in dir it cannot list", 5: "in dir it cannot list", 9: "lookup fails"}
+	// pure: not impure; imp3: nothing listed in it fails its lookup on ovl.
+	want := map[int]string{0: "lookup fails", 3: "readdir of impure dir fails", 4: "in dir it cannot list", 5: "in dir it cannot list", 6: "in dir it cannot list", 8: "lookup fails", 13: "lookup fails"}
 	if !reflect.DeepEqual(hidden, want) {
 		t.Errorf("hidden = %v, want %v", hidden, want)
 	}
