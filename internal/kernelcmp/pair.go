@@ -69,6 +69,9 @@ type Finding struct {
 	Diffs   []Diff
 	Names   [2]string // what Diff.A and Diff.B are
 	Problem string
+	// Hidden are the indexes of Diffs that are the kernel hiding an entry
+	// whose lookup fails (hidden.go), with what kind.
+	Hidden map[int]string
 }
 
 func (p *Pair) observe(f Finding) {
@@ -539,6 +542,14 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 			continue
 		}
 		t, err := Snapshot(l.Mnt, SnapOptions{NoHash: p.Cfg.NoHash})
+		var ds []Diff
+		var hidden map[int]string
+		if err == nil {
+			ds = Compare(views[owner], t, CompareOptions{Scope: ScopeMerged, Times: p.Cfg.Times, Ignore: p.Cfg.Ignore, IgnorePaths: p.Cfg.IgnorePaths})
+			// Before the unmount: a kernel reader's own lookups are
+			// checked while it is mounted.
+			hidden = p.hiddenIn(ds, owner, reader, l)
+		}
 		if uerr := reader.M.Unmount(l.Mnt); uerr != nil {
 			p.observe(Finding{Label: label, Side: reader.Name, Problem: "unmount: " + uerr.Error()})
 			p.T.Errorf("%s: %v", label, uerr)
@@ -549,13 +560,29 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 			continue
 		}
 		p.reportProblems(label, reader.Name, t)
-		ds := Compare(views[owner], t, CompareOptions{Scope: ScopeMerged, Times: p.Cfg.Times, Ignore: p.Cfg.Ignore, IgnorePaths: p.Cfg.IgnorePaths})
 		if len(ds) > 0 {
-			p.observe(Finding{Label: label, Scope: ScopeMerged, Diffs: ds, Names: [2]string{owner.Name + " (writer)", reader.Name + " (reader)"}})
+			p.observe(Finding{Label: label, Scope: ScopeMerged, Diffs: ds, Hidden: hidden, Names: [2]string{owner.Name + " (writer)", reader.Name + " (reader)"}})
 			p.T.Errorf("%s: view differs from what %s showed: %d differences:\n%s", label, owner.Name, len(ds),
 				FormatDiffs(owner.Name+" (writer)", reader.Name+" (reader)", ds))
 		}
 	}
+}
+
+// hiddenIn finds the diffs of an interchange view (owner's view as A,
+// reader's mount at l as B) that are the kernel hiding entries whose
+// lookup fails, when one side is the kernel and the other is not.
+func (p *Pair) hiddenIn(ds []Diff, owner, reader *Side, l Layout) map[int]string {
+	_, ko := owner.M.(Kernel)
+	_, kr := reader.M.(Kernel)
+	if ko == kr || len(ds) == 0 {
+		return nil
+	}
+	h := hiddenCheck{kernelA: ko, upper: l.Upper, prefix: p.Cfg.Options.Prefix()}
+	if kr {
+		h.kernelMnt = l.Mnt
+	}
+	hidden, _ := h.split(ds)
+	return hidden
 }
 
 // Statfs compares statfs(2) of the two mounts field by field (minus the

@@ -316,7 +316,11 @@ func (r *runner) run() {
 			case a.Err != "" || b.Err != "":
 				r.fail(i+k, "harness: op "+op.Op, fmt.Sprintf("op %d %s: harness error: %s %s, %s %s", i+k, op, sides[0].Name, a, sides[1].Name, b))
 			case a != b:
-				r.fail(i+k, opClass(op, a, b), fmt.Sprintf("op %d %s: %s %s, %s %s", i+k, op, sides[0].Name, a, sides[1].Name, b))
+				class := opClass(op, a, b)
+				if hc, ok := r.hiddenOp(op, a, b); ok {
+					class = hc
+				}
+				r.fail(i+k, class, fmt.Sprintf("op %d %s: %s %s, %s %s", i+k, op, sides[0].Name, a, sides[1].Name, b))
 				if a.Errno != 0 && b.Errno != 0 {
 					r.out.Failures[len(r.out.Failures)-1].BothFailed = true
 				}
@@ -528,8 +532,53 @@ func (r *runner) problems(label, side string, t *Tree) {
 // diffs compares a and b with mtimes (only those the ops or the layers set
 // are deterministic: see knownTimes) and records a failure per class.
 func (r *runner) diffs(label, where string, scope Scope, a, b *Tree) {
-	ds := Compare(a, b, CompareOptions{Scope: scope, Times: true, Ignore: r.p.Cfg.Ignore, IgnorePaths: r.p.Cfg.IgnorePaths})
-	r.recordDiffs(label, where, r.filterTimes(ds))
+	ds := r.filterTimes(Compare(a, b, CompareOptions{Scope: scope, Times: true, Ignore: r.p.Cfg.Ignore, IgnorePaths: r.p.Cfg.IgnorePaths}))
+	if scope == ScopeMerged && r.kernelRef() {
+		// Both mounts are still up: the kernel's lookups are checked.
+		h := hiddenCheck{kernelA: true, kernelMnt: r.p.Ref.Layout.Mnt, upper: r.p.Ref.Layout.Upper, prefix: r.p.Cfg.Options.Prefix()}
+		hidden, rest := h.split(ds)
+		r.recordHidden(label, where, [2]string{r.p.Ref.Name, r.p.Cand.Name}, ds, hidden)
+		ds = rest
+	}
+	r.recordDiffs(label, where, ds)
+}
+
+// kernelRef reports whether the reference is the kernel and the candidate
+// is not (the hidden-entry difference is between those two).
+func (r *runner) kernelRef() bool {
+	_, kr := r.p.Ref.M.(Kernel)
+	_, kc := r.p.Cand.M.(Kernel)
+	return kr && !kc
+}
+
+// hiddenOp checks an op whose results differ for the hidden-entry
+// difference (hidden.go) on the live mounts.
+func (r *runner) hiddenOp(op Op, a, b Result) (string, bool) {
+	if !r.kernelRef() {
+		return "", false
+	}
+	return hiddenOp(op, a, b, r.p.Ref.Layout.Mnt, r.p.Cand.Layout.Mnt, r.p.Ref.Layout.Upper, r.p.Cfg.Options.Prefix())
+}
+
+// recordHidden records the diffs of ds that hidden explains, one failure
+// per kind, with classes of their own.
+func (r *runner) recordHidden(label, where string, names [2]string, ds []Diff, hidden map[int]string) {
+	byClass := map[string][]Diff{}
+	var order []string
+	for i, d := range ds {
+		why, ok := hidden[i]
+		if !ok {
+			continue
+		}
+		c := fmt.Sprintf("%s %s: %s", where, HiddenMark, why)
+		if byClass[c] == nil {
+			order = append(order, c)
+		}
+		byClass[c] = append(byClass[c], d)
+	}
+	for _, c := range order {
+		r.fail(r.last, c, fmt.Sprintf("%s: %d differences (the kernel hides entries whose lookup fails; intended, docs/differences.md):\n%s", label, len(byClass[c]), FormatDiffs(names[0], names[1], byClass[c])))
+	}
 }
 
 func (r *runner) recordDiffs(label, where string, ds []Diff) {
@@ -682,7 +731,18 @@ func (r *runner) finish() {
 			r.fail(r.last, problemClass(where+" "+f.Side, "x: "+f.Problem), f.Label+": "+f.Side+": "+f.Problem)
 			continue
 		}
-		r.recordDiffsNamed(f.Label, where, f.Names, f.Diffs)
+		ds := f.Diffs
+		if f.Hidden != nil {
+			var rest []Diff
+			for i, d := range ds {
+				if _, ok := f.Hidden[i]; !ok {
+					rest = append(rest, d)
+				}
+			}
+			r.recordHidden(f.Label, where, f.Names, ds, f.Hidden)
+			ds = rest
+		}
+		r.recordDiffsNamed(f.Label, where, f.Names, ds)
 	}
 }
 
