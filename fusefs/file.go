@@ -87,7 +87,26 @@ func (f *file) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	return f.lf.Write(ctx, data, off)
+	n, e := f.lf.Write(ctx, data, off)
+	if e == 0 && n > 0 {
+		f.killSgid(ctx)
+	}
+	return n, e
+}
+
+// killSgid clears the setgid bit a write by a caller outside the file's
+// group leaves (see killpriv.go); FUSE asks only for the setuid bit and a
+// group-executable setgid. Like the kernel's file_remove_privs, a failure
+// does not undo the write.
+func (f *file) killSgid(ctx context.Context) {
+	var st unix.Stat_t
+	if unix.Fstat(f.fd, &st) != nil {
+		return
+	}
+	if _, kill := needsSgidKill(ctx, &st); kill {
+		m := st.Mode & 0o7777 &^ (unix.S_ISUID | unix.S_ISGID)
+		f.n.Setattr(overlay.SetAttr{Mode: &m}, -1)
+	}
 }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {

@@ -457,6 +457,29 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if h, ok := f.(*file); ok && h.writable {
 		fd = h.fd
 	}
+	chown := a.Uid != nil || a.Gid != nil
+	// A SETATTR that changes nothing is what is left of a kill request
+	// once fuse_setattr dropped the kill flags and their mode: from a
+	// chown(f, -1, -1), or from a write (file_remove_privs; also of
+	// passthrough writes, which the daemon does not see otherwise); only
+	// the chown may fail (see inChown).
+	bare := in.Valid&^uint32(fuse.FATTR_FH|fuse.FATTR_LOCKOWNER|fuse.FATTR_CTIME) == 0
+	if chown || bare || a.Size != nil {
+		var st unix.Stat_t
+		if err := p.n.Getattr(&st); err != nil {
+			return errno(err)
+		}
+		if c, kill := needsSgidKill(ctx, &st); kill {
+			if (chown || bare && inChown(ctx)) && c.uid != st.Uid && !c.capable(unix.CAP_FOWNER) {
+				return syscall.EPERM
+			}
+			m := st.Mode & 0o7777 &^ (unix.S_ISUID | unix.S_ISGID)
+			if a.Mode != nil {
+				m = *a.Mode &^ unix.S_ISGID
+			}
+			a.Mode = &m
+		}
+	}
 	var err error
 	if pt := p.gens.pt.Load(); pt != nil {
 		err = pt.setattr(p, a, fd)
@@ -476,12 +499,14 @@ func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if e != 0 {
 			return nil, 0, e
 		}
+		p.truncKill(ctx, flags)
 		return p.opened(h), 0, 0
 	}
 	fd, err := p.n.Open(int(flags))
 	if err != nil {
 		return nil, 0, errno(err)
 	}
+	p.truncKill(ctx, flags)
 	// The kernel's page cache of the object stays valid across opens:
 	// its data changes only through this mount (copy-up keeps it).
 	return p.opened(newFile(p.ov, p.n, fd, int(flags))), fuse.FOPEN_KEEP_CACHE, 0

@@ -359,9 +359,11 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	// once an absolute redirect was met (kernel: ovl_lookup, d.name and
 	// poe = roe).
 	look, cands, fromRoot := name, lowers, false
-	if merge && child.upperFd >= 0 && hasXattrs {
+	if merge && child.upperFd >= 0 && hasXattrs && (o.followRedirects || len(lowers) > 0) {
 		// Read also where redirects are not followed: an invalid one is
-		// EINVAL, a valid one EPERM (see redirect.go).
+		// EINVAL, a valid one EPERM (see redirect.go). Not followed, it is
+		// not read under a parent without a lower part (kernel:
+		// ovl_lookup, d.last = !ovl_numlower(poe)).
 		r, ok, err := o.redirectOf(child.upperFd)
 		if err != nil {
 			child.Forget()
@@ -454,7 +456,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if opaque || w.stop {
 			break
 		}
-		if i == len(cands)-1 || !ours {
+		if o.lastLower(lr, i, cands) || !ours {
 			continue
 		}
 		// A lower layer written by another overlay may redirect too.
@@ -530,6 +532,22 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		out.Nlink = 1 // merged: see Getattr
 	}
 	return child, nil
+}
+
+// lastLower says whether lookup ignores the redirect of the lower
+// directory lr, cands[i]: only one in the mount's bottom layer, where
+// there is nothing left to follow it into. A redirect in any other layer
+// is read, checked and followed even when the parent has no lower part
+// below it, so an absolute one is walked in the layers below (kernel:
+// ovl_lookup sets d.last from the layer's index among the root's lowers
+// when redirects are followed). Without follow the kernel stops at the
+// parent's last lower directory.
+func (o *Overlay) lastLower(lr lowerRef, i int, cands []lowerRef) bool {
+	if !o.followRedirects {
+		return i == len(cands)-1
+	}
+	roots := o.root.lowers
+	return lr.layer == roots[len(roots)-1].layer
 }
 
 // openReal opens name in dirfd as an O_PATH descriptor and checks that it

@@ -26,6 +26,10 @@ import (
 //     redirect is not followed: a directory that carries one and would be
 //     looked up in the layers below is EPERM (kernel: ovl_lookup, "refusing
 //     to follow redirect").
+//   - Followed, a redirect is read on every directory but one in the
+//     mount's bottom layer, even where the parent has no lower part below
+//     it; not followed, only where the parent's lower part goes on below
+//     (kernel: ovl_lookup, d.last; see Overlay.lastLower).
 //   - An absolute redirect restarts the lookup at the lower roots, even
 //     under an opaque directory; an opaque directory met on its path stops
 //     the layers below.

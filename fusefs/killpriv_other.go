@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package fusefs
+
+import "golang.org/x/sys/unix"
+
+var chownSyscalls = map[int64]bool{unix.SYS_FCHOWN: true, unix.SYS_FCHOWNAT: true}
