@@ -148,8 +148,9 @@ func openInMount(c *mountinfo.Entry, rel string) int {
 	if rel == "" {
 		rel = "."
 	}
-	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH}
-	fd, err := unix.Openat2(root, rel, &how)
+	// The layer rules (RESOLVE_NO_XDEV among them): a mount stacked on
+	// the way fails the open rather than landing elsewhere.
+	fd, err := OpenAt(root, rel, unix.O_PATH|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return -1
 	}
