@@ -205,7 +205,7 @@ func (n *Node) overlayAttr(st *unix.Stat_t) {
 	merged := n.IsDir() && (n.upperFd >= 0 && len(n.lowers) > 0 || len(n.lowers) > 1)
 	n.mu.Unlock()
 	if in != "" {
-		st.Nlink = n.o.overlayNlinkAt(n.o.index, in, st)
+		storeNlink(&st.Nlink, n.o.overlayNlinkAt(n.o.index, in, st))
 	}
 	if meta {
 		if fd, err := n.dataAt(); err == nil {

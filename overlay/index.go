@@ -86,7 +86,7 @@ func (o *Overlay) cleanIndex() error {
 			continue
 		}
 		v, _ := format.GetxattrAt(o.index, name, o.names.Name(format.Nlink))
-		if n, ok := parseNlink(v, st.Nlink); ok && n <= 0 {
+		if n, ok := parseNlink(v, uint64(st.Nlink)); ok && n <= 0 {
 			unix.Unlinkat(o.index, name, 0)
 		}
 	}
@@ -139,7 +139,7 @@ func (o *Overlay) lookupIndex(child *Node, l *layer, dirfd int, leaf string, st 
 	}
 	child.inIndex, child.realIno = true, ist.Ino
 	*st = ist
-	st.Nlink = o.overlayNlinkAt(o.index, child.indexName, &ist)
+	storeNlink(&st.Nlink, o.overlayNlinkAt(o.index, child.indexName, &ist))
 }
 
 // upperIndex notes that child, an upper file found as name in the upper
@@ -156,16 +156,20 @@ func (o *Overlay) upperIndex(child *Node, dirfd int, name string, st *unix.Stat_
 		return
 	}
 	child.indexName, child.inIndex = in, true
-	st.Nlink = o.overlayNlinkAt(o.index, in, &ist)
+	storeNlink(&st.Nlink, o.overlayNlinkAt(o.index, in, &ist))
 }
+
+// storeNlink stores n in a stat's link count, whose width is the
+// architecture's (uint64 on amd64, uint32 on arm64).
+func storeNlink[T ~uint32 | ~uint64](p *T, n uint64) { *p = T(n) }
 
 // overlayNlinkAt is overlayNlink for name in dirfd.
 func (o *Overlay) overlayNlinkAt(dirfd int, name string, st *unix.Stat_t) uint64 {
 	v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Nlink))
-	if n, ok := parseNlink(v, st.Nlink); ok && n > 0 {
+	if n, ok := parseNlink(v, uint64(st.Nlink)); ok && n > 0 {
 		return uint64(n)
 	}
-	return st.Nlink
+	return uint64(st.Nlink)
 }
 
 // addNlink changes the overlay link count of the indexed object n by d,

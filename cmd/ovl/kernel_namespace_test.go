@@ -245,7 +245,7 @@ func TestKernelSharedWhiteouts(t *testing.T) {
 				} else if st.Ino != first.Ino {
 					t.Errorf("%s: %s: whiteouts %s and %s are different inodes (%d, %d)", label, s.Name, names[0], nm, first.Ino, st.Ino)
 				}
-				if st.Nlink != wantNlink {
+				if uint64(st.Nlink) != wantNlink {
 					t.Errorf("%s: %s: whiteout %s has %d links, want %d", label, s.Name, nm, st.Nlink, wantNlink)
 				}
 			}
