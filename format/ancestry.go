@@ -156,3 +156,25 @@ func openInMount(c *mountinfo.Entry, rel string) int {
 	}
 	return fd
 }
+
+// IDMapped reports whether the directory path (symlinks followed) is on an
+// idmapped mount (mount_setattr MOUNT_ATTR_IDMAP; mountinfo lists such a
+// mount with the flag "idmapped"): the owners read through it are mapped
+// by the kernel already. Callers ask before they clone the mount, whose
+// detached copy no mount table lists.
+func IDMapped(path string) (bool, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_MNT_ID, &stx); err != nil {
+		return false, fmt.Errorf("statx %s: %w", path, err)
+	}
+	es, err := mountinfo.Read()
+	if err != nil {
+		return false, fmt.Errorf("read the mount table: %w", err)
+	}
+	for i := range es {
+		if es[i].ID == stx.Mnt_id {
+			return es[i].HasOption("idmapped"), nil
+		}
+	}
+	return false, nil
+}

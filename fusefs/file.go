@@ -100,7 +100,9 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 // does not undo the write.
 func (f *file) killSgid(ctx context.Context) {
 	var st unix.Stat_t
-	if unix.Fstat(f.fd, &st) != nil {
+	// The mode and group the kernel sees (the owner may be mapped or in
+	// an override xattr), not the layer inode's.
+	if f.n.Fstat(f.fd, &st) != nil {
 		return
 	}
 	if _, kill := needsSgidKill(ctx, &st); kill {

@@ -4,6 +4,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/idmap"
 )
 
 // real returns an O_PATH descriptor of the object's topmost real object
@@ -145,10 +146,11 @@ func (n *Node) realAt() (int, string, error) {
 }
 
 // Getattr stats the object (kernel: ovl_getattr): the topmost real object's
-// attributes, with the overlay's inode number; a merged directory reports
-// one link, as the kernel does, since counting its entries would cost a
-// readdir of every layer.
+// attributes, with the overlay's inode number and the owner the mount shows
+// (owner.go); a merged directory reports one link, as the kernel does,
+// since counting its entries would cost a readdir of every layer.
 func (n *Node) Getattr(st *unix.Stat_t) error {
+	at, name := -1, ""
 	if n.IsDir() {
 		fd, _, err := n.real()
 		if err != nil {
@@ -157,19 +159,25 @@ func (n *Node) Getattr(st *unix.Stat_t) error {
 		if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return err
 		}
+		at = fd
 	} else if fd, ok := n.pinnedFd(); ok {
 		if err := unix.Fstatat(fd, "", st, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return err
 		}
+		at = fd
 	} else {
 		// One stat by name, checked, instead of open, stat and close.
-		dirfd, name, err := n.realAt()
+		dirfd, nm, err := n.realAt()
 		if err != nil {
 			return err
 		}
-		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil || !n.isReal(st) {
+		if err := unix.Fstatat(dirfd, nm, st, unix.AT_SYMLINK_NOFOLLOW); err != nil || !n.isReal(st) {
 			return unix.ESTALE
 		}
+		at, name = dirfd, nm
+	}
+	if err := n.o.show(n.topLayer(), st, at, name); err != nil {
+		return err
 	}
 	n.overlayAttr(st)
 	return nil
@@ -188,7 +196,24 @@ func (n *Node) Fstat(fd int, st *unix.Stat_t) error {
 	if err := unix.Fstat(fd, st); err != nil {
 		return err
 	}
+	if err := n.o.show(n.topLayer(), st, fd, ""); err != nil {
+		return err
+	}
 	n.overlayAttr(st)
+	return nil
+}
+
+// topLayer is the layer of the object's topmost real object (the upper for
+// an indexed one), nil for none.
+func (n *Node) topLayer() *layer {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.inUpper || n.inIndex:
+		return n.o.upper
+	case len(n.lowers) > 0:
+		return n.lowers[0].layer
+	}
 	return nil
 }
 
@@ -247,24 +272,30 @@ func (n *Node) Setattr(a SetAttr, fd int) error {
 	}
 	defer done()
 	p := format.ProcPath(pathFd)
-	if a.Uid != nil || a.Gid != nil {
-		uid, gid := -1, -1
-		if a.Uid != nil {
-			uid = int(*a.Uid)
-		}
-		if a.Gid != nil {
-			gid = int(*a.Gid)
-		}
-		if err := unix.Fchownat(pathFd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if n.o.owners && (a.Uid != nil || a.Gid != nil || a.Mode != nil) {
+		if err := n.setOwner(pathFd, a); err != nil {
 			return err
 		}
-	}
-	if a.Mode != nil {
-		if n.kind == unix.S_IFLNK {
-			return unix.EOPNOTSUPP
+	} else {
+		if a.Uid != nil || a.Gid != nil {
+			uid, gid := -1, -1
+			if a.Uid != nil {
+				uid = int(*a.Uid)
+			}
+			if a.Gid != nil {
+				gid = int(*a.Gid)
+			}
+			if err := unix.Fchownat(pathFd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
 		}
-		if err := unix.Chmod(p, *a.Mode&0o7777); err != nil {
-			return err
+		if a.Mode != nil {
+			if n.kind == unix.S_IFLNK {
+				return unix.EOPNOTSUPP
+			}
+			if err := unix.Chmod(p, *a.Mode&0o7777); err != nil {
+				return err
+			}
 		}
 	}
 	if a.Size != nil {
@@ -293,6 +324,42 @@ func (n *Node) Setattr(a SetAttr, fd int) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// setOwner is the chown and chmod of Setattr where owners are mapped or
+// kept in overrides (owner.go): the IDs given are the mount's, and the
+// change goes where the upper object keeps its owner. fd is its O_PATH
+// descriptor.
+func (n *Node) setOwner(fd int, a SetAttr) error {
+	o := n.o
+	if a.Mode != nil && n.kind == unix.S_IFLNK && a.Uid == nil && a.Gid == nil {
+		return unix.EOPNOTSUPP
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	cur, err := o.ownerOf(o.upper, &st, fd, "")
+	if err != nil {
+		return err
+	}
+	uid, gid, perm := cur.uid, cur.gid, cur.perm
+	if a.Uid != nil {
+		uid = o.ids.StoreUID(*a.Uid)
+	}
+	if a.Gid != nil {
+		gid = o.ids.StoreGID(*a.Gid)
+	}
+	if a.Mode != nil {
+		perm = *a.Mode & 0o7777
+	}
+	if err := o.setUpperOwner(fd, n.kind, cur, uid, gid, perm, a.Mode != nil); err != nil {
+		return err
+	}
+	if a.Mode != nil && n.kind == unix.S_IFLNK {
+		return unix.EOPNOTSUPP
 	}
 	return nil
 }
@@ -355,7 +422,12 @@ func (n *Node) Readlink() (string, error) {
 
 // Getxattr reads an xattr; names in the overlay's own namespace are
 // escaped, so users reach theirs, never the overlay's (kernel: ovl_xattr_get).
+// The override xattrs are hidden (owner.go), and the IDs of a POSIX ACL are
+// shown mapped.
 func (n *Node) Getxattr(name string) ([]byte, error) {
+	if idmap.IsOverride(name) {
+		return nil, unix.ENODATA
+	}
 	name = n.o.names.Escape(name)
 	fd, done, err := n.real()
 	if err != nil {
@@ -368,6 +440,11 @@ func (n *Node) Getxattr(name string) ([]byte, error) {
 	}
 	if v == nil {
 		return nil, unix.ENODATA
+	}
+	if ids := n.o.ids; ids != nil && isACL(name) {
+		if l := n.topLayer(); l == nil || !l.mapped {
+			v = mapACL(v, ids.MapUID, ids.MapGID)
+		}
 	}
 	return v, nil
 }
@@ -385,7 +462,7 @@ func (n *Node) Listxattr() ([]string, error) {
 	}
 	out := names[:0]
 	for _, nm := range names {
-		if shown, ok := n.o.names.Unescape(nm); ok {
+		if shown, ok := n.o.names.Unescape(nm); ok && !idmap.IsOverride(nm) {
 			out = append(out, shown)
 		}
 	}
@@ -393,14 +470,24 @@ func (n *Node) Listxattr() ([]string, error) {
 }
 
 // Setxattr sets an xattr after copy-up; names in the overlay's own
-// namespace are escaped.
+// namespace are escaped, the override xattrs refused, and the IDs of a
+// POSIX ACL stored mapped back.
 func (n *Node) Setxattr(name string, value []byte, flags int) error {
+	if idmap.IsOverride(name) {
+		return unix.EPERM
+	}
 	name = n.o.names.Escape(name)
+	if ids := n.o.ids; ids != nil && isACL(name) {
+		value = mapACL(value, ids.StoreUID, ids.StoreGID)
+	}
 	return n.onUpper(func(fd int) error { return format.Setxattr(fd, name, value, flags) })
 }
 
 // Removexattr removes an xattr after copy-up.
 func (n *Node) Removexattr(name string) error {
+	if idmap.IsOverride(name) {
+		return unix.EPERM
+	}
 	// Removing what is not there must not copy up.
 	if _, err := n.Getxattr(name); err != nil {
 		return err

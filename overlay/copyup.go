@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/idmap"
 )
 
 // CopyUp makes sure n exists in the upper layer, copying its parents first
@@ -88,8 +89,13 @@ func (n *Node) copyUp(mode copyMode) error {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
+	ow, err := o.ownerOf(src.layer, &st, src.fd, "")
+	if err != nil {
+		cleanup()
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
 	origin := o.encodeOrigin(src.layer, src.fd)
-	if err := o.copyMeta(src.fd, &st, tmp, origin); err != nil {
+	if err := o.copyMeta(src.fd, &st, ow, tmp, origin); err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
@@ -277,8 +283,10 @@ func dupFd(fd int) int {
 
 // copyMeta copies xattrs, owner, mode and times from src to work/tmp and
 // records the origin (kernel: ovl_copy_xattr, ovl_set_attr, ovl_set_origin).
+// The owner and mode are ow, src's as its layer has them (owner.go), kept
+// where the upper keeps them; override xattrs are not copied as such.
 // Times go last: nothing after them may touch the copy.
-func (o *Overlay) copyMeta(src int, st *unix.Stat_t, tmp string, origin []byte) error {
+func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origin []byte) error {
 	dst, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
@@ -290,7 +298,7 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, tmp string, origin []byte) 
 		return fmt.Errorf("list xattrs: %w", err)
 	}
 	for _, name := range names {
-		if o.names.IsPrivate(name) {
+		if o.names.IsPrivate(name) || idmap.IsOverride(name) {
 			continue
 		}
 		v, err := format.Getxattr(src, name)
@@ -318,12 +326,21 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, tmp string, origin []byte) 
 	if err := format.Setxattr(dst, o.names.Name(format.Origin), origin, 0); err != nil && err != unix.EPERM {
 		return fmt.Errorf("write origin: %w", err)
 	}
-	if err := unix.Fchownat(o.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("chown: %w", err)
-	}
-	if !isLink {
-		if err := unix.Fchmodat(o.work, tmp, st.Mode&0o7777, 0); err != nil {
-			return fmt.Errorf("chmod: %w", err)
+	if o.owners {
+		// The copy's owner so far is the daemon's, with no override.
+		uid, gid := o.upperIDs(ow)
+		cur := owner{uid: ^uint32(0), gid: ^uint32(0)}
+		if err := o.setUpperOwner(dst, st.Mode&unix.S_IFMT, cur, uid, gid, ow.perm, true); err != nil {
+			return err
+		}
+	} else {
+		if err := unix.Fchownat(o.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+		if !isLink {
+			if err := unix.Fchmodat(o.work, tmp, st.Mode&0o7777, 0); err != nil {
+				return fmt.Errorf("chmod: %w", err)
+			}
 		}
 	}
 	ts := []unix.Timespec{st.Atim, st.Mtim}

@@ -181,10 +181,13 @@ func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 	return err
 }
 
-// create makes a new object at name in n for the caller c. Its owner is set
-// before the name appears where it can; setuid and setgid bits only after
-// the owner is right.
-func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (*Node, error) {
+// create makes a new object at name in n for the caller c, with mk, which
+// gets the mode to make it with. Its owner is set before the name appears
+// where it can; setuid and setgid bits only after the owner is right. The
+// owner is the caller's, stored mapped back, and kept in an override where
+// the mount keeps them (owner.go).
+func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk func(dirfd int, name string, mode uint32) error) (*Node, error) {
+	o := n.o
 	if _, err := n.upperDir(); err != nil {
 		return nil, err
 	}
@@ -194,19 +197,24 @@ func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (
 	if err := unix.Fstat(n.upperFd, &pst); err != nil {
 		return nil, err
 	}
-	gid := int(c.Gid)
+	pow, err := o.ownerOf(o.upper, &pst, n.upperFd, "")
+	if err != nil {
+		return nil, err
+	}
+	uid, gid := o.ids.StoreUID(c.Uid), o.ids.StoreGID(c.Gid)
 	mode &^= c.Umask
 	special := mode & (unix.S_ISUID | unix.S_ISGID)
-	if pst.Mode&unix.S_ISGID != 0 {
+	if pow.perm&unix.S_ISGID != 0 {
 		// Set explicitly: over a whiteout the object is made in work/,
 		// which is not setgid (kernel: inode_init_owner on the overlay).
-		gid = int(pst.Gid)
+		gid = pow.gid
 		if kind == unix.S_IFDIR {
 			special |= unix.S_ISGID
 		}
 	}
+	mkObj := func(dirfd int, nm string) error { return mk(dirfd, nm, mode&0o1777) }
 	setOwner := func(dirfd int, nm string) error {
-		if err := unix.Fchownat(dirfd, nm, int(c.Uid), gid, unix.AT_SYMLINK_NOFOLLOW); err != nil && !(err == unix.EPERM && uint32(unix.Geteuid()) == c.Uid) {
+		if err := unix.Fchownat(dirfd, nm, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); !o.chownDone(err, uid) {
 			return fmt.Errorf("chown new %s: %w", nm, err)
 		}
 		if special != 0 && kind != unix.S_IFLNK {
@@ -218,7 +226,19 @@ func (n *Node) create(name string, kind uint32, mode uint32, c Cred, mk maker) (
 		}
 		return nil
 	}
-	if err := n.place(name, kind == unix.S_IFDIR, mk, setOwner); err != nil {
+	if o.keepsOverride(kind) {
+		// The inode keeps the daemon's owner and the backing mode.
+		mkObj = func(dirfd int, nm string) error { return mk(dirfd, nm, backingPerm(mode)) }
+		setOwner = func(dirfd int, nm string) error {
+			fd, err := format.OpenAt(dirfd, nm, unix.O_PATH|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return writeOverride(fd, o.ovName, uid, gid, mode&0o7777|special)
+		}
+	}
+	if err := n.place(name, kind == unix.S_IFDIR, mkObj, setOwner); err != nil {
 		return nil, err
 	}
 	return n.adopt(name, kind)
@@ -262,10 +282,10 @@ func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 func (n *Node) Create(name string, flags int, mode uint32, c Cred) (*Node, int, error) {
 	fd := -1
 	flags = flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_CREAT | unix.O_EXCL
-	child, err := n.create(name, unix.S_IFREG, mode&0o7777, c, func(dirfd int, nm string) error {
+	child, err := n.create(name, unix.S_IFREG, mode&0o7777, c, func(dirfd int, nm string, m uint32) error {
 		// An O_CREAT open returns a descriptor with the access asked for,
 		// whatever the new mode allows.
-		f, err := format.OpenAt(dirfd, nm, flags, mode&^c.Umask&0o1777)
+		f, err := format.OpenAt(dirfd, nm, flags, m)
 		if err != nil {
 			return err
 		}
@@ -283,22 +303,22 @@ func (n *Node) Create(name string, flags int, mode uint32, c Cred) (*Node, int, 
 
 // Mkdir makes a directory.
 func (n *Node) Mkdir(name string, mode uint32, c Cred) (*Node, error) {
-	return n.create(name, unix.S_IFDIR, mode&0o7777, c, func(dirfd int, nm string) error {
-		return unix.Mkdirat(dirfd, nm, (mode&^c.Umask)&0o1777)
+	return n.create(name, unix.S_IFDIR, mode&0o7777, c, func(dirfd int, nm string, m uint32) error {
+		return unix.Mkdirat(dirfd, nm, m)
 	})
 }
 
 // Mknod makes a device node, FIFO or socket.
 func (n *Node) Mknod(name string, mode uint32, rdev uint64, c Cred) (*Node, error) {
 	kind := mode & unix.S_IFMT
-	return n.create(name, kind, mode&0o7777, c, func(dirfd int, nm string) error {
-		return unix.Mknodat(dirfd, nm, kind|(mode&^c.Umask)&0o1777, int(rdev))
+	return n.create(name, kind, mode&0o7777, c, func(dirfd int, nm string, m uint32) error {
+		return unix.Mknodat(dirfd, nm, kind|m, int(rdev))
 	})
 }
 
 // Symlink makes a symbolic link to target.
 func (n *Node) Symlink(target, name string, c Cred) (*Node, error) {
-	return n.create(name, unix.S_IFLNK, 0o777, Cred{Uid: c.Uid, Gid: c.Gid}, func(dirfd int, nm string) error {
+	return n.create(name, unix.S_IFLNK, 0o777, Cred{Uid: c.Uid, Gid: c.Gid}, func(dirfd int, nm string, _ uint32) error {
 		return unix.Symlinkat(target, dirfd, nm)
 	})
 }

@@ -317,6 +317,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	child := o.born(&Node{o: o, upperFd: -1, parent: n, name: name})
 	var st unix.Stat_t
 	var topSt unix.Stat_t // stat of the topmost real object
+	var topOwner owner    // its owner (owner.go)
 	var lowerDirIno uint64
 	found := false
 	merge := true      // whether lower layers still count
@@ -352,6 +353,14 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		}
 		if k != entryNone {
 			found, topSt = true, st
+			at, nm := upperFd, name
+			if k == entryDir {
+				at, nm = child.upperFd, ""
+			}
+			if topOwner, err = o.ownerOf(o.upper, &st, at, nm); err != nil {
+				child.Forget()
+				return nil, err
+			}
 		}
 	}
 	// Where the lower layers hold the object: look is the name in the
@@ -425,6 +434,11 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			child.kind, child.realIno = st.Mode&unix.S_IFMT, st.Ino
 			child.lowers = []lowerRef{{layer: lr.layer, fd: -1}}
 			found, topSt = true, st
+			if topOwner, err = o.ownerOf(lr.layer, &st, w.dirfd, w.leaf); err != nil {
+				w.close()
+				child.Forget()
+				return nil, err
+			}
 			if o.indexOn && st.Nlink > 1 {
 				o.lookupIndex(child, lr.layer, w.dirfd, w.leaf, &topSt)
 			}
@@ -452,6 +466,10 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: xwh})
 		if !found {
 			found, topSt, child.kind = true, st, unix.S_IFDIR
+			if topOwner, err = o.ownerOf(lr.layer, &st, fd, ""); err != nil {
+				child.Forget()
+				return nil, err
+			}
 		}
 		if opaque || w.stop {
 			break
@@ -527,6 +545,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		}
 	}
 	*out = topSt
+	o.present(out, topOwner)
 	out.Ino = child.ino
 	if child.IsDir() && (child.inUpper && len(child.lowers) > 0 || len(child.lowers) > 1) {
 		out.Nlink = 1 // merged: see Getattr

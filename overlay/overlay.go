@@ -61,6 +61,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/idmap"
 )
 
 // Config describes the layers of an overlay, in the kernel's terms.
@@ -88,6 +89,16 @@ type Config struct {
 	// Index is the kernel's index=: "on" keeps the names of a lower hard
 	// link one object across copy-up (see index.go). Empty means "off".
 	Index string
+	// IDs maps owners between the layers and the mount (fuse-overlayfs's
+	// uidmapping=, gidmapping= and squash options; see owner.go). Nil
+	// shows the layers' owners as they are.
+	IDs *idmap.Map
+	// XattrPermissions is fuse-overlayfs's xattr_permissions=: 0 keeps
+	// owners and modes in the upper's inodes; 1 and 2 keep those of new
+	// regular files and directories in security.fuseoverlayfs.override_stat
+	// and user.fuseoverlayfs.override_stat, and read the override xattrs
+	// of every layer (see owner.go).
+	XattrPermissions int
 }
 
 // redirectMode resolves Config.RedirectDir: whether redirects are made and
@@ -133,6 +144,12 @@ type layer struct {
 
 	mountOnce sync.Once
 	mfd       int // see mountFd
+
+	// mapped: a lower on an idmapped mount, whose inode owners are the
+	// mount's already; overrides: the override xattrs its objects are
+	// read for, in order (see owner.go). Written only by New.
+	mapped    bool
+	overrides []string
 }
 
 // Overlay is a merged view of the layers in a Config.
@@ -174,6 +191,13 @@ type Overlay struct {
 	// traps are the layer roots and work directories, which no lookup
 	// may reach (see overlap.go); written only by New.
 	traps map[format.DirID]bool
+
+	// ids maps owners (nil: none); ovName is the override xattr new upper
+	// objects get ("": none); owners: objects need more than their inode
+	// for what the mount shows (see owner.go). Written only by New.
+	ids    *idmap.Map
+	ovName string
+	owners bool
 
 	stats struct {
 		copyUps, copyUpBytes, whiteouts, lookups atomic.Uint64
@@ -281,6 +305,9 @@ func New(cfg Config) (*Overlay, error) {
 			return nil, err
 		}
 		o.indexOn = true
+	}
+	if err := o.setupOwners(); err != nil {
+		return nil, err
 	}
 	// work/ and index/ are traps too (ovl_make_workdir, ovl_get_indexdir).
 	for _, fd := range []int{o.work, o.index} {

@@ -59,6 +59,9 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 	if err != nil {
 		return report(err)
 	}
+	if ls := ov.MappedLowers(); len(ls) > 0 {
+		log.Printf("lower layers on idmapped mounts show their owners as the kernel maps them, not mapped again: %s", strings.Join(ls, ":"))
+	}
 	srv, err := fusefs.Mount(req.mnt, ov, req.res.FUSE)
 	if err != nil {
 		ov.Close()

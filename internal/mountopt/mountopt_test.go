@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ovl-project/ovl/idmap"
 )
 
 func TestSplit(t *testing.T) {
@@ -163,7 +165,8 @@ func TestParseAccepted(t *testing.T) {
 	for _, opt := range []string{
 		"redirect_dir=off", "redirect_dir=nofollow", "index=off", "index=on", "metacopy=off", "metacopy=on",
 		"nfs_export=off", "uuid=null", "uuid=off", "verity=off", "xino=off", "xino=auto",
-		"default_permissions", "noxattrs=0", "xattr_permissions=0",
+		"default_permissions", "noxattrs=0", "xattr_permissions=0", "xattr_permissions=1", "xattr_permissions=2",
+		"uidmapping=:0:100000:65536", "gidmapping=0:1:1", "squash_to_root", "squash_to_uid=7", "squash_to_gid=8",
 	} {
 		if _, err := Parse([]string{"lowerdir=/a," + opt}, true); err != nil {
 			t.Errorf("%s refused: %v", opt, err)
@@ -220,13 +223,21 @@ func TestParseErrors(t *testing.T) {
 		{"lowerdir=/a,xino=on", `option "xino=on" is not supported yet`},
 		{"lowerdir=/a,fsync=strict", `option "fsync=strict" is not supported yet`},
 		{"lowerdir=/a,noxattrs=1", `option "noxattrs=1" is not supported yet`},
-		{"lowerdir=/a,xattr_permissions=2", `option "xattr_permissions=2" is not supported yet`},
+		{"lowerdir=/a,xattr_permissions=3", `option "xattr_permissions" has an invalid value "3" (want one of 0, 1, 2)`},
+		{"lowerdir=/a,xattr_permissions", `option "xattr_permissions" needs a value`},
 		{"lowerdir=/a,datadir+=/d", `option "datadir+" is not supported`},
-		{"lowerdir=/a,uidmapping=0:1000:1", `option "uidmapping" is not supported: ovl does no UID/GID mapping`},
-		{"lowerdir=/a,gidmapping=0:1000:1", `option "gidmapping" is not supported`},
-		{"lowerdir=/a,squash_to_root", `option "squash_to_root" is not supported`},
-		{"lowerdir=/a,squash_to_uid=1", `option "squash_to_uid" is not supported`},
-		{"lowerdir=/a,squash_to_gid=1", `option "squash_to_gid" is not supported`},
+		{"lowerdir=/a,uidmapping", `option "uidmapping" needs a value`},
+		{"lowerdir=/a,uidmapping=", `option "uidmapping": mapping "" is empty: want DISK:SHOWN:SIZE`},
+		{"lowerdir=/a,uidmapping=:0:100000", `option "uidmapping": mapping ":0:100000" has 2 numbers: want groups of three`},
+		{"lowerdir=/a,gidmapping=:0:100000:65536:1", `option "gidmapping": mapping ":0:100000:65536:1" has 4 numbers`},
+		{"lowerdir=/a,uidmapping=:0:x:1", `option "uidmapping": mapping ":0:x:1": "x" is not an ID`},
+		{"lowerdir=/a,uidmapping=0:1000:0", `range 0:1000:0 has size 0`},
+		{"lowerdir=/a,uidmapping=:0:100000:65536:1000:200000:10", `ranges 0:100000:65536 and 1000:200000:10 overlap`},
+		{"lowerdir=/a,gidmapping=0:10:5:100:12:1", `ranges 0:10:5 and 100:12:1 overlap`},
+		{"lowerdir=/a,squash_to_root=1", `option "squash_to_root" takes no value`},
+		{"lowerdir=/a,squash_to_uid", `option "squash_to_uid" needs a value`},
+		{"lowerdir=/a,squash_to_uid=-1", `option "squash_to_uid": "-1" is not an ID`},
+		{"lowerdir=/a,squash_to_gid=root", `option "squash_to_gid": "root" is not an ID`},
 		{"lowerdir=/a,ino32_t", `option "ino32_t" is not supported`},
 		{"lowerdir=/a,plugins=x.so", `option "plugins" is not supported`},
 		{`lowerdir=/a\`, "lone backslash"},
@@ -289,5 +300,44 @@ func TestREADMENamesEveryOption(t *testing.T) {
 		if !strings.Contains(readme, "`"+name) {
 			t.Errorf("README.md does not mention option %q", name)
 		}
+	}
+}
+
+func TestParseIDs(t *testing.T) {
+	r := mustParse(t, true, "lowerdir=/a,upperdir=/u,workdir=/w,,volatile,uidmapping=:0:100000:65536,gidmapping=:0:200000:1:1:300000:65535,xattr_permissions=2")
+	m := r.Overlay.IDs
+	if m == nil {
+		t.Fatal("IDs = nil")
+	}
+	if got := idmap.FormatRanges(m.UIDs); got != "0:100000:65536" {
+		t.Errorf("UIDs = %s", got)
+	}
+	if got := idmap.FormatRanges(m.GIDs); got != "0:200000:1:1:300000:65535" {
+		t.Errorf("GIDs = %s", got)
+	}
+	if m.SquashUID != nil || m.SquashGID != nil || m.OverflowUID == 0 || m.OverflowGID == 0 {
+		t.Errorf("squash %v %v, overflow %d %d", m.SquashUID, m.SquashGID, m.OverflowUID, m.OverflowGID)
+	}
+	if r.Overlay.XattrPermissions != 2 {
+		t.Errorf("XattrPermissions = %d", r.Overlay.XattrPermissions)
+	}
+	// A later mapping replaces an earlier one, as every later option wins.
+	r = mustParse(t, true, "lowerdir=/a,uidmapping=0:1:1,uidmapping=0:5:2")
+	if got := idmap.FormatRanges(r.Overlay.IDs.UIDs); got != "0:5:2" {
+		t.Errorf("later uidmapping: UIDs = %s", got)
+	}
+	if r := mustParse(t, true, "lowerdir=/a"); r.Overlay.IDs != nil || r.Overlay.XattrPermissions != 0 {
+		t.Errorf("no ID options: IDs = %v, XattrPermissions = %d", r.Overlay.IDs, r.Overlay.XattrPermissions)
+	}
+	// squash_to_uid/gid win over squash_to_root in either order.
+	for _, opts := range []string{"lowerdir=/a,squash_to_root,squash_to_uid=7", "lowerdir=/a,squash_to_uid=7,squash_to_root"} {
+		m := mustParse(t, true, opts).Overlay.IDs
+		if m == nil || m.SquashUID == nil || *m.SquashUID != 7 || m.SquashGID == nil || *m.SquashGID != 0 {
+			t.Errorf("%s: squash uid %v gid %v, want 7 and 0", opts, m.SquashUID, m.SquashGID)
+		}
+	}
+	m = mustParse(t, true, "lowerdir=/a,squash_to_gid=9").Overlay.IDs
+	if m == nil || m.SquashUID != nil || m.SquashGID == nil || *m.SquashGID != 9 {
+		t.Errorf("squash_to_gid=9 alone: %v %v", m.SquashUID, m.SquashGID)
 	}
 }

@@ -33,6 +33,7 @@ type state struct {
 	lowerPlus  bool // lowerdir+= seen
 	upper      string
 	work       string
+	ids        idState // uidmapping= and the squash options (ids.go)
 }
 
 // Parse reads the -o strings in order (later options win, as in the kernel).
@@ -146,6 +147,7 @@ func (s *state) finish() (*Result, error) {
 	if len(s.lowers) > maxStack {
 		return nil, fmt.Errorf("too many lower layers (%d, the kernel allows %d)", len(s.lowers), maxStack)
 	}
+	r.Overlay.IDs = s.ids.result()
 	r.Overlay.Lowers = s.lowers
 	r.Overlay.Upper = s.upper
 	r.Overlay.Work = s.work

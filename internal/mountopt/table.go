@@ -128,18 +128,23 @@ var options = map[string]option{
 		values: map[string]bool{"0": true, "1": false},
 		lacks:  "ovl always passes extended attributes through", use: "noxattrs=0",
 	},
+	// Owners kept apart from the inodes: see overlay/owner.go.
 	"xattr_permissions": {
-		values: map[string]bool{"0": true, "1": false, "2": false},
-		lacks:  "ovl stores owners and modes in the layer inodes, not in xattrs", use: "xattr_permissions=0",
+		values: map[string]bool{"0": true, "1": true, "2": true},
+		set: func(s *state, v string) error {
+			s.res.Overlay.XattrPermissions = int(v[0] - '0')
+			return nil
+		},
 	},
+	// ID mapping and squashing, as fuse-overlayfs has them (package idmap).
+	"uidmapping":     {free: true, set: func(s *state, v string) error { return s.ids.ranges(&s.ids.uids, v) }},
+	"gidmapping":     {free: true, set: func(s *state, v string) error { return s.ids.ranges(&s.ids.gids, v) }},
+	"squash_to_root": {set: func(s *state, _ string) error { s.ids.root = true; return nil }},
+	"squash_to_uid":  {free: true, set: func(s *state, v string) error { return s.ids.squash(&s.ids.uid, v) }},
+	"squash_to_gid":  {free: true, set: func(s *state, v string) error { return s.ids.squash(&s.ids.gid, v) }},
 
 	// fuse-overlayfs features ovl does not have: refusing beats writing
 	// layers with owners or modes the caller did not expect.
-	"uidmapping":     {free: true, refused: "ovl does no UID/GID mapping; use an idmapped mount or a user namespace"},
-	"gidmapping":     {free: true, refused: "ovl does no UID/GID mapping; use an idmapped mount or a user namespace"},
-	"squash_to_root": {refused: "ovl does no owner squashing"},
-	"squash_to_uid":  {free: true, refused: "ovl does no owner squashing"},
-	"squash_to_gid":  {free: true, refused: "ovl does no owner squashing"},
-	"ino32_t":        {refused: "ovl does not fold inode numbers into 32 bits"},
-	"plugins":        {free: true, refused: "ovl has no layer plugins"},
+	"ino32_t": {refused: "ovl does not fold inode numbers into 32 bits"},
+	"plugins": {free: true, refused: "ovl has no layer plugins"},
 }
