@@ -7,11 +7,16 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 )
 
 func main() {
+	run := run
+	if filepath.Base(os.Args[0]) == helperName {
+		run = runHelper
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintf(os.Stderr, "ovl: %s\n", oneLine(err.Error()))
 		os.Exit(1)
@@ -39,6 +44,19 @@ func run(args []string) error {
 	default:
 		return runMount(inv)
 	}
+}
+
+// runHelper serves mount(8) as /sbin/mount.fuse.ovl.
+func runHelper(args []string) error {
+	inv, err := parseHelperArgs(args)
+	if err != nil {
+		return err
+	}
+	if inv.fake {
+		_, err := prepareMount(inv)
+		return err
+	}
+	return runMount(inv)
 }
 
 // version is the module version when built from a tagged module, else "devel".
