@@ -27,9 +27,11 @@ import (
 	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-// rlEnv is a scratch tree that an unprivileged user can reach: base (mode
-// 0755, owned by the user) holds a copy of ovl and of this test binary.
-type rlEnv struct {
+// nsEnv is a scratch tree that an unprivileged user can reach: base (mode
+// 0755, owned by the user) holds copies of ovl and of this test binary in
+// bin/, and the scenario's layers. Its scripts run in private mount
+// namespaces (script).
+type nsEnv struct {
 	t        *testing.T
 	base     string
 	uid, gid int
@@ -38,8 +40,8 @@ type rlEnv struct {
 	self     string // this test binary
 }
 
-// rlUser returns the unprivileged test user, made if missing.
-func rlUser(t *testing.T) *user.User {
+// nsUser returns the unprivileged test user, made if missing.
+func nsUser(t *testing.T) *user.User {
 	t.Helper()
 	const name = "ovltest"
 	u, err := user.Lookup(name)
@@ -54,7 +56,7 @@ func rlUser(t *testing.T) *user.User {
 	return u
 }
 
-func newRLEnv(t *testing.T) *rlEnv {
+func newNSEnv(t *testing.T) *nsEnv {
 	t.Helper()
 	testutil.RequireRoot(t)
 	for _, prog := range []string{"fusermount3", "setpriv", "unshare"} {
@@ -62,30 +64,31 @@ func newRLEnv(t *testing.T) *rlEnv {
 			testutil.Skip(t, "no %s (scripts/test installs it)", prog)
 		}
 	}
-	u := rlUser(t)
-	e := &rlEnv{t: t, user: u.Username}
+	u := nsUser(t)
+	e := &nsEnv{t: t, user: u.Username}
 	e.uid, _ = strconv.Atoi(u.Uid)
 	e.gid, _ = strconv.Atoi(u.Gid)
-	base, err := os.MkdirTemp("", "ovl-rootless-")
+	base, err := os.MkdirTemp("", "ovl-ns-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.base = base
 	t.Cleanup(func() { os.RemoveAll(base) })
 	// Registered after RemoveAll, so it runs first.
-	t.Cleanup(func() { rlKillLeftovers(t, base) })
+	t.Cleanup(func() { nsKillLeftovers(t, base) })
 	os.Chmod(base, 0o755)
 	os.Chown(base, e.uid, e.gid)
-	e.bin = filepath.Join(base, "ovl")
+	os.Mkdir(filepath.Join(base, "bin"), 0o755)
+	e.bin = filepath.Join(base, "bin/ovl")
 	cliCopyFile(t, testutil.Binary(t), e.bin, 0o755)
-	e.self = filepath.Join(base, "ovl.test")
+	e.self = filepath.Join(base, "bin/ovl.test")
 	cliCopyFile(t, os.Args[0], e.self, 0o755)
 	return e
 }
 
-// rlKillLeftovers ends the daemons a failed scenario left behind: the
+// nsKillLeftovers ends the daemons a failed scenario left behind: the
 // processes that run this test's copy of ovl.
-func rlKillLeftovers(t *testing.T, base string) {
+func nsKillLeftovers(t *testing.T, base string) {
 	ents, _ := os.ReadDir("/proc")
 	for _, ent := range ents {
 		pid, err := strconv.Atoi(ent.Name())
@@ -102,10 +105,10 @@ func rlKillLeftovers(t *testing.T, base string) {
 }
 
 // path is a path under base.
-func (e *rlEnv) path(rel string) string { return filepath.Join(e.base, rel) }
+func (e *nsEnv) path(rel string) string { return filepath.Join(e.base, rel) }
 
 // mkdirs makes directories under base owned by the user.
-func (e *rlEnv) mkdirs(rels ...string) {
+func (e *nsEnv) mkdirs(rels ...string) {
 	for _, rel := range rels {
 		if err := os.MkdirAll(e.path(rel), 0o755); err != nil {
 			e.t.Fatal(err)
@@ -117,7 +120,7 @@ func (e *rlEnv) mkdirs(rels ...string) {
 }
 
 // write makes a file under base owned by the user.
-func (e *rlEnv) write(rel, data string) {
+func (e *nsEnv) write(rel, data string) {
 	if err := os.WriteFile(e.path(rel), []byte(data), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
@@ -128,7 +131,7 @@ func (e *rlEnv) write(rel, data string) {
 // with $OVL (ovl), $SNAP (prints a snapshot of a directory: $SNAP DIR FILE)
 // and $AS_USER (runs a command as the user) set. It fails the test with
 // the output if the script fails.
-func (e *rlEnv) script(script string) string {
+func (e *nsEnv) script(script string) string {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Second)
 	defer cancel()
@@ -152,7 +155,7 @@ func (e *rlEnv) script(script string) string {
 }
 
 // snapshot reads a snapshot file written by $SNAP.
-func (e *rlEnv) snapshot(rel string) *kernelcmp.Tree {
+func (e *nsEnv) snapshot(rel string) *kernelcmp.Tree {
 	e.t.Helper()
 	b, err := os.ReadFile(e.path(rel))
 	if err != nil {
@@ -198,7 +201,7 @@ func flagArgs() []string {
 
 // rlLayers makes the layers of the scenarios: one lower l, upper u, work w,
 // mountpoint m, and a mountpoint km for the kernel's overlayfs.
-func (e *rlEnv) rlLayers() {
+func (e *nsEnv) rlLayers() {
 	e.mkdirs("l/d/sub", "l/e", "u", "w", "m", "km")
 	e.write("l/a", "a\n")
 	e.write("l/keep", "keep\n")
@@ -228,7 +231,7 @@ mkfifo m/fifo
 `
 
 // rlCheckView checks a view of the layers after rlOps.
-func (e *rlEnv) rlCheckView(name string, view *kernelcmp.Tree) {
+func (e *nsEnv) rlCheckView(name string, view *kernelcmp.Tree) {
 	e.t.Helper()
 	if len(view.Problems) > 0 {
 		e.t.Errorf("%s: %q", name, view.Problems)
@@ -250,7 +253,7 @@ func (e *rlEnv) rlCheckView(name string, view *kernelcmp.Tree) {
 }
 
 // rlCompare compares ovl's view with the kernel's on the same layers.
-func (e *rlEnv) rlCompare(kernel, ovl *kernelcmp.Tree, what string) {
+func (e *nsEnv) rlCompare(kernel, ovl *kernelcmp.Tree, what string) {
 	e.t.Helper()
 	if ds := kernelcmp.Compare(kernel, ovl, kernelcmp.CompareOptions{Scope: kernelcmp.ScopeMerged}); len(ds) > 0 {
 		e.t.Errorf("%s differs from the kernel's overlayfs with userxattr on the same layers:\n%s",
@@ -261,7 +264,7 @@ func (e *rlEnv) rlCompare(kernel, ovl *kernelcmp.Tree, what string) {
 // rlCheckUpper checks that ovl wrote its markers in user.overlay.*: the
 // directory replaced by rm -rf + mkdir is opaque there, and no
 // trusted.overlay.* xattr was written anywhere.
-func (e *rlEnv) rlCheckUpper() {
+func (e *nsEnv) rlCheckUpper() {
 	e.t.Helper()
 	v := make([]byte, 16)
 	n, err := unix.Lgetxattr(e.path("u/d"), "user.overlay.opaque", v)
@@ -284,7 +287,7 @@ func (e *rlEnv) rlCheckUpper() {
 }
 
 // rlLog returns the daemon log lines that contain s.
-func (e *rlEnv) rlLog(s string) []string {
+func (e *nsEnv) rlLog(s string) []string {
 	b, _ := os.ReadFile(e.path("log"))
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
@@ -300,7 +303,7 @@ func (e *rlEnv) rlLog(s string) []string {
 // so in its log, reads its own layer back at a second mount, and the
 // kernel's overlayfs with userxattr shows the same view of the layers.
 func TestRootlessUnprivilegedUser(t *testing.T) {
-	e := newRLEnv(t)
+	e := newNSEnv(t)
 	e.rlLayers()
 	e.script(`
 $AS_USER "$OVL" -o lowerdir=l,upperdir=u,workdir=w, --log log m
@@ -338,7 +341,7 @@ umount km
 // mount (a container in a rootless container), and the same view as the
 // kernel's overlayfs with userxattr.
 func TestRootlessUserNamespace(t *testing.T) {
-	e := newRLEnv(t)
+	e := newNSEnv(t)
 	e.rlLayers()
 	e.mkdirs("k1/u", "k1/w", "k1/m", "k2/u", "k2/w", "k2/m")
 	e.script(`
@@ -386,7 +389,7 @@ umount km
 // trusted.overlay.* and fails without the privilege, as do the options
 // that need it; as root, nothing changes unless userxattr is given.
 func TestRootlessXattrOptions(t *testing.T) {
-	e := newRLEnv(t)
+	e := newNSEnv(t)
 	e.rlLayers()
 	for _, c := range []struct{ opts, want string }{
 		{"lowerdir=l,upperdir=u,workdir=w,nouserxattr", "nouserxattr: trusted.overlay.* xattrs need a privilege this process lacks: no CAP_SYS_ADMIN in the initial user namespace"},
