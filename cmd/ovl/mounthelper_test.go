@@ -56,8 +56,8 @@ func (e *nsEnv) mhScript(script string) string {
 }
 
 // mhVerify checks what mhCheck recorded: one fuse.ovl mount whose source
-// is the fstab's, the lower file read through it, the new file in the
-// upper.
+// is the fstab's (so that "mount -a" knows the line is mounted), the lower
+// file read through it, the new file in the upper.
 func (e *nsEnv) mhVerify(source string) {
 	e.t.Helper()
 	b, _ := os.ReadFile(e.path("mountinfo.txt"))
@@ -85,7 +85,7 @@ func TestMountFstabMountFuse3(t *testing.T) {
 	e := newMHEnv(t)
 	out := e.mhScript(`
 mount --bind "$B/bin" /usr/local/sbin
-echo "ovl $B/m fuse.ovl ` + mhOpts + `,` + mhFstabOpts + ` 0 0" > fstab
+echo "mydata $B/m fuse.ovl ` + mhOpts + `,` + mhFstabOpts + ` 0 0" > fstab
 mount -T fstab "$B/m"
 mount -T fstab -a -v
 mount -t fuse.ovl ovl "$B/m2" -o lowerdir="$B/l",nofail
@@ -95,7 +95,7 @@ umount m2
 	if !strings.Contains(out, "already mounted") {
 		t.Errorf("mount -a: want \"already mounted\", got %q", out)
 	}
-	e.mhVerify("ovl")
+	e.mhVerify("mydata")
 	if b, _ := os.ReadFile(e.path("read2.txt")); string(b) != "a\n" {
 		t.Errorf("mount -t fuse.ovl: m2/a read %q", b)
 	}
@@ -112,14 +112,14 @@ func TestMountFstabHelper(t *testing.T) {
 	out := e.mhScript(`
 if env -i /bin/sh -c 'command -v ovl'; then echo "ovl is on the shell's built-in PATH: the test cannot tell the helper was used"; exit 1; fi
 mount -t overlay overlay -o lowerdir="$B/sbin":/usr/sbin /usr/sbin
-echo "ovl $B/m fuse.ovl ` + mhOpts + `,` + mhFstabOpts + ` 0 0" > fstab
+echo "mydata $B/m fuse.ovl ` + mhOpts + `,` + mhFstabOpts + ` 0 0" > fstab
 mount -T fstab "$B/m"
 mount -T fstab -a -v
 ` + mhCheck)
 	if !strings.Contains(out, "already mounted") {
 		t.Errorf("mount -a: want \"already mounted\", got %q", out)
 	}
-	e.mhVerify("ovl")
+	e.mhVerify("mydata")
 	// mount(8) hands nofail and _netdev to helpers: ovl ignored them.
 	if lines := e.rlLog("ignoring options:"); len(lines) != 1 || !strings.Contains(lines[0], "nofail,_netdev") {
 		t.Errorf("log: want one line ignoring nofail,_netdev, got %q", lines)
