@@ -12,7 +12,15 @@ import (
 	"runtime/debug"
 )
 
+// stdPath is the search path when the environment has none: mount(8)
+// clears the environment of its helpers, and ovl then finds fusermount3
+// where a shell would.
+const stdPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 func main() {
+	if os.Getenv("PATH") == "" {
+		os.Setenv("PATH", stdPath)
+	}
 	run := run
 	if filepath.Base(os.Args[0]) == helperName {
 		run = runHelper

@@ -11,6 +11,7 @@ package main
 import (
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ovl-project/ovl/internal/mountinfo"
@@ -167,5 +168,45 @@ if grep -q " $B/m " /proc/self/mountinfo; then echo "mounted in fake mode"; exit
 		"x-systemd.requires=a.mount,x-systemd.automount,x-mount.mkdir=0755,comment=x,helper=ovl"
 	if len(lines) != 2 || !strings.HasSuffix(lines[0], want) || !strings.HasSuffix(lines[1], want) {
 		t.Errorf("log: want two lines ending %q, got %q", want, lines)
+	}
+}
+
+// A "user" fstab line: the user mounts it with mount(8), which runs
+// /sbin/mount.fuse.ovl as the user with an empty environment (ovl then
+// finds fusermount3 on the standard PATH), and unmounts it with umount(8).
+// The scenario's fstab is bind-mounted over /etc/fstab in its private
+// mount namespace: mount(8) reads only /etc/fstab for users.
+func TestMountFstabUser(t *testing.T) {
+	e := newMHEnv(t)
+	e.mkdirs("sbin")
+	if err := os.Symlink(e.bin, e.path("sbin/"+helperName)); err != nil {
+		t.Fatal(err)
+	}
+	e.mhScript(`
+mount -t overlay overlay -o lowerdir="$B/sbin":/usr/sbin /usr/sbin
+echo "mydata $B/m fuse.ovl ` + mhOpts + `,noauto,user 0 0" > fstab
+mount --bind fstab /etc/fstab
+$AS_USER mount "$B/m"
+grep " $B/m " /proc/self/mountinfo > mountinfo.txt
+$AS_USER sh -euc 'cat m/a > read.txt; echo new > m/new'
+$AS_USER "$OVL" stats m > stats.txt
+pid=$(sed 's/.*"pid":\([0-9]*\).*/\1/' stats.txt)
+$AS_USER umount "$B/m"
+n=0
+while kill -0 "$pid" 2>/dev/null; do
+	n=$((n+1))
+	if [ $n -gt 1200 ]; then echo "daemon $pid still running 120s after umount"; exit 1; fi
+	sleep 0.1
+done
+`)
+	e.mhVerify("mydata")
+	b, _ := os.ReadFile(e.path("mountinfo.txt"))
+	for _, flag := range []string{"nosuid", "nodev", "noexec"} {
+		if !strings.Contains(string(b), ","+flag+",") {
+			t.Errorf("a user mount lacks %s: %s", flag, b)
+		}
+	}
+	if st, err := os.Stat(e.path("u/new")); err == nil && st.Sys().(*syscall.Stat_t).Uid != uint32(e.uid) {
+		t.Errorf("u/new owned by %d, want the user %d", st.Sys().(*syscall.Stat_t).Uid, e.uid)
 	}
 }
