@@ -85,6 +85,8 @@ Usage:
                                      (--gc: after a garbage collection)
   ovl demo                           show what ovl does, in a temporary directory
   ovl --help | --version
+  mount.fuse.ovl SOURCE MOUNTPOINT -o OPTIONS   as mount(8)'s helper for fuse.ovl
+                                     (a symlink /sbin/mount.fuse.ovl -> ovl)
 
 Mount flags:
   -o OPTIONS        comma-separated options; may be given several times
@@ -95,7 +97,9 @@ Mount flags:
 Options (as the kernel's overlayfs; "\" escapes "," and ":"):
   lowerdir=L1:L2    lower layers, topmost first (one lower alone gives a read-only view)
   upperdir=U, workdir=W   the writable layer and its work directory (same filesystem)
-  userxattr         keep overlay xattrs in user.overlay.* (unprivileged mounts)
+  userxattr         keep overlay xattrs in user.overlay.* (the default without
+                    CAP_SYS_ADMIN in the initial user namespace)
+  nouserxattr       keep them in trusted.overlay.* (the default as root)
   volatile, fsync=ordered|volatile   skip or keep fsync on the upper
   redirect_dir=on|follow|nofollow|off   directory renames by redirect (default on;
                     nofollow with userxattr)
@@ -105,6 +109,8 @@ Options (as the kernel's overlayfs; "\" escapes "," and ":"):
   xino=off|auto     accepted; other values are not supported yet
   ro, rw, nosuid, suid, nodev, dev, noexec, exec, allow_other, allow_root,
   default_permissions, fsname=NAME, debug, log=FILE
+  defaults, auto, noauto, nofail, _netdev, user, users, x-*, ...: for mount(8),
+                    fstab and systemd; ignored
   As root the mount allows other users and keeps setuid and device files;
   ask for nosuid,nodev to turn them off. See README.md for the full table.
 `
