@@ -120,7 +120,7 @@ func mountHint(err error) error {
 	if !errors.Is(err, syscall.EPERM) || os.Geteuid() != 0 {
 		return err
 	}
-	if ok, _, perr := privilege.SysAdmin(); perr != nil || ok {
+	if userns, nserr := privilege.InUserNamespace(); nserr != nil || !userns {
 		return err
 	}
 	return fmt.Errorf("%w (in a user namespace a FUSE mount needs a mount namespace of that user namespace, as unshare -Um makes)", err)

@@ -29,19 +29,29 @@ func SysAdmin() (ok bool, why string, err error) {
 	return r.ok, r.why, r.err
 }
 
+// InUserNamespace reports whether the process runs in a user namespace
+// other than the initial one.
+func InUserNamespace() (bool, error) {
+	r := sysAdmin()
+	return r.userns, r.nsErr
+}
+
 type answer struct {
-	ok  bool
-	why string
-	err error
+	ok     bool
+	why    string
+	err    error
+	userns bool  // in a user namespace other than the initial one
+	nsErr  error // the user namespace could not be told
 }
 
 var sysAdmin = sync.OnceValue(func() answer {
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/self/ns/user", &st); err != nil {
-		return answer{err: fmt.Errorf("find the user namespace: %w", err)}
+		err = fmt.Errorf("find the user namespace: %w", err)
+		return answer{err: err, nsErr: err}
 	}
 	if st.Ino != initUserNSIno {
-		return answer{why: "no CAP_SYS_ADMIN in the initial user namespace (the process runs in a user namespace)"}
+		return answer{userns: true, why: "no CAP_SYS_ADMIN in the initial user namespace (the process runs in a user namespace)"}
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData

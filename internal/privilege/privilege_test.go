@@ -12,12 +12,14 @@ import (
 
 const childEnv = "OVL_PRIVILEGE_CHILD"
 
-// As root SysAdmin says yes; root in a user namespace and an unprivileged
-// user get no, each with its reason. The test binary asks in each context.
+// As root SysAdmin says yes; root in a user namespace, an unprivileged
+// user and root without CAP_SYS_ADMIN get no, each with its reason. The
+// test binary asks in each context.
 func TestSysAdmin(t *testing.T) {
 	if os.Getenv(childEnv) != "" {
 		ok, why, err := SysAdmin()
-		fmt.Printf("%v|%s|%v\n", ok, why, err)
+		userns, _ := InUserNamespace()
+		fmt.Printf("%v|%s|%v|userns=%v\n", ok, why, err, userns)
 		os.Exit(0)
 	}
 	if os.Geteuid() != 0 {
@@ -35,10 +37,10 @@ func TestSysAdmin(t *testing.T) {
 		argv []string
 		want string
 	}{
-		{"root", nil, "true||<nil>"},
-		{"user namespace", []string{"unshare", "--user", "--map-root-user", "--"}, "false|no CAP_SYS_ADMIN in the initial user namespace (the process runs in a user namespace)|<nil>"},
-		{"unprivileged", []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, "false|no CAP_SYS_ADMIN in the initial user namespace (an unprivileged process)|<nil>"},
-		{"root without CAP_SYS_ADMIN", []string{"setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"}, "false|no CAP_SYS_ADMIN in the initial user namespace (an unprivileged process)|<nil>"},
+		{"root", nil, "true||<nil>|userns=false"},
+		{"user namespace", []string{"unshare", "--user", "--map-root-user", "--"}, "false|no CAP_SYS_ADMIN in the initial user namespace (the process runs in a user namespace)|<nil>|userns=true"},
+		{"unprivileged", []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, "false|no CAP_SYS_ADMIN in the initial user namespace (an unprivileged process)|<nil>|userns=false"},
+		{"root without CAP_SYS_ADMIN", []string{"setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"}, "false|no CAP_SYS_ADMIN in the initial user namespace (an unprivileged process)|<nil>|userns=false"},
 	} {
 		argv := append(append([]string{}, c.argv...), self, "-test.run=^TestSysAdmin$", "-test.count=1")
 		cmd := exec.Command(argv[0], argv[1:]...)
