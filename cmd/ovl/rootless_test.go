@@ -424,3 +424,15 @@ mkdir m/d
 		}
 	}
 }
+
+// Root in a user namespace without a mount namespace of its own cannot
+// mount FUSE: the error says what is missing.
+func TestRootlessNoMountNamespace(t *testing.T) {
+	e := newNSEnv(t)
+	e.rlLayers()
+	out := e.script(`$AS_USER unshare --user --map-root-user -- "$OVL" -o lowerdir=l,upperdir=u,workdir=w m 2>&1 || echo "exit $?"`)
+	if !strings.Contains(out, "operation not permitted (in a user namespace a FUSE mount needs a mount namespace of that user namespace") ||
+		!strings.Contains(out, "exit 1") {
+		t.Errorf("got %q", out)
+	}
+}
