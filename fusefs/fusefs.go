@@ -31,6 +31,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/overlay"
 )
 
@@ -138,6 +139,20 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	raw = &plusRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}}
 	raw = &lockRaw{RawFileSystem: raw, l: locks}
 	var pt *ptMount
+	if !opts.NoPassthrough {
+		// Without the privilege to register backing files, negotiating
+		// passthrough would only raise the mount's stacking depth (the
+		// kernel sets it at INIT), so that a kernel overlayfs stacked on
+		// an overlayfs over this mount (a container in a rootless
+		// container) would fail to mount. Leave it out, as passthrough=off.
+		if ok, why, err := privilege.SysAdmin(); err != nil {
+			log.Printf("passthrough: off: %v (registering backing files needs CAP_SYS_ADMIN in the initial user namespace)", err)
+			opts.NoPassthrough = true
+		} else if !ok {
+			log.Printf("passthrough: off: %s, which registering backing files needs", why)
+			opts.NoPassthrough = true
+		}
+	}
 	if opts.NoPassthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
 	} else {

@@ -15,7 +15,50 @@ type invocation struct {
 	log        string   // --log FILE: the daemon's stdout and stderr
 	readyFD    int      // internal: the pipe on which a daemon reports readiness
 	gc         bool     // stats --gc: collect garbage before reporting the heap
+	fake       bool     // mount helper -f: check everything, mount nothing
 	positional []string
+}
+
+// helperName is the name under which mount(8) runs ovl as its helper for
+// the type fuse.ovl: it looks for /sbin/mount.fuse.ovl before falling back
+// to mount.fuse3 (libmount, context_mount.c), so a symlink of that name to
+// ovl makes "mount -t fuse.ovl" and fstab lines work without a shell and
+// wherever ovl is installed.
+const helperName = "mount.fuse.ovl"
+
+// parseHelperArgs reads the command line of a mount(8) helper:
+// "SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]" (mount(8), "External
+// helpers"). The source names nothing for an overlay; it becomes the
+// fsname, as with mount.fuse3.
+func parseHelperArgs(args []string) (*invocation, error) {
+	inv := &invocation{cmd: "mount", readyFD: -1}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-s" || a == "-n" || a == "-v":
+			// sloppy, no mtab, verbose: nothing to do.
+		case a == "-f":
+			inv.fake = true
+		case a == "-o" || a == "-t":
+			if i+1 >= len(args) {
+				return nil, fmt.Errorf("%s needs a value", a)
+			}
+			i++
+			if a == "-o" {
+				inv.opts = append(inv.opts, args[i])
+			} else if t := args[i]; t != "fuse.ovl" && t != "ovl" {
+				return nil, fmt.Errorf("%s mounts fuse.ovl, not %s", helperName, t)
+			}
+		case len(a) > 1 && a[0] == '-':
+			return nil, fmt.Errorf("%s: unknown flag %q", helperName, a)
+		default:
+			inv.positional = append(inv.positional, a)
+		}
+	}
+	if len(inv.positional) != 2 {
+		return nil, fmt.Errorf("usage: %s SOURCE MOUNTPOINT [-o OPTIONS] (as mount(8) calls it)", helperName)
+	}
+	return inv, nil
 }
 
 var commands = map[string]bool{

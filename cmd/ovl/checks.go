@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ovl-project/ovl/internal/mountopt"
+	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/overlay"
 )
 
@@ -37,6 +39,53 @@ func makeAbsolute(cfg *overlay.Config) error {
 		return err
 	}
 	return abs(&cfg.Work)
+}
+
+// chooseXattrNS settles the overlay xattr namespace. An explicit userxattr
+// or nouserxattr is kept. Without either, ovl takes the kernel's default,
+// trusted.overlay.*, when it holds the privilege trusted.* xattrs need
+// (CAP_SYS_ADMIN in the initial user namespace), and user.overlay.*, as
+// userxattr, when it does not: unprivileged users and root in a user
+// namespace (rootless podman, whose containers-storage never passes
+// userxattr) can neither write nor even read trusted.*. The kernel's
+// overlayfs mounted there keeps trusted.overlay.* and fails to make opaque
+// directories (EIO); ovl uses the one namespace it can read and write.
+//
+// The choice depends only on the privilege, never on what the layers hold:
+// without the privilege trusted.* xattrs cannot be seen, so a layer written
+// by a privileged mount (trusted.overlay.*) is read without its xattr
+// markers, as by the kernel; and a privileged mount does not honour
+// user.overlay.* markers, which any owner of a file in a layer may set (the
+// kernel's reason to ignore redirects there). So the same storage must be
+// mounted with the same privilege, or with the same explicit option.
+//
+// It returns a line for the daemon's log when it chose user.overlay.*.
+func chooseXattrNS(res *mountopt.Result) (string, error) {
+	cfg := &res.Overlay
+	if res.XattrChosen && cfg.UserXattr {
+		return "", nil
+	}
+	ok, why, err := privilege.SysAdmin()
+	if err != nil {
+		return "", fmt.Errorf("choosing the overlay xattr namespace: %w (give -o userxattr or -o nouserxattr)", err)
+	}
+	if ok {
+		return "", nil // trusted.overlay.*, the kernel's default
+	}
+	if res.XattrChosen {
+		return "", fmt.Errorf("nouserxattr: trusted.overlay.* xattrs need a privilege this process lacks: %s; "+
+			"mount as root, or without nouserxattr to use user.overlay.*", why)
+	}
+	// Options that need trusted.overlay.*: say why they are refused here.
+	for _, c := range []struct{ opt, val string }{{"redirect_dir", cfg.RedirectDir}, {"metacopy", cfg.Metacopy}} {
+		if c.val == "on" || (c.opt == "redirect_dir" && c.val == "follow") {
+			return "", fmt.Errorf("%s=%s needs trusted.overlay.* xattrs, and this process lacks the privilege for them (%s), "+
+				"so ovl keeps its xattrs in user.overlay.* (as -o userxattr), where the kernel allows no redirects or metacopy", c.opt, c.val, why)
+		}
+	}
+	cfg.UserXattr = true
+	return fmt.Sprintf("overlay xattrs in user.overlay.* (as -o userxattr): %s, which trusted.overlay.* needs "+
+		"(-o nouserxattr refuses to mount instead)", why), nil
 }
 
 // preflight checks what only the command line can: the mountpoint, layers

@@ -202,6 +202,34 @@ func TestParseArgs(t *testing.T) {
 	}
 }
 
+// As /sbin/mount.fuse.ovl, ovl takes mount(8)'s helper command line.
+func TestParseHelperArgs(t *testing.T) {
+	cases := []struct {
+		args []string
+		want invocation
+	}{
+		{[]string{"ovl", "/m", "-o", "rw,lowerdir=/l,nofail"}, invocation{cmd: "mount", opts: []string{"rw,lowerdir=/l,nofail"}, positional: []string{"ovl", "/m"}}},
+		{[]string{"src", "/m", "-s", "-n", "-v", "-o", "a", "-t", "fuse.ovl"}, invocation{cmd: "mount", opts: []string{"a"}, positional: []string{"src", "/m"}}},
+		{[]string{"src", "/m", "-f", "-o", "a"}, invocation{cmd: "mount", fake: true, opts: []string{"a"}, positional: []string{"src", "/m"}}},
+	}
+	for _, c := range cases {
+		got, err := parseHelperArgs(c.args)
+		if err != nil {
+			t.Errorf("parseHelperArgs(%q): %v", c.args, err)
+			continue
+		}
+		c.want.readyFD = -1
+		if !reflect.DeepEqual(*got, c.want) {
+			t.Errorf("parseHelperArgs(%q) = %+v, want %+v", c.args, *got, c.want)
+		}
+	}
+	for _, bad := range [][]string{{"/m"}, {"a", "b", "c"}, {"a", "/m", "-o"}, {"a", "/m", "-t", "ext4"}, {"a", "/m", "-N", "1"}, {"a", "/m", "--log", "x"}} {
+		if _, err := parseHelperArgs(bad); err == nil {
+			t.Errorf("parseHelperArgs(%q) succeeded", bad)
+		}
+	}
+}
+
 func TestUnescapeOctal(t *testing.T) {
 	if got := mountinfo.Unescape(`/a\040b\134c\011`); got != "/a b\\c\t" {
 		t.Errorf("got %q", got)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/fusefs"
+	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/overlay"
 )
 
@@ -51,6 +53,9 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 			return report(err)
 		}
 	}
+	for _, n := range req.notes {
+		log.Print(n)
+	}
 	if len(req.res.Ignored) > 0 {
 		log.Printf("ignoring options: %s", strings.Join(req.res.Ignored, ","))
 	}
@@ -65,7 +70,7 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 	srv, err := fusefs.Mount(req.mnt, ov, req.res.FUSE)
 	if err != nil {
 		ov.Close()
-		return report(fmt.Errorf("mount %s: %w", req.mnt, err))
+		return report(mountHint(err)) // fusefs.Mount names the mountpoint
 	}
 
 	m, err := findMount(req.mnt)
@@ -107,6 +112,21 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 		return fmt.Errorf("closing the overlay: %w", err)
 	}
 	return nil
+}
+
+// mountHint adds the likely cause to a mount that the kernel refused to
+// root in a user namespace: FUSE may be mounted there only in a mount
+// namespace that the user namespace owns (podman makes one; "unshare -U"
+// alone does not), and fusermount3 is no help, as its setuid bit means
+// nothing inside the namespace.
+func mountHint(err error) error {
+	if !errors.Is(err, syscall.EPERM) || os.Geteuid() != 0 {
+		return err
+	}
+	if userns, nserr := privilege.InUserNamespace(); nserr != nil || !userns {
+		return err
+	}
+	return fmt.Errorf("%w (in a user namespace a FUSE mount needs a mount namespace of that user namespace, as unshare -Um makes)", err)
 }
 
 // oneLine folds a message onto one line for the pipe and for stderr.

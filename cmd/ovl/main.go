@@ -7,11 +7,24 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 )
 
+// stdPath is the search path when the environment has none: mount(8)
+// clears the environment of its helpers, and ovl then finds fusermount3
+// where a shell would.
+const stdPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 func main() {
+	if os.Getenv("PATH") == "" {
+		os.Setenv("PATH", stdPath)
+	}
+	run := run
+	if filepath.Base(os.Args[0]) == helperName {
+		run = runHelper
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintf(os.Stderr, "ovl: %s\n", oneLine(err.Error()))
 		os.Exit(1)
@@ -41,6 +54,19 @@ func run(args []string) error {
 	}
 }
 
+// runHelper serves mount(8) as /sbin/mount.fuse.ovl.
+func runHelper(args []string) error {
+	inv, err := parseHelperArgs(args)
+	if err != nil {
+		return err
+	}
+	if inv.fake {
+		_, err := prepareMount(inv)
+		return err
+	}
+	return runMount(inv)
+}
+
 // version is the module version when built from a tagged module, else "devel".
 func version() string {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
@@ -59,6 +85,8 @@ Usage:
                                      (--gc: after a garbage collection)
   ovl demo                           show what ovl does, in a temporary directory
   ovl --help | --version
+  mount.fuse.ovl SOURCE MOUNTPOINT -o OPTIONS   as mount(8)'s helper for fuse.ovl
+                                     (a symlink /sbin/mount.fuse.ovl -> ovl)
 
 Mount flags:
   -o OPTIONS        comma-separated options; may be given several times
@@ -69,7 +97,9 @@ Mount flags:
 Options (as the kernel's overlayfs; "\" escapes "," and ":"):
   lowerdir=L1:L2    lower layers, topmost first (one lower alone gives a read-only view)
   upperdir=U, workdir=W   the writable layer and its work directory (same filesystem)
-  userxattr         keep overlay xattrs in user.overlay.* (unprivileged mounts)
+  userxattr         keep overlay xattrs in user.overlay.* (the default without
+                    CAP_SYS_ADMIN in the initial user namespace)
+  nouserxattr       keep them in trusted.overlay.* (the default as root)
   volatile, fsync=ordered|volatile   skip or keep fsync on the upper
   redirect_dir=on|follow|nofollow|off   directory renames by redirect (default on;
                     nofollow with userxattr)
@@ -79,6 +109,8 @@ Options (as the kernel's overlayfs; "\" escapes "," and ":"):
   xino=off|auto     accepted; other values are not supported yet
   ro, rw, nosuid, suid, nodev, dev, noexec, exec, allow_other, allow_root,
   default_permissions, fsname=NAME, debug, log=FILE
+  defaults, auto, noauto, nofail, _netdev, user, users, x-*, ...: for mount(8),
+                    fstab and systemd; ignored
   As root the mount allows other users and keeps setuid and device files;
   ask for nosuid,nodev to turn them off. See README.md for the full table.
 `

@@ -16,21 +16,26 @@ import (
 
 // mountRequest is a checked mount: what to mount where.
 type mountRequest struct {
-	mnt string // absolute
-	res *mountopt.Result
-	log string // absolute, or ""
+	mnt    string // absolute
+	source string // the SOURCE of mount.fuse3's and mount(8)'s call forms, or ""
+	res    *mountopt.Result
+	log    string // absolute, or ""
+	// notes are choices ovl made for the caller, for the daemon's log.
+	notes []string
 }
 
 // prepareMount parses and checks a mount command line.
 func prepareMount(inv *invocation) (*mountRequest, error) {
-	var mnt string
+	var mnt, source string
 	switch len(inv.positional) {
 	case 1:
 		mnt = inv.positional[0]
 	case 2:
 		// mount.fuse3 calls "PROG SOURCE MOUNTPOINT -o ...": the source
-		// names nothing for an overlay.
-		mnt = inv.positional[1]
+		// names nothing for an overlay, and becomes the fsname, so that
+		// mountinfo shows the fstab's source and "mount -a" knows the
+		// line is mounted.
+		source, mnt = inv.positional[0], inv.positional[1]
 	case 0:
 		return nil, errors.New("no mountpoint given (usage: ovl mount -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR] MOUNTPOINT)")
 	default:
@@ -43,10 +48,20 @@ func prepareMount(inv *invocation) (*mountRequest, error) {
 	if inv.debug {
 		res.FUSE.Debug = true
 	}
+	if res.FUSE.FsName == "" {
+		res.FUSE.FsName = source
+	}
 	if err := makeAbsolute(&res.Overlay); err != nil {
 		return nil, err
 	}
-	req := &mountRequest{res: res}
+	req := &mountRequest{res: res, source: source}
+	note, err := chooseXattrNS(res)
+	if err != nil {
+		return nil, err
+	}
+	if note != "" {
+		req.notes = append(req.notes, note)
+	}
 	if req.mnt, err = filepath.Abs(mnt); err != nil {
 		return nil, err
 	}
@@ -109,7 +124,11 @@ func startDaemon(inv *invocation, req *mountRequest) error {
 	if inv.debug {
 		args = append(args, "-d")
 	}
-	args = append(args, "--", req.mnt)
+	args = append(args, "--")
+	if req.source != "" {
+		args = append(args, req.source)
+	}
+	args = append(args, req.mnt)
 
 	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {

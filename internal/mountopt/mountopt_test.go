@@ -149,6 +149,26 @@ func TestParseOverlayFlags(t *testing.T) {
 	}
 }
 
+// userxattr and nouserxattr are the caller's choice of xattr namespace,
+// the last one winning; without either the mount program chooses.
+func TestParseXattrNamespace(t *testing.T) {
+	for opts, want := range map[string][2]bool{ // [UserXattr, XattrChosen]
+		"":                       {false, false},
+		",userxattr":             {true, true},
+		",nouserxattr":           {false, true},
+		",userxattr,nouserxattr": {false, true},
+		",nouserxattr,userxattr": {true, true},
+	} {
+		r := mustParse(t, false, "lowerdir=/a"+opts)
+		if got := [2]bool{r.Overlay.UserXattr, r.XattrChosen}; got != want {
+			t.Errorf("%q: [UserXattr XattrChosen] = %v, want %v", opts, got, want)
+		}
+	}
+	if _, err := Parse([]string{"lowerdir=/a,nouserxattr=1"}, true); err == nil {
+		t.Error("nouserxattr=1 accepted")
+	}
+}
+
 func TestParseRedirectDir(t *testing.T) {
 	for _, v := range []string{"on", "follow", "nofollow", "off"} {
 		r := mustParse(t, true, "lowerdir=/a,redirect_dir="+v)
@@ -180,6 +200,10 @@ func TestParseIgnored(t *testing.T) {
 		"noatime", "relatime", "atime", "strictatime", "nodiratime",
 		`context="system_u:object_r:container_file_t:s0:c1,c2"`, "fscontext=x", "defcontext=x", "rootcontext=x",
 		"splice_read", "splice_write", "splice_move", "kernel_cache",
+		// mount(8), fstab, systemd and mount.fuse3.
+		"defaults", "auto", "noauto", "nofail", "_netdev", "user", "user=joe", "nouser", "users", "owner", "group",
+		"x-systemd.automount", "x-systemd.requires=a.mount", "x-systemd.mount-timeout=30", "x-mount.mkdir=0755",
+		"x-initrd.mount", "x-", "comment=systemd.automount", "helper=ovl", "uhelper=udisks", "async",
 	} {
 		r, err := Parse([]string{"lowerdir=/a," + opt}, true)
 		if err != nil {
@@ -240,6 +264,9 @@ func TestParseErrors(t *testing.T) {
 		{"lowerdir=/a,squash_to_gid=root", `option "squash_to_gid": "root" is not an ID`},
 		{"lowerdir=/a,ino32_t", `option "ino32_t" is not supported`},
 		{"lowerdir=/a,plugins=x.so", `option "plugins" is not supported`},
+		{"lowerdir=/a,defaults=1", `option "defaults" takes no value`},
+		{"lowerdir=/a,xsystemd.automount", `unknown option "xsystemd.automount"`},
+		{"lowerdir=/a,sync", `unknown option "sync"`},
 		{`lowerdir=/a\`, "lone backslash"},
 	}
 	for _, c := range cases {

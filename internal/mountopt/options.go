@@ -23,6 +23,10 @@ type Result struct {
 	// Ignored lists the options accepted without effect, as given, so the
 	// daemon can log them.
 	Ignored []string
+	// XattrChosen is set when userxattr or nouserxattr was given: the
+	// overlay xattr namespace (Overlay.UserXattr) is the caller's choice.
+	// Otherwise the mount program picks it by privilege.
+	XattrChosen bool
 }
 
 // state is the parse in progress.
@@ -61,7 +65,7 @@ func Parse(opts []string, asRoot bool) (*Result, error) {
 
 func (s *state) apply(item string) error {
 	name, val, hasVal := strings.Cut(item, "=")
-	opt, ok := options[name]
+	opt, ok := lookup(name)
 	if !ok {
 		return fmt.Errorf("unknown option %q", name)
 	}
@@ -100,6 +104,23 @@ func (s *state) apply(item string) error {
 		return fmt.Errorf("option %q: %w", name, err)
 	}
 	return nil
+}
+
+// lookup finds an option in the table; every name that starts with "x-"
+// (x-systemd.automount, x-mount.mkdir=0700, ...) is the entry "x-*", as
+// mount(8) treats them all as comments.
+func lookup(name string) (option, bool) {
+	if strings.HasPrefix(name, "x-") {
+		name = "x-*"
+	}
+	opt, ok := options[name]
+	return opt, ok
+}
+
+// setXattrNS records an explicit userxattr (user) or nouserxattr.
+func (s *state) setXattrNS(user bool) {
+	s.res.Overlay.UserXattr = user
+	s.res.XattrChosen = true
 }
 
 func setLowerdir(s *state, v string) error {

@@ -28,6 +28,8 @@ type option struct {
 
 const atimeIgnored = "access times are kept by the layer filesystems, as their own mount options say"
 
+const mountIgnored = "for mount(8), fstab, systemd or mount.fuse3 (when and by whom the mount is made), not for the filesystem"
+
 // options is the whole option set. Kernel options that decide what lands on
 // the layers are accepted only with the value that matches what ovl writes.
 var options = map[string]option{
@@ -67,8 +69,11 @@ var options = map[string]option{
 		values: map[string]bool{"off": true, "auto": true, "on": false},
 		lacks:  "ovl puts no layer number in inode numbers", use: "xino=auto",
 	},
-	"userxattr": {set: func(s *state, _ string) error { s.res.Overlay.UserXattr = true; return nil }},
-	"volatile":  {set: func(s *state, _ string) error { s.res.Overlay.Volatile = true; return nil }},
+	// userxattr and nouserxattr choose the overlay xattr namespace; without
+	// either the mount program chooses by privilege (Result.XattrChosen).
+	"userxattr":   {set: func(s *state, _ string) error { s.setXattrNS(true); return nil }},
+	"nouserxattr": {set: func(s *state, _ string) error { s.setXattrNS(false); return nil }},
+	"volatile":    {set: func(s *state, _ string) error { s.res.Overlay.Volatile = true; return nil }},
 	// fsync= is the kernel's (ordered, strict, volatile) and fuse-overlayfs's
 	// (1 = sync as usual, 0 = volatile) at once.
 	"fsync": {
@@ -101,6 +106,25 @@ var options = map[string]option{
 		values: map[string]bool{"on": true, "off": true},
 		set:    func(s *state, v string) error { s.res.FUSE.NoPassthrough = v == "off"; return nil },
 	},
+
+	// What mount(8), fstab, systemd and mount.fuse3 pass or leave in the
+	// options; they are for those programs, not for the filesystem. "x-*"
+	// stands for every name that starts with "x-" (see lookup).
+	"defaults": {ignored: mountIgnored},
+	"auto":     {ignored: mountIgnored},
+	"noauto":   {ignored: mountIgnored},
+	"nofail":   {ignored: mountIgnored},
+	"_netdev":  {ignored: mountIgnored},
+	"user":     {free: true, ignored: mountIgnored}, // "user" or "user=NAME"
+	"nouser":   {ignored: mountIgnored},
+	"users":    {ignored: mountIgnored},
+	"owner":    {ignored: mountIgnored},
+	"group":    {ignored: mountIgnored},
+	"x-*":      {free: true, ignored: mountIgnored},
+	"comment":  {free: true, ignored: mountIgnored},
+	"helper":   {free: true, ignored: mountIgnored},
+	"uhelper":  {free: true, ignored: mountIgnored},
+	"async":    {ignored: "asynchronous I/O is the default mount flag"},
 
 	"noatime":     {ignored: atimeIgnored},
 	"relatime":    {ignored: atimeIgnored},
