@@ -332,18 +332,18 @@ type successor struct {
 	old *node // the retired inode
 }
 
-// retire starts a new generation of nd's inode number whose lookups make a
+// retire starts a new generation of nd's key whose lookups make a
 // new FUSE inode for nd's object; false if nd is not its object's current
 // FUSE inode (already retired, or the object has no name left).
 func (g *generations) retire(nd *node) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ino := nd.attr.Ino
-	if g.m[ino] != nd.attr.Gen || nd.retired.Load() || nd.dead {
+	key := nd.attr.Ino
+	if g.m[key] != nd.attr.Gen || nd.retired.Load() || nd.dead {
 		return false
 	}
-	g.m[ino]++
-	g.succ[ino] = successor{gen: g.m[ino], old: nd}
+	g.m[key]++
+	g.succ[key] = successor{gen: g.m[key], old: nd}
 	nd.retired.Store(true)
 	return true
 }
@@ -351,7 +351,7 @@ func (g *generations) retire(nd *node) bool {
 // gone records that the object of n has no name left that go-fuse knows.
 func (p *node) gone(n *overlay.Node) {
 	n.Detach()
-	p.gens.bump(n.Ino())
+	p.gens.bump(n.Key())
 }
 
 var (
@@ -428,8 +428,7 @@ func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 	} else if err := p.n.Getattr(&st); err != nil {
 		return errno(err)
 	}
-	out.FromStat(toSyscall(&st))
-	out.Ino = p.n.Ino()
+	out.FromStat(toSyscall(&st)) // go-fuse puts the key here; identRaw puts st_ino back
 	if p.retired.Load() {
 		// Another FUSE inode changes the object, through passthrough
 		// writes the daemon does not see: the kernel must ask again at
@@ -441,6 +440,7 @@ func (p *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 }
 
 func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	defer p.afterCopyUp(p.upState())
 	var a overlay.SetAttr
 	if m, ok := in.GetMode(); ok {
 		a.Mode = &m
@@ -508,7 +508,7 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	defer p.afterCopyUp(p.n.InUpper())
+	defer p.afterCopyUp(p.upState())
 	if pt := p.gens.pt.Load(); pt != nil {
 		h, e := pt.open(ctx, p, flags)
 		if e != 0 {
@@ -599,6 +599,7 @@ func (p *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 func (p *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	defer p.changed()
 	t := target.(*node)
+	defer t.afterCopyUp(t.upState())
 	if _, err := p.n.Link(t.n, name); err != nil {
 		return nil, errno(err)
 	}
@@ -662,7 +663,7 @@ func nlink(n *overlay.Node) uint32 {
 
 // forgetName keeps the object of ch, which just lost one of its links
 // names, reachable through another of its names that go-fuse knows. If
-// go-fuse knows none, the object keeps its inode number while it has
+// go-fuse knows none, the object keeps its key while it has
 // other links (a lookup of one finds it again); else it is gone.
 func (p *node) forgetName(ch *fs.Inode, links uint32) {
 	child := ch.Operations().(*node).n
@@ -713,10 +714,10 @@ func (p *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	// Renaming copies up: the kernel's cached attributes of the moved
 	// objects were the lower ones.
 	if sch := p.GetChild(name); sch != nil {
-		defer sch.Operations().(*node).afterCopyUp(sch.Operations().(*node).n.InUpper())
+		defer sch.Operations().(*node).afterCopyUp(sch.Operations().(*node).upState())
 	}
 	if tch != nil && flags&unix.RENAME_EXCHANGE != 0 {
-		defer tch.Operations().(*node).afterCopyUp(target.InUpper())
+		defer tch.Operations().(*node).afterCopyUp(tch.Operations().(*node).upState())
 	}
 	if err := p.n.Rename(name, p.childNode(name), np.n, newName, target, flags); err != nil {
 		if target != nil {
@@ -749,7 +750,7 @@ func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	}
 	parentIno := p.n.Ino()
 	if _, parent := p.Parent(); parent != nil {
-		parentIno = parent.StableAttr().Ino
+		parentIno = parent.Operations().(*node).n.Ino()
 	}
 	// The kernel may keep the listing (FOPEN_CACHE_DIR): lower layers do
 	// not change under a mount and the upper only through it, and every
@@ -783,21 +784,41 @@ func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (p *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	defer p.afterCopyUp(p.n.InUpper())
+	defer p.afterCopyUp(p.upState())
 	return errno(p.n.Setxattr(attr, data, int(flags)))
 }
 
 func (p *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	defer p.afterCopyUp(p.n.InUpper())
+	defer p.afterCopyUp(p.upState())
 	return errno(p.n.Removexattr(attr))
 }
 
+// upState is what afterCopyUp compares: whether the object is up, and its
+// inode number.
+type upState struct {
+	up  bool
+	ino uint64
+}
+
+func (p *node) upState() upState { return upState{p.n.InUpper(), p.n.Ino()} }
+
 // afterCopyUp drops the attributes the kernel cached for p if the request
-// copied it up: they were the lower object's (the st_nlink of a lower hard
-// link, for one), and requests without an attribute reply leave them.
-func (p *node) afterCopyUp(wasUp bool) {
-	if !wasUp && p.n.InUpper() {
-		p.NotifyContent(-1, 0) // a negative offset: attributes only
+// copied it up (was is p's state before): they were the lower object's (the
+// st_nlink of a lower hard link, for one), and requests without an
+// attribute reply leave them. A copy-up that split a lower hard link also
+// changed p's number (overlay/ino.go), which its directory's listings, the
+// kept one and the kernel's cache, hold as d_ino: they go too.
+func (p *node) afterCopyUp(was upState) {
+	if was.up || !p.n.InUpper() {
+		return
+	}
+	p.NotifyContent(-1, 0) // a negative offset: attributes only
+	if p.n.Ino() == was.ino {
+		return
+	}
+	if _, parent := p.Parent(); parent != nil {
+		parent.Operations().(*node).changed()
+		parent.NotifyContent(0, 0) // offset 0, length 0: all of its pages
 	}
 }
 

@@ -14,11 +14,17 @@ import (
 // generations is the inode table: which go-fuse inode stands for which
 // overlay object, and when an inode gives back its overlay node.
 //
-// It tells objects apart that reuse an inode number: go-fuse keeps an
-// inode until the kernel forgets it, and an upper filesystem may give a
-// removed object's number to a new one before that. Each removal of an
-// object's last known name starts a new generation of its number (FUSE's
-// nodeid generation), so a lookup never finds the old object.
+// Inodes are keyed by the overlay node's Key, not its inode number:
+// several objects may show one st_ino (the names of a lower hard link,
+// overlay/ino.go), and each is its own FUSE inode. The key goes into
+// go-fuse's StableAttr.Ino, which go-fuse copies into every attribute and
+// entry reply; identRaw puts the object's inode number back.
+//
+// It tells objects apart that reuse a key: go-fuse keeps an inode until
+// the kernel forgets it, and an upper filesystem may give a removed
+// object's number to a new one before that. Each removal of an object's
+// last known name starts a new generation of its key (FUSE's nodeid
+// generation), so a lookup never finds the old object.
 //
 // Lifetime. Each inode holds one reference on its overlay node from the
 // request that makes it until the kernel has forgotten it and no request
@@ -37,7 +43,7 @@ import (
 // last; the root never does (the overlay holds its reference).
 type generations struct {
 	mu sync.Mutex
-	m  map[uint64]uint64 // inode number -> current generation
+	m  map[uint64]uint64 // key -> current generation
 	// live holds every node that holds its overlay node, by its
 	// StableAttr: go-fuse picks an existing inode for a lookup only after
 	// the request, so ovl finds it here first, to forget the duplicate
@@ -49,9 +55,9 @@ type generations struct {
 	// handed lists the nodes each request in progress handed to go-fuse,
 	// by the request's cancel channel (unique among requests in progress).
 	handed map[<-chan struct{}][]*node
-	// succ holds, by inode number, a FUSE inode retired for a data change
+	// succ holds, by key, a FUSE inode retired for a data change
 	// (passthrough.go, retire), for the generation the next lookup of its
-	// number gives: that lookup makes a new FUSE inode for the same
+	// key gives: that lookup makes a new FUSE inode for the same
 	// overlay node, which each of them holds a reference on.
 	succ map[uint64]successor
 	// pt is the mount's passthrough state, nil when every open is served
@@ -75,10 +81,10 @@ func (g *generations) addRoot(root *node) {
 	g.byID[fuse.FUSE_ROOT_ID] = root
 }
 
-// bump starts a new generation of the inode number ino.
-func (g *generations) bump(ino uint64) {
+// bump starts a new generation of the key.
+func (g *generations) bump(key uint64) {
 	g.mu.Lock()
-	g.m[ino]++
+	g.m[key]++
 	g.mu.Unlock()
 }
 
@@ -87,10 +93,10 @@ func (g *generations) bump(ino uint64) {
 // object if there is one (child is then forgotten), else a new one that
 // holds child. One inode per object.
 func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.Inode {
-	ino := child.Ino()
+	key := child.Key()
 	g := p.gens
 	g.mu.Lock()
-	attr := fs.StableAttr{Mode: child.Kind(), Ino: ino, Gen: g.m[ino]}
+	attr := fs.StableAttr{Mode: child.Kind(), Ino: key, Gen: g.m[key]}
 	if ex := g.live[attr]; ex != nil {
 		// ex keeps its overlay node while this request is in progress,
 		// whatever FORGET comes meanwhile.
@@ -104,10 +110,10 @@ func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.
 		return ex.EmbeddedInode()
 	}
 	n, obj := child, &object{n: child}
-	if s, ok := g.succ[ino]; ok && s.gen == attr.Gen && !s.old.dead && s.old.n.Kind() == child.Kind() {
+	if s, ok := g.succ[key]; ok && s.gen == attr.Gen && !s.old.dead && s.old.n.Kind() == child.Kind() {
 		// The first lookup after a retirement: a new FUSE inode for the
 		// retired one's object. s.old holds a reference, so Ref is safe.
-		delete(g.succ, ino)
+		delete(g.succ, key)
 		n, obj = s.old.n, s.old.obj
 		n.Ref()
 	}
@@ -148,15 +154,17 @@ func (g *generations) handOut(ctx context.Context, nd *node) {
 	g.handed[key] = append(g.handed[key], nd)
 }
 
-// settle runs after a request that makes an entry: status and nodeID are
-// its reply. The inode the kernel now holds one more lookup of counts it;
-// any other this request handed out (go-fuse took another, or the request
-// failed) gives back its overlay node unless something else holds it.
-func (g *generations) settle(key <-chan struct{}, status fuse.Status, nodeID uint64) {
+// settle runs after a request that makes an entry: status and out are
+// its reply. The inode the kernel now holds one more lookup of counts it,
+// and its reply gets the object's inode number in place of the key go-fuse
+// put there; any other inode this request handed out (go-fuse took
+// another, or the request failed) gives back its overlay node unless
+// something else holds it.
+func (g *generations) settle(key <-chan struct{}, status fuse.Status, out *fuse.EntryOut) {
 	g.mu.Lock()
 	nds := g.handed[key]
 	delete(g.handed, key)
-	if status == fuse.OK && nodeID != 0 {
+	if nodeID := out.NodeId; status == fuse.OK && nodeID != 0 {
 		nd := g.byID[nodeID]
 		if nd == nil && len(nds) == 1 {
 			nd = nds[0]
@@ -165,6 +173,7 @@ func (g *generations) settle(key <-chan struct{}, status fuse.Status, nodeID uin
 		}
 		if nd != nil {
 			nd.lookups++
+			out.Attr.Ino = nd.n.Ino()
 		}
 	}
 	var drop []*node
@@ -178,6 +187,20 @@ func (g *generations) settle(key <-chan struct{}, status fuse.Status, nodeID uin
 	for _, nd := range drop {
 		g.drop(nd)
 	}
+}
+
+// ino returns the inode number of the object of node id nodeID, whose key
+// go-fuse put into an attribute reply. Only a name key differs from it.
+func (g *generations) ino(nodeID, key uint64) uint64 {
+	if !overlay.IsNameKey(key) {
+		return key
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if nd := g.byID[nodeID]; nd != nil {
+		return nd.n.Ino()
+	}
+	return key
 }
 
 // forget applies the kernel's FORGET of nlookup lookups of nodeID.
@@ -225,7 +248,12 @@ func (g *generations) unusedLocked(nd *node) bool {
 
 // identRaw passes the kernel's lookup counts to the inode table: it
 // settles each request that makes an entry, and each FORGET, after
-// go-fuse's bridge has served it (see generations).
+// go-fuse's bridge has served it (see generations). It also gives every
+// entry and attribute reply the object's inode number: go-fuse (v2.12.1,
+// fs/bridge.go addNewNode and getattr, fs/inode.go setEntryOut) overwrites
+// the one the node put there with StableAttr.Ino, the key. READDIRPLUS
+// entries are LOOKUPs through here (plusRaw); STATX is not served (the
+// kernel then asks with GETATTR).
 type identRaw struct {
 	fuse.RawFileSystem
 	g *generations
@@ -233,41 +261,57 @@ type identRaw struct {
 
 func (r *identRaw) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	st := r.RawFileSystem.Lookup(cancel, h, name, out)
-	r.g.settle(cancel, st, out.NodeId)
+	r.g.settle(cancel, st, out)
 	return st
 }
 
 func (r *identRaw) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	st := r.RawFileSystem.Create(cancel, in, name, out)
-	r.g.settle(cancel, st, out.NodeId)
+	r.g.settle(cancel, st, &out.EntryOut)
 	return st
 }
 
 func (r *identRaw) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
 	st := r.RawFileSystem.Mkdir(cancel, in, name, out)
-	r.g.settle(cancel, st, out.NodeId)
+	r.g.settle(cancel, st, out)
 	return st
 }
 
 func (r *identRaw) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
 	st := r.RawFileSystem.Mknod(cancel, in, name, out)
-	r.g.settle(cancel, st, out.NodeId)
+	r.g.settle(cancel, st, out)
 	return st
 }
 
 func (r *identRaw) Symlink(cancel <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
 	st := r.RawFileSystem.Symlink(cancel, h, target, name, out)
-	r.g.settle(cancel, st, out.NodeId)
+	r.g.settle(cancel, st, out)
 	return st
 }
 
 func (r *identRaw) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
 	st := r.RawFileSystem.Link(cancel, in, name, out)
-	r.g.settle(cancel, st, out.NodeId)
+	r.g.settle(cancel, st, out)
 	return st
 }
 
 func (r *identRaw) Forget(nodeID, nlookup uint64) {
 	r.RawFileSystem.Forget(nodeID, nlookup)
 	r.g.forget(nodeID, nlookup)
+}
+
+func (r *identRaw) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	st := r.RawFileSystem.GetAttr(cancel, in, out)
+	if st == fuse.OK {
+		out.Ino = r.g.ino(in.NodeId, out.Ino)
+	}
+	return st
+}
+
+func (r *identRaw) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.AttrOut) fuse.Status {
+	st := r.RawFileSystem.SetAttr(cancel, in, out)
+	if st == fuse.OK {
+		out.Ino = r.g.ino(in.NodeId, out.Ino)
+	}
+	return st
 }

@@ -1,7 +1,7 @@
 package fusefs
 
 // File locks. ovl serves POSIX, OFD and flock locks itself, per overlay
-// object (internal/filelock, keyed by the overlay inode number, which a
+// object (internal/filelock, keyed by the overlay node's Key, which a
 // copy-up keeps), instead of leaving them to the kernel: the kernel keeps
 // its own locks on a FUSE inode, and one object can be open through two
 // FUSE inodes (a writer moved to a new node id while readers keep the old
@@ -154,7 +154,7 @@ func lockErrno(err error) syscall.Errno {
 }
 
 func (p *node) Getlk(ctx context.Context, f fs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	got, err := p.locks.table.Test(ctx, p.n.Ino(), filelock.Owner(owner), toLock(lk))
+	got, err := p.locks.table.Test(ctx, p.n.Key(), filelock.Owner(owner), toLock(lk))
 	if err != nil {
 		return lockErrno(err)
 	}
@@ -175,7 +175,7 @@ func (p *node) setlk(ctx context.Context, f fs.FileHandle, owner uint64, lk *fus
 	if !ok || h == nil {
 		return syscall.ENOLCK // every open of a regular file has a handle
 	}
-	key := p.n.Ino()
+	key := p.n.Key()
 	id := h.locks.handle(p.locks.table, key)
 	if flags&fuse.FUSE_LK_FLOCK != 0 {
 		return lockErrno(p.locks.table.Flock(ctx, key, id, filelock.Type(lk.Typ), lk.Pid, wait))
@@ -199,7 +199,7 @@ func (p *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
 		// Only a handle that took locks needs to know who closed it.
 		pid = closerTgid(ctx)
 	}
-	p.locks.table.Flush(p.n.Ino(), filelock.Owner(owner), id, pid)
+	p.locks.table.Flush(p.n.Key(), filelock.Owner(owner), id, pid)
 	return 0
 }
 

@@ -57,7 +57,7 @@ func retire(t *testing.T, srv *Server, name string) {
 	if ch == nil {
 		t.Fatalf("%s: not known to go-fuse", name)
 	}
-	srv.root.gens.bump(ch.Operations().(*node).n.Ino())
+	srv.root.gens.bump(ch.Operations().(*node).n.Key())
 	if e := srv.root.NotifyEntry(name); e != 0 {
 		t.Fatalf("invalidate %s: %v", name, e)
 	}

@@ -241,7 +241,7 @@ func (n *Node) overlayAttr(st *unix.Stat_t) {
 			unix.Close(fd)
 		}
 	}
-	st.Ino = n.ino
+	st.Ino = n.Ino()
 	if merged {
 		st.Nlink = 1
 	}

@@ -141,10 +141,16 @@ func (n *Node) copyUp(mode copyMode) error {
 		}
 		n.upperFd = fd
 	} else {
+		lowerLinks := st.Nlink
 		if err := format.Lstat(pfd, name, &st); err != nil {
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
 		n.realIno = st.Ino
+		if lowerLinks != 1 && !o.indexOn {
+			// The copy split a lower hard link: it has its own number now,
+			// as a lookup would give it (upperIno).
+			n.ino.Store(o.inoFor(o.upper, st.Ino))
+		}
 		o.keep(n, st.Ino)
 	}
 	n.inUpper, n.metacopy = true, meta

@@ -94,7 +94,7 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 	var st unix.Stat_t
 	for _, j := range fix {
 		if child, err := n.LookupStat(out[j].Name, &st); err == nil {
-			out[j].Ino = child.ino
+			out[j].Ino = child.Ino()
 			child.Forget()
 		}
 	}

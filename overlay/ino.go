@@ -11,27 +11,35 @@ import (
 // again under the same number:
 //   - st_ino is a real inode number with the index of its real filesystem in
 //     the high bits (inoFor), so numbers from different filesystems never
-//     collide; st_dev is the mount's own.
+//     collide; on one filesystem it is the real number, as the kernel's with
+//     xino=off. st_dev is the mount's own.
 //   - A directory with a lower part has the number of its topmost lower
 //     directory, before and after copy-up.
 //   - An upper non-directory whose overlay.origin names a lower object with
-//     one link has that object's number, so copy-up does not change it. A
-//     lower file with several links is split by copy-up (there is no index
-//     yet): the copy keeps its own upper number, as in the kernel, so that two
-//     different objects never share a number.
-//   - A lower file with several links: each name is its own object (as in
-//     the kernel with index=off) with its own number, linkIno. Here the
-//     kernel reports the lower number for every name; FUSE cannot, since it
-//     keys its inodes by number.
+//     one link has that object's number, so copy-up does not change it.
+//   - Every name of a lower file with several links has the lower number,
+//     as in the kernel. Without an index each name is its own object (as in
+//     the kernel with index=off): copy-up of one name splits the link, and
+//     the copy has its own upper number from then on, so that two
+//     different objects never share a number after a change; the other
+//     names keep the lower number.
 //   - Anything else has the number of its topmost real object.
-//   - While a node lives, its object keeps the node's number, also for new
-//     lookups of its upper object under any name (keep): a name of a split
-//     lower hard link is numbered linkIno before copy-up and by its upper
-//     inode after, and two numbers would be two FUSE inodes for one upper
-//     object, each with its own cached attributes.
 //
-// readdir reports the same numbers (ReadDir), so d_ino equals st_ino,
-// except for the names of a lower hard link (linkIno).
+// The number is not the object's identity: several objects may share one.
+// Key is: FUSE needs one inode per object, and go-fuse keys its inodes by
+// StableAttr.Ino. An object's key is its inode number, except for a name of
+// a lower hard link without an index, whose key is made from its parent
+// and name (nameKey) and stays across its copy-up. Without an upper layer
+// nothing splits a link, so its names are one object, keyed by the lower
+// number (kernel: ovl_hash_bylower).
+//
+// While a node lives, its object keeps the node's key and number, also for
+// new lookups of its upper object under any name (keep): a name of a split
+// lower hard link is keyed by name before copy-up and by its upper inode
+// number after, and two keys would be two FUSE inodes for one upper
+// object, each with its own cached attributes.
+//
+// readdir reports the same numbers (ReadDir), so d_ino equals st_ino.
 
 // upperIno is the inode number of the upper non-directory name in the upper
 // directory dirfd, with attributes st. lowers are the parent's lower
@@ -136,9 +144,10 @@ func (l *layer) mountFd() int {
 }
 
 // keep records that n, just copied up to the upper inode upperIno, keeps
-// its number for lookups of that upper object while n lives (see above).
+// its key and number for lookups of that upper object while n lives (see
+// above).
 func (o *Overlay) keep(n *Node, upperIno uint64) {
-	if n.IsDir() || o.inoFor(o.upper, upperIno) == n.ino {
+	if n.IsDir() || o.inoFor(o.upper, upperIno) == n.key {
 		return
 	}
 	o.keptMu.Lock()
@@ -150,15 +159,15 @@ func (o *Overlay) keep(n *Node, upperIno uint64) {
 	o.keptMu.Unlock()
 }
 
-// keptIno returns the number a node that lives gave the upper object with
-// inode number upperIno, if one did.
-func (o *Overlay) keptIno(upperIno uint64) (uint64, bool) {
+// keptIno returns the key and number of a node that lives and keeps them
+// for the upper object with inode number upperIno, if there is one.
+func (o *Overlay) keptIno(upperIno uint64) (key, ino uint64, ok bool) {
 	o.keptMu.Lock()
 	defer o.keptMu.Unlock()
 	if n := o.kept[upperIno]; n != nil {
-		return n.ino, true
+		return n.key, n.Ino(), true
 	}
-	return 0, false
+	return 0, 0, false
 }
 
 // unkeep ends keep when n is forgotten or its object loses its last name

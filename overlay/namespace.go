@@ -265,7 +265,9 @@ func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 	if err := format.Lstat(n.upperFd, name, &st); err != nil {
 		return nil, err
 	}
-	child := o.born(&Node{o: o, ino: o.inoFor(o.upper, st.Ino), kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name})
+	child := &Node{o: o, kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name}
+	child.setIno(o.inoFor(o.upper, st.Ino))
+	o.born(child)
 	if child.kind == unix.S_IFDIR {
 		fd, err := openReal(n.upperFd, name, unix.S_IFDIR, &st)
 		if err != nil {

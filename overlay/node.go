@@ -13,14 +13,19 @@ import (
 )
 
 // Node is one overlay object. It stays the same object across copy-up:
-// copy-up changes where its data lives, not its identity or inode number.
+// copy-up changes where its data lives, not its identity (Key), nor its
+// inode number except for a name of a lower hard link (see ino.go).
 //
 // A Node is reference counted (see Ref and Forget): whoever holds one holds
 // a reference, and the last one to go releases its descriptors. After that
 // every method fails with ESTALE; none may panic.
 type Node struct {
-	o    *Overlay
-	ino  uint64 // immutable
+	o *Overlay
+	// key identifies the object among the overlay's (see ino.go); immutable.
+	key uint64
+	// ino is its st_ino, which copy-up changes for a name of a lower hard
+	// link (see ino.go).
+	ino  atomic.Uint64
 	kind uint32 // S_IFMT bits, immutable
 
 	// refs counts the references: one per holder (each FUSE inode that
@@ -83,8 +88,20 @@ type lowerRef struct {
 	xwh   bool // directories: holds xattr whiteouts (opaque=x)
 }
 
-// Ino is the overlay inode number.
-func (n *Node) Ino() uint64 { return n.ino }
+// Ino is the object's inode number (st_ino, d_ino). Several objects may
+// share one: the names of a lower hard link before copy-up (see ino.go).
+func (n *Node) Ino() uint64 { return n.ino.Load() }
+
+// Key identifies the object: no two live objects share one, and it never
+// changes. It equals Ino, except for a name of a lower hard link, whose key
+// is a name key (see IsNameKey).
+func (n *Node) Key() uint64 { return n.key }
+
+// setIno gives a new node its key and number, both ino.
+func (n *Node) setIno(ino uint64) {
+	n.key = ino
+	n.ino.Store(ino)
+}
 
 // IsDir reports whether the node is a directory.
 func (n *Node) IsDir() bool { return n.kind == unix.S_IFDIR }
@@ -132,7 +149,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 		n.Forget()
 		return nil, err
 	}
-	n.ino = 1
+	n.setIno(1)
 	return n, nil
 }
 
@@ -282,8 +299,8 @@ func (o *Overlay) probe(dirfd int, xwh bool, name string, st *unix.Stat_t) (entr
 
 // Lookup finds name in the directory n (kernel: ovl_lookup). It returns a
 // new Node with one reference, the caller's; callers that keep a table of
-// nodes by inode number use it to find one they already have, and Forget
-// the new one.
+// nodes by Key use it to find one they already have, and Forget the new
+// one.
 func (n *Node) Lookup(name string) (*Node, error) {
 	var st unix.Stat_t
 	return n.LookupStat(name, &st)
@@ -513,28 +530,34 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		// A merged or lower directory has the number of its topmost lower
 		// directory, whether or not it has been copied up (kernel: the
 		// origin's st_ino for directories).
-		child.ino = lowerDirIno
+		child.setIno(lowerDirIno)
 	case child.inUpper && !impure:
 		// Only an impure directory holds copied-up objects, whose
 		// origin says their number (kernel: ovl_set_impure).
-		child.ino = o.inoFor(o.upper, topSt.Ino)
+		child.setIno(o.inoFor(o.upper, topSt.Ino))
 	case child.inUpper:
-		child.ino = o.upperIno(upperFd, name, &topSt, lowers)
-		if ino, ok := o.keptIno(topSt.Ino); ok && !child.IsDir() {
-			child.ino = ino
+		child.setIno(o.upperIno(upperFd, name, &topSt, lowers))
+		if key, ino, ok := o.keptIno(topSt.Ino); ok && !child.IsDir() {
+			child.key = key
+			child.ino.Store(ino)
 		}
 		if o.indexOn {
 			o.upperIndex(child, upperFd, name, &topSt)
 		}
 	case child.indexName != "":
-		child.ino = o.inoFor(child.lowers[0].layer, child.lowerIno)
-	case topSt.Nlink > 1:
+		child.setIno(o.inoFor(child.lowers[0].layer, child.lowerIno))
+	case topSt.Nlink > 1 && o.upper != nil:
 		// Without an index, copy-up of one name of a lower hard link
 		// splits the link, as in the kernel with index=off, so each name is
-		// its own object and needs its own number (see linkIno).
-		child.ino = linkIno(n.ino, name)
+		// its own object, with its own key; all of them show the lower
+		// number until copied up (kernel: ovl_hash_bylower says no).
+		child.key = nameKey(n.key, name)
+		child.ino.Store(o.inoFor(child.lowers[0].layer, topSt.Ino))
 	default:
-		child.ino = o.inoFor(child.lowers[0].layer, topSt.Ino)
+		// Also every name of a lower hard link without an upper layer:
+		// nothing splits it, so they are one object (kernel: one inode,
+		// hashed by the lower).
+		child.setIno(o.inoFor(child.lowers[0].layer, topSt.Ino))
 	}
 	if child.inUpper && topSt.Mode&unix.S_IFMT == unix.S_IFREG {
 		// Every upper regular file, not only those of impure directories:
@@ -546,7 +569,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	}
 	*out = topSt
 	o.present(out, topOwner)
-	out.Ino = child.ino
+	out.Ino = child.Ino()
 	if child.IsDir() && (child.inUpper && len(child.lowers) > 0 || len(child.lowers) > 1) {
 		out.Nlink = 1 // merged: see Getattr
 	}
@@ -614,15 +637,23 @@ func (n *Node) SetLocation(parent *Node, name string) {
 	}
 }
 
-// linkIno is the inode number of one name of a multiply-linked lower file:
-// stable for (parent, name), in a range real inode numbers do not reach.
-// Two names of one lower file are two objects until there is an index
-// (kernel: index=on) that keeps them one across copy-up.
-func linkIno(parent uint64, name string) uint64 {
+// nameKey is the key of one name of a multiply-linked lower file: stable
+// for (parent, name), in a range real inode numbers do not reach (a name
+// key). Two names of one lower file are two objects until there is an
+// index (kernel: index=on) that keeps them one across copy-up.
+func nameKey(parent uint64, name string) uint64 {
 	h := fnv.New64a()
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], parent)
 	h.Write(b[:])
 	h.Write([]byte(name))
-	return 0x7f<<56 | h.Sum64()&(1<<56-1)
+	return nameKeyTag | h.Sum64()&(1<<56-1)
 }
+
+// nameKeyTag marks name keys: bits 56-62 set, bit 63 clear.
+const nameKeyTag = 0x7f << 56
+
+// IsNameKey reports whether key has the form of a name key, the only keys
+// that may differ from their object's Ino: where it is false, the key is
+// the object's inode number.
+func IsNameKey(key uint64) bool { return key>>56 == 0x7f }

@@ -15,6 +15,9 @@
 //     lookup through the overlay reaches a layer root or work directory
 //     that an allowed overlap (an upper inside a lower) puts in a layer: it
 //     answers ELOOP (overlap.go).
+//   - A node's Key is its identity, for the binding's table of nodes; its
+//     Ino is the st_ino it reports, which several objects may share (the
+//     names of a lower hard link) and a copy-up may change (ino.go).
 //   - Each directory node holds O_PATH descriptors of its directories in each
 //     layer it merges; non-directories are reached through their parent's.
 //   - A Node lives while it has references (Ref, Forget): one per holder,
@@ -30,7 +33,7 @@
 //  2. Node.mu serialises copy-up of a node and guards its layer state; a
 //     node's mu may be held while its ancestors' are taken, never the reverse.
 //  3. Node.dirMu serialises namespace changes inside a directory; at most one
-//     is held, except by rename, which takes two in inode order. Copy-up never
+//     is held, except by rename, which takes two in Key order. Copy-up never
 //     starts while a dirMu is held.
 //  4. Overlay.treeMu guards Node.parent and Node.name.
 //  5. Overlay.keptMu guards Overlay.kept; nothing is taken under it.
@@ -45,7 +48,7 @@
 // hold those that overlay never takes, which then come before all of the
 // above: fusefs holds a passthrough object's lock (ptNode.mu) across Open
 // and Setattr, which may copy up, and its inode table's lock across Ref
-// and Ino/Kind only, never across a call that may take an overlay lock.
+// and Key/Ino/Kind only, never across a call that may take an overlay lock.
 package overlay
 
 import (
@@ -167,8 +170,8 @@ type Overlay struct {
 	renameMu sync.Mutex
 	treeMu   sync.RWMutex
 	// kept maps the upper inode number of a copied-up non-directory whose
-	// overlay number differs from what a lookup of the upper object computes
-	// (a split lower hard link) to the node that holds the object; see keep.
+	// key differs from what a lookup of the upper object computes (a split
+	// lower hard link) to the node that holds the object; see keep.
 	keptMu   sync.Mutex
 	kept     map[uint64]*Node
 	tempSeq  atomic.Uint64

@@ -114,7 +114,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		defer n.dirMu.Unlock()
 	} else {
 		a, b := n, newParent
-		if a.ino > b.ino {
+		if a.key > b.key {
 			a, b = b, a
 		}
 		a.dirMu.Lock()

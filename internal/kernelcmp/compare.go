@@ -12,7 +12,7 @@ import (
 type Diff struct {
 	Path  string // "" is the root
 	Type  string // the object's type on side A (or B if A lacks it)
-	Field string // exists type perm uid gid size nlink rdev hash target xattr:NAME ovl:NAME mtime ino ...
+	Field string // exists type perm uid gid size nlink rdev hash target xattr:NAME ovl:NAME mtime ino links ...
 	A, B  string
 }
 
@@ -63,6 +63,10 @@ func Compare(a, b *Tree, o CompareOptions) []Diff {
 		}
 	}
 	sort.Strings(sorted)
+	var linksA, linksB map[string]string
+	if o.Scope == ScopeMerged {
+		linksA, linksB = sharedInos(a, b, sorted), sharedInos(b, a, sorted)
+	}
 	var out []Diff
 	for _, p := range sorted {
 		na, nb := a.Nodes[p], b.Nodes[p]
@@ -74,6 +78,9 @@ func Compare(a, b *Tree, o CompareOptions) []Diff {
 			ds = []Diff{{Path: p, Type: na.Type, Field: "exists", A: na.Type, B: "missing"}}
 		default:
 			ds = compareNode(p, na, nb, o)
+			if la, lb := linksA[p], linksB[p]; la != lb {
+				ds = append(ds, Diff{Path: p, Type: na.Type, Field: "links", A: orAlone(la), B: orAlone(lb)})
+			}
 		}
 		for _, d := range ds {
 			// A field the caller asked for is never an intended difference.
@@ -94,6 +101,55 @@ func Compare(a, b *Tree, o CompareOptions) []Diff {
 		}
 	}
 	return out
+}
+
+// sharedInos groups the names of a merged view by inode: for each of
+// paths that t and other both show (existence is compared on its own),
+// the others of them that share its st_dev and st_ino in t, comma-joined;
+// a path alone is absent. Inode numbers differ between the sides by
+// design (IntendedDifferences), but which names are one file (hard links)
+// must not: comparing these groups is the "links" field.
+func sharedInos(t, other *Tree, paths []string) map[string]string {
+	type id struct{ dev, ino uint64 }
+	groups := map[id][]string{}
+	for _, p := range paths {
+		n := t.Nodes[p]
+		if n == nil || other.Nodes[p] == nil || n.Ino == 0 {
+			continue // missing, or a lookup that failed (no stat)
+		}
+		k := id{n.Dev, n.Ino}
+		groups[k] = append(groups[k], p)
+	}
+	out := map[string]string{}
+	for _, g := range groups {
+		if len(g) < 2 {
+			continue
+		}
+		for _, p := range g {
+			var others []string
+			for _, q := range g {
+				if q != p {
+					others = append(others, showPath(q))
+				}
+			}
+			out[p] = strings.Join(others, ",")
+		}
+	}
+	return out
+}
+
+func showPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	return p
+}
+
+func orAlone(s string) string {
+	if s == "" {
+		return "<alone>"
+	}
+	return s
 }
 
 func compareNode(p string, a, b *Node, o CompareOptions) []Diff {

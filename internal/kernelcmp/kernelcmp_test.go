@@ -247,9 +247,34 @@ func TestMutationsAreReported(t *testing.T) {
 	if ds := Compare(ref, c, CompareOptions{Scope: ScopeMerged}); len(ds) != 2 {
 		t.Errorf("rdev+target: %v", ds)
 	}
+	// Which names share an inode (a lower hard link) is compared, though
+	// inode numbers are not: the link split, and two files made one.
+	c = cloneTree(cand)
+	c.Nodes["m/a/mid2"].Ino = 1<<62 + 1
+	if ds := Compare(cand, c, CompareOptions{Scope: ScopeMerged}); len(ds) != 2 || ds[0].Field != "links" ||
+		ds[0].Path != "m/a/mid" || ds[0].A != "m/a/mid2" || ds[0].B != "<alone>" || ds[1].Path != "m/a/mid2" {
+		t.Errorf("split hard link: %v", ds)
+	}
+	c = cloneTree(cand)
+	c.Nodes["df/x"].Dev, c.Nodes["df/x"].Ino = c.Nodes["fd"].Dev, c.Nodes["fd"].Ino
+	if ds := Compare(cand, c, CompareOptions{Scope: ScopeMerged}); len(ds) != 2 || ds[0].Field != "links" ||
+		ds[0].Path != "df/x" || ds[0].B != "fd" || ds[1].Path != "fd" {
+		t.Errorf("two files with one inode: %v", ds)
+	}
+	if ds := Compare(cand, c, CompareOptions{Scope: ScopeUpper}); len(ds) != 0 {
+		t.Errorf("links compared in the upper: %v", ds)
+	}
+	c = cloneTree(cand)
+	for _, n := range c.Nodes {
+		n.Ino += 1 << 62
+	}
+	if ds := Compare(cand, c, CompareOptions{Scope: ScopeMerged}); len(ds) != 0 {
+		t.Errorf("other inode numbers, the same links: %v", ds)
+	}
+
 	// Intended differences are dropped, and only they.
 	c = cloneTree(ref)
-	c.Nodes["m/a/top"].Ino++
+	c.Nodes["m/a/top"].Ino = 1<<62 + 1 // shared with no other name
 	c.Nodes["df"].Size++
 	if ds := Compare(ref, c, CompareOptions{Scope: ScopeMerged, Ino: true}); len(ds) != 1 || ds[0].Field != "ino" {
 		t.Errorf("ino (asked for) and dir size (intended): %v", ds)

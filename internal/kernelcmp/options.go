@@ -184,7 +184,7 @@ func (d Difference) String() string {
 // IntendedDifferences are the differences between the kernel's overlayfs and
 // ovl that are by design. Comparisons drop diffs these match.
 var IntendedDifferences = []Difference{
-	{ScopeMerged, "ino", nil, "", "ovl numbers its inodes itself (FUSE node ids); the kernel runs with xino=off and reports real or overlay-private numbers; st_ino is compared only within one side"},
+	{ScopeMerged, "ino", nil, "", "inode numbers differ between two copies of the layers; which names share one (hard links) is compared (field links)"},
 	{ScopeMerged, "dev", nil, "", "st_dev of a FUSE mount is the FUSE connection's anonymous device; the kernel reports the overlay's or the real layer's device"},
 	{ScopeMerged, "size", []string{"dir"}, "", "a directory's st_size is filesystem-specific (the kernel passes the upper or lower ext4 size through)"},
 	{ScopeUpper, "size", []string{"dir"}, "", "ext4 directory sizes depend on the history of creates and deletes (the kernel's temp files in work/ and renames differ from ovl's)"},
@@ -204,4 +204,21 @@ var IntendedDifferences = []Difference{
 	{ScopeStatfs, "f_type", nil, "", "a FUSE mount reports FUSE_SUPER_MAGIC; the kernel reports OVERLAYFS_SUPER_MAGIC"},
 	{ScopeStatfs, "f_fsid", nil, "", "filesystem ids differ between a FUSE mount and the kernel overlay"},
 	{ScopeStatfs, "f_namelen", nil, "", "FUSE reports the daemon's value"},
+}
+
+// userxattrLinks: with userxattr the kernel cannot write user.overlay.origin
+// on a symlink or special file, and then gives a link made through the
+// mount another overlay inode than the name it links while that name's
+// inode is cached: the two names show two inode numbers (the old name the
+// lower's) until the cache drops them, one after. ovl keeps every name of
+// an upper inode one object (docs/differences.md, fifo-link-shares-pipe).
+var userxattrLinks = Difference{ScopeMerged, "links", []string{"symlink", "fifo", "socket", "char", "block"}, "",
+	"with userxattr the kernel splits a link of a symlink or special file made through the mount while the old name's inode is cached (no origin); ovl keeps one object"}
+
+// IntendedFor is IntendedDifferences with those that hold only under o.
+func IntendedFor(o Options) []Difference {
+	if !o.UserXattr {
+		return IntendedDifferences
+	}
+	return append(append([]Difference(nil), IntendedDifferences...), userxattrLinks)
 }

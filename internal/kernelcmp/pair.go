@@ -27,7 +27,7 @@ type Config struct {
 	// Candidate is the side under test (Ovl{Bin: ...}, or Kernel{} to test
 	// the harness).
 	Candidate Mounter
-	// Ignore are the accepted differences (nil: IntendedDifferences).
+	// Ignore are the accepted differences (nil: IntendedFor(Options)).
 	Ignore []Difference
 	// Times also compares mtimes of non-directories.
 	Times bool
@@ -129,7 +129,7 @@ func NewPair(t testing.TB, cfg Config, layers Layers) *Pair {
 		t.Fatal("kernelcmp: Config.Candidate is nil")
 	}
 	if cfg.Ignore == nil {
-		cfg.Ignore = IntendedDifferences
+		cfg.Ignore = IntendedFor(cfg.Options)
 	}
 	base, err := os.MkdirTemp("", "kcmp-")
 	if err != nil {
