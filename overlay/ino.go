@@ -52,7 +52,14 @@ func (o *Overlay) upperIno(dirfd int, name string, st *unix.Stat_t, lowers []low
 		return def
 	}
 	var lst unix.Stat_t
-	l := o.originStat(origin, &lst, lowers, name)
+	l, byName := o.originStat(origin, &lst, lowers, name)
+	// Checked by name, an upper object with several names matches its
+	// origin under one of them only: number it by its upper inode, so that
+	// all its names share one number as tools that count links need (the
+	// kernel decodes the handle and shows the lower number for all).
+	if byName && st.Nlink > 1 {
+		return def
+	}
 	// With an index, every name of a lower hard link stays one object.
 	if l == nil || (lst.Nlink != 1 && !o.indexOn) || lst.Mode&unix.S_IFMT != st.Mode&unix.S_IFMT {
 		return def
@@ -62,11 +69,12 @@ func (o *Overlay) upperIno(dirfd int, name string, st *unix.Stat_t, lowers []low
 
 // originStat finds the lower object an overlay.origin value names and stats
 // it into st; it returns its layer, or nil when the origin names nothing in
-// the lower layers any more.
-func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, name string) *layer {
+// the lower layers any more, and whether it was checked by name (handles
+// cannot be opened).
+func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, name string) (*layer, bool) {
 	typ, handle, uuid, ok := format.DecodeOrigin(origin)
 	if !ok {
-		return nil
+		return nil, false
 	}
 	for _, l := range o.lowers {
 		if !l.hasID || l.uuid != uuid {
@@ -86,9 +94,9 @@ func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, 
 		err = unix.Fstat(fd, st)
 		unix.Close(fd)
 		if err != nil {
-			return nil
+			return nil, false
 		}
-		return l
+		return l, false
 	}
 	// Without handles: the origin counts when the same name in the lower
 	// layers is the object it names (kernel: ovl_check_origin).
@@ -98,14 +106,14 @@ func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, 
 			continue
 		}
 		if k != entryOther {
-			return nil
+			return nil, true
 		}
 		if enc := o.encodeOriginAt(lr.layer, lr.fd, name); enc != nil && format.SameOrigin(enc, origin) {
-			return lr.layer
+			return lr.layer, true
 		}
-		return nil
+		return nil, true
 	}
-	return nil
+	return nil, true
 }
 
 // encodeOrigin encodes the file handle of the object open at fd on layer l,
