@@ -1,0 +1,351 @@
+package layertar_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	k "github.com/ovl-project/ovl/internal/kernelcmp"
+	"github.com/ovl-project/ovl/internal/testutil"
+	"github.com/ovl-project/ovl/layertar"
+	"github.com/ovl-project/ovl/overlay"
+)
+
+// The round trip: random layers and random ops (the differential tester's
+// generator) run on a mount; then Diff of its upper, Apply of the tar to
+// a fresh directory, and that directory mounted as the upper over the same
+// lowers must show the merged view the first mount showed. Each seed runs
+// twice, with the ops on ovl and on the kernel's overlayfs (so Diff reads
+// uppers each of them wrote), and each resulting layer is mounted by both.
+
+// roundTripSeeds are the seeds a plain test run goes through (env
+// LAYERTAR_SEEDS: a list, or a range "1-200"; LAYERTAR_OPS: ops per seed).
+func roundTripSeeds(t *testing.T) (seeds []int64, ops int) {
+	ops = 200
+	if v := os.Getenv("LAYERTAR_OPS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("LAYERTAR_OPS=%q: %v", v, err)
+		}
+		ops = n
+	}
+	spec := os.Getenv("LAYERTAR_SEEDS")
+	if spec == "" {
+		spec = "1-16"
+	}
+	for _, f := range strings.Split(spec, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
+		a, err := strconv.ParseInt(lo, 10, 64)
+		if err != nil {
+			t.Fatalf("LAYERTAR_SEEDS=%q: %v", spec, err)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.ParseInt(hi, 10, 64); err != nil {
+				t.Fatalf("LAYERTAR_SEEDS=%q: %v", spec, err)
+			}
+		}
+		for s := a; s <= b; s++ {
+			seeds = append(seeds, s)
+		}
+	}
+	return seeds, ops
+}
+
+// caseOptions are the mount options of seed's case: the generator's, and
+// metacopy=on for one trusted seed in two, so that Diff meets metacopy
+// files (the kernel and ovl copy up metadata only for chmod, chown, ...).
+func caseOptions(c k.Case) k.Options {
+	o := c.Options()
+	if !c.UserXattr && c.Seed%4 == 1 {
+		o.Metacopy = "on"
+	}
+	return o
+}
+
+func TestRoundTripRandom(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.Binary(t)
+	if _, err := k.Helper(); err != nil {
+		t.Fatal(err)
+	}
+	seeds, nOps := roundTripSeeds(t)
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			c := k.RandomCase(seed, nOps)
+			c.Overlap = "" // layers inside each other: not a layer tool's input
+			for _, writer := range []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}} {
+				t.Run("written-by-"+writer.Name(), func(t *testing.T) {
+					roundTrip(t, c, writer, []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}})
+				})
+			}
+		})
+	}
+}
+
+// layout builds c's layers in a new directory: the lowers, upper as the
+// case starts it (initial: true) or empty, a work directory and a mount
+// point.
+func layout(t *testing.T, c k.Case, prefix string) k.Layout {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755) // unprivileged callers of the ops walk through it
+	var l k.Layout
+	for i, layer := range c.Layers.Lowers {
+		d := filepath.Join(dir, fmt.Sprintf("l%d", i))
+		if err := k.Build(d, prefix, layer); err != nil {
+			t.Fatalf("build lower %d: %v", i, err)
+		}
+		l.Lowers = append(l.Lowers, d)
+	}
+	l.Upper, l.Work, l.Mnt = filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "mnt")
+	if err := k.Build(l.Upper, prefix, c.Layers.Upper); err != nil {
+		t.Fatalf("build upper: %v", err)
+	}
+	for _, d := range []string{l.Work, l.Mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l
+}
+
+// mountView mounts l with m, takes a snapshot of the merged view and
+// unmounts.
+func mountView(t *testing.T, m k.Mounter, l k.Layout, o k.Options) *k.Tree {
+	t.Helper()
+	if err := m.Mount(l, o); err != nil {
+		t.Fatalf("%s: %v", m.Name(), err)
+	}
+	view, err := k.Snapshot(l.Mnt, k.SnapOptions{})
+	if uerr := m.Unmount(l.Mnt); uerr != nil {
+		t.Errorf("%s: %v", m.Name(), uerr)
+	}
+	if err != nil {
+		t.Fatalf("%s: snapshot: %v", m.Name(), err)
+	}
+	return view
+}
+
+// runOps applies ops on the mount mnt as the random tester does: ops of
+// another caller in a child process, the others (held fds, umask, drops)
+// in this one.
+func runOps(t *testing.T, mnt string, ops []k.Op) {
+	t.Helper()
+	umask := unix.Umask(0o022)
+	defer unix.Umask(umask)
+	var fds k.FDs
+	defer fds.Close()
+	inProcess := func(op k.Op) bool {
+		switch op.Op {
+		case "hold", "readheld", "writeheld", "unhold", "dropcaches", "umask":
+			return true
+		}
+		return op.As == nil
+	}
+	for i := 0; i < len(ops); {
+		op := ops[i]
+		if inProcess(op) {
+			if r := op.ApplyFDs(mnt, &fds); r.Err != "" {
+				t.Fatalf("op %d %s: harness error: %s", i, op, r.Err)
+			}
+			i++
+			continue
+		}
+		n := 1
+		for i+n < len(ops) && !inProcess(ops[i+n]) && fmt.Sprint(*ops[i+n].As) == fmt.Sprint(*op.As) {
+			n++
+		}
+		if _, err := k.RunOps(mnt, op.As, ops[i:i+n]); err != nil {
+			t.Fatalf("ops %d-%d as %d: %v", i, i+n-1, op.As.UID, err)
+		}
+		i += n
+	}
+}
+
+// errorPaths are the objects of a view that the overlay refuses (damaged or
+// hostile layer metadata) and the directories it cannot list: a layer tar
+// cannot say that, so the round trip compares everything else.
+func errorPaths(v *k.Tree) []string {
+	var out []string
+	for p, n := range v.Nodes {
+		if strings.HasPrefix(n.Type, "error:") || n.ReadDir != "" || strings.HasPrefix(n.Hash, "<") ||
+			strings.HasPrefix(n.Target, "<") || n.Xattrs["<listxattr>"] != "" {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// refusedToo checks that the object Diff refused (err names it) is one
+// the overlay refuses too: mounted again, its lookup, listing or read fails.
+func refusedToo(t *testing.T, err error, m k.Mounter, l k.Layout, o k.Options) {
+	t.Helper()
+	var pe *fs.PathError
+	if !errors.As(err, &pe) {
+		t.Fatalf("diff: %v (names no object)", err)
+	}
+	if err := m.Mount(l, o); err != nil {
+		t.Fatalf("%s: %v", m.Name(), err)
+	}
+	defer func() {
+		if err := m.Unmount(l.Mnt); err != nil {
+			t.Error(err)
+		}
+	}()
+	p := filepath.Join(l.Mnt, pe.Path)
+	fi, serr := os.Lstat(p)
+	switch {
+	case serr != nil:
+	case fi.IsDir():
+		_, serr = os.ReadDir(p)
+	case fi.Mode().IsRegular():
+		_, serr = os.ReadFile(p)
+	}
+	if serr == nil {
+		t.Fatalf("diff refused %s, which %s serves: %v", pe.Path, m.Name(), err)
+	}
+	t.Logf("diff refuses what %s refuses: %v (%s: %v)", m.Name(), err, m.Name(), serr)
+}
+
+func roundTrip(t *testing.T, c k.Case, writer k.Mounter, readers []k.Mounter) {
+	o := caseOptions(c)
+	l := layout(t, c, o.Prefix())
+	if err := writer.Mount(l, o); err != nil {
+		t.Fatalf("%s: %v", writer.Name(), err)
+	}
+	runOps(t, l.Mnt, c.Ops)
+	orig, err := k.Snapshot(l.Mnt, k.SnapOptions{})
+	if uerr := writer.Unmount(l.Mnt); uerr != nil {
+		t.Fatalf("%s: %v", writer.Name(), uerr)
+	}
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+
+	cfg := overlay.Config{Lowers: l.Lowers, Upper: l.Upper, UserXattr: o.UserXattr, RedirectDir: o.RedirectDir, Metacopy: o.Metacopy}
+	var layer bytes.Buffer
+	res, err := layertar.Diff(&layer, cfg, layertar.DiffOptions{})
+	if err != nil {
+		refusedToo(t, err, writer, l, o)
+		return
+	}
+	applied := t.TempDir()
+	os.Chmod(applied, 0o755)
+	upper := filepath.Join(applied, "upper")
+	if err := os.Mkdir(upper, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The layer root is no entry: the new upper's root must look like the old one.
+	copyRootAttrs(t, l.Upper, upper)
+	if _, err := layertar.Apply(bytes.NewReader(layer.Bytes()), upper, layertar.ApplyOptions{UserXattr: o.UserXattr}); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	t.Logf("%s: %d entries, %d bytes", c, res.Entries, res.Size)
+	for _, reader := range readers {
+		nl := k.Layout{Lowers: l.Lowers, Upper: upper, Work: filepath.Join(applied, "work-"+reader.Name()), Mnt: filepath.Join(applied, "mnt")}
+		for _, d := range []string{nl.Work, nl.Mnt} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		view := mountView(t, reader, nl, o)
+		ds := k.Compare(orig, view, k.CompareOptions{Scope: k.ScopeMerged, Times: true, IgnorePaths: errorPaths(orig)})
+		if len(ds) > 0 {
+			t.Errorf("view of the applied layer on %s differs from the view %s gave:\n%s\nlayer:\n%s",
+				reader.Name(), writer.Name(), k.FormatDiffs(writer.Name()+" (ops)", reader.Name()+" (applied)", ds), listTar(layer.Bytes()))
+		}
+		for _, p := range view.Problems {
+			t.Errorf("%s (applied): %s", reader.Name(), p)
+		}
+		checkLinks(t, orig, view, writer.Name() == reader.Name() && writer.Name() == "kernel", errorPaths(orig))
+	}
+}
+
+// copyRootAttrs gives dst the owner and mode of src.
+func copyRootAttrs(t *testing.T, src, dst string) {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(src, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkLinks checks that the names that are one object in the view the
+// ops made are one object after the round trip; exact also checks the
+// reverse. Only the kernel gets exact: ovl numbers each name of a lower
+// hard link apart (overlay/ino.go), while the layer makes the names it
+// writes of such a file links of one upper file.
+func checkLinks(t *testing.T, orig, view *k.Tree, exact bool, ignore []string) {
+	t.Helper()
+	ignored := func(p string) bool {
+		for _, ip := range ignore {
+			if p == ip || strings.HasPrefix(p, ip+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	groups := func(v *k.Tree) map[string]string {
+		first := map[uint64]string{}
+		var paths []string
+		for p, n := range v.Nodes {
+			if n.Type != "dir" && !strings.HasPrefix(n.Type, "error:") && !ignored(p) {
+				paths = append(paths, p)
+			}
+		}
+		sort.Strings(paths)
+		g := map[string]string{}
+		for _, p := range paths {
+			ino := v.Nodes[p].Ino
+			if _, ok := first[ino]; !ok {
+				first[ino] = p
+			}
+			g[p] = first[ino]
+		}
+		return g
+	}
+	go1, gv := groups(orig), groups(view)
+	for p, g := range go1 {
+		if g != p && gv[p] != gv[g] {
+			t.Errorf("%s and %s are one object in the original view, two after the round trip", g, p)
+		}
+	}
+	if !exact {
+		return
+	}
+	for p, g := range gv {
+		if g != p && go1[p] != go1[g] {
+			t.Errorf("%s and %s are one object after the round trip, two in the original view", g, p)
+		}
+	}
+}
+
+// listTar lists a layer's entries for a failure report.
+func listTar(b []byte) string {
+	ents, err := readEntries(bytes.NewReader(b))
+	var s strings.Builder
+	for _, e := range ents {
+		fmt.Fprintf(&s, "  %s\n", e)
+	}
+	if err != nil {
+		fmt.Fprintf(&s, "  (error: %v)\n", err)
+	}
+	return s.String()
+}
