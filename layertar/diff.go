@@ -66,24 +66,34 @@ func Diff(w io.Writer, cfg overlay.Config, o DiffOptions) (*Result, error) {
 	tarBytes := &counter{w: io.MultiWriter(cw, diffID.Hash())}
 	names := format.NewNames(cfg.UserXattr)
 	d := &differ{
-		cfg:      cfg,
-		names:    names,
-		other:    format.NewNames(!cfg.UserXattr),
-		follow:   follow,
-		metacopy: cfg.Metacopy == "on",
-		tw:       tar.NewWriter(tarBytes),
-		tarBytes: tarBytes,
-		progress: o.Progress,
-		links:    map[objID]string{},
-		buf:      make([]byte, 1<<20),
+		cfg:       cfg,
+		names:     names,
+		other:     format.NewNames(!cfg.UserXattr),
+		follow:    follow,
+		metacopy:  cfg.Metacopy == "on",
+		tw:        tar.NewWriter(tarBytes),
+		tarBytes:  tarBytes,
+		progress:  o.Progress,
+		links:     map[objID]string{},
+		linkNames: map[objID]int{},
+		copied:    map[string]bool{},
+		buf:       make([]byte, 1<<20),
+		upper:     root,
+		indexFd:   -1,
 	}
 	defer d.close()
+	if err := d.loadIndex(); err != nil {
+		return nil, fmt.Errorf("diff: %w", err)
+	}
 	v, err := format.Getxattr(root, names.Name(format.Opaque))
 	if err != nil {
 		return nil, fmt.Errorf("diff: upper root: %w", err)
 	}
-	_, xwh := format.ParseOpaque(v)
-	if err := d.walk(root, "", xwh, true); err != nil {
+	_, d.rootXWh = format.ParseOpaque(v)
+	if err := d.walk(root, "", d.rootXWh, true); err != nil {
+		return nil, fmt.Errorf("diff: %w", err)
+	}
+	if err := d.indexAliases(); err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
 	if err := d.tw.Close(); err != nil {
@@ -111,6 +121,17 @@ type differ struct {
 	entries  int
 	links    map[objID]string // first entry name of each object with several links
 	buf      []byte
+	upper    int  // the upper root
+	rootXWh  bool // the upper root holds xattr whiteouts
+
+	// linkNames counts the names written of each object with several
+	// links; copied are the directories copiedDir wrote.
+	linkNames map[objID]int
+	copied    map[string]bool
+	// index is the hard-link index by lower file handle (index.go), and
+	// indexFd its directory; nil and -1 without one.
+	index   map[string]*indexEntry
+	indexFd int
 
 	// lowers is the lower layers as one read-only overlay, opened the
 	// first time a rule needs them (lowerRoot).
@@ -123,6 +144,9 @@ type differ struct {
 }
 
 func (d *differ) close() {
+	if d.indexFd >= 0 {
+		unix.Close(d.indexFd)
+	}
 	if d.cached != nil {
 		d.cached.Forget()
 	}
@@ -505,6 +529,17 @@ func (d *differ) lowerObject(n *overlay.Node, p string) error {
 		defer unix.Close(fd)
 		e.fd = fd
 		if st.Nlink > 1 {
+			if ie := d.indexed(fd); ie != nil {
+				// Copied up with index=on: the name shows the upper copy.
+				ix, err := d.indexObject(ie, p)
+				if err != nil {
+					return err
+				}
+				if ix.fd >= 0 {
+					defer unix.Close(ix.fd)
+				}
+				return d.write(ix)
+			}
 			// The overlay numbers each name of a lower hard link apart;
 			// the real file says which names are one object.
 			var rst unix.Stat_t
@@ -720,6 +755,7 @@ func (d *differ) write(e *entry) error {
 		}
 	}
 	if e.linkable {
+		d.linkNames[e.id]++
 		if first, ok := d.links[e.id]; ok {
 			hdr.Typeflag, hdr.Linkname = tar.TypeLink, first
 			hdr.PAXRecords = nil // the object's, written with its first name

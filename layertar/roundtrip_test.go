@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"sort"
@@ -61,13 +62,18 @@ func roundTripSeeds(t *testing.T) (seeds []int64, ops int) {
 	return seeds, ops
 }
 
-// caseOptions are the mount options of seed's case: the generator's, and
+// caseOptions are the mount options of seed's case: the generator's, with
 // metacopy=on for one trusted seed in two, so that Diff meets metacopy
-// files (the kernel and ovl copy up metadata only for chmod, chown, ...).
+// files (the kernel and ovl copy up metadata only for chmod, chown, ...),
+// and index=on for the other half, so that it meets indexed hard links.
 func caseOptions(c k.Case) k.Options {
 	o := c.Options()
-	if !c.UserXattr && c.Seed%4 == 1 {
+	switch {
+	case c.UserXattr:
+	case c.Seed%4 == 1:
 		o.Metacopy = "on"
+	case c.Seed%4 == 3:
+		o.Index = "on"
 	}
 	return o
 }
@@ -83,13 +89,115 @@ func TestRoundTripRandom(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			c := k.RandomCase(seed, nOps)
 			c.Overlap = "" // layers inside each other: not a layer tool's input
+			c.Ops = append(c.Ops, ruleOps(seed, nOps/2)...)
 			for _, writer := range []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}} {
 				t.Run("written-by-"+writer.Name(), func(t *testing.T) {
-					roundTrip(t, c, writer, []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}})
+					roundTrip(t, c, caseOptions(c), writer, []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}})
 				})
 			}
 		})
 	}
+}
+
+// TestRoundTripRules runs the round trip over a stack and ops chosen so
+// that every rule of Diff applies: a directory renamed in its parent and
+// one moved out of it (relative and absolute redirects, one inside the
+// other), a directory made over the whiteout of a renamed one, a directory
+// moved into an opaque one, metacopy files (also inside a renamed
+// directory, and one moved, with a redirect of its own), upper hard links,
+// lower hard links inside a renamed directory, copy-ups below a renamed
+// directory, whiteouts.
+func TestRoundTripRules(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.Binary(t)
+	c := k.Case{NLowers: 2, Layers: k.Layers{Lowers: []k.Layer{
+		{ // top
+			k.File("a/top", "top"),
+			k.File("e/q", "q"),
+			k.File("a/b/w", "w over"),
+		},
+		{ // bottom
+			k.File("a/f", "a/f data").Mode(0o640).Owner(1000, 1000).Xattr("user.x", "1"),
+			k.Hardlink("a/l", "a/f"),
+			k.File("a/g", "a/g data"),
+			k.File("a/b/x", "x"),
+			k.File("a/b/y", "y"),
+			k.Symlink("a/b/s", "../f"),
+			k.FIFO("a/b/p"),
+			k.File("c/z", "z"),
+			k.File("m", "metacopy data").Mode(0o644),
+			k.File("d/k", "k"),
+			k.File("h/one", "one").Mode(0o644),
+			k.Hardlink("h/two", "h/one"),
+			k.Hardlink("h/sub/three", "h/one"),
+		},
+	}}}
+	c.Ops = []k.Op{
+		{Op: "rename", Path: "a", Path2: "r0"},
+		{Op: "rename", Path: "r0/b", Path2: "c/r1"},
+		{Op: "mkdir", Path: "a", Mode: 0o750},
+		{Op: "create", Path: "a/new", Mode: 0o644},
+		{Op: "chmod", Path: "r0/f", Mode: 0o600},
+		{Op: "chmod", Path: "m", Mode: 0o640},
+		{Op: "rename", Path: "m", Path2: "c/m2"},
+		{Op: "link", Path: "r0/g", Path2: "g2"},
+		{Op: "unlink", Path: "r0/top"},
+		{Op: "setxattr", Path: "c/r1/x", Name: "user.k", Data: "v"},
+		{Op: "rename", Path: "e", Path2: "a/e2"},
+		{Op: "utimes", Path: "c/z", Off: k.RandomTimes[1]},
+		{Op: "rename", Path: "d", Path2: "d2"},
+		{Op: "mkdir", Path: "d", Mode: 0o700},
+		{Op: "write", Path: "d2/k", Data: "new k"},
+		{Op: "unlink", Path: "c/r1/y"},
+		{Op: "chmod", Path: "h/one", Mode: 0o600},
+		{Op: "write", Path: "h/two", Data: "TWO", Off: 1},
+	}
+	for _, opt := range []struct {
+		name string
+		o    k.Options
+	}{
+		{"metacopy", k.Options{Metacopy: "on", Xino: "off", UUID: "off"}},
+		{"index", k.Options{Metacopy: "off", Index: "on", Xino: "off", UUID: "off"}},
+	} {
+		for _, writer := range []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}} {
+			t.Run(opt.name+"/written-by-"+writer.Name(), func(t *testing.T) {
+				roundTrip(t, c, opt.o, writer, []k.Mounter{k.Ovl{Bin: bin}, k.Kernel{}})
+			})
+		}
+	}
+}
+
+// ruleOps are n more ops for seed that make what Diff's rules are about
+// more often than the generator's mix does: directories renamed (with
+// redirect_dir=on, redirects, also of directories inside renamed ones),
+// metadata changes of lower files (metacopy files with metacopy=on), hard
+// links, and whiteouts.
+func ruleOps(seed int64, n int) []k.Op {
+	rng := rand.New(rand.NewSource(seed + 7919))
+	// The generator's directories, and new names renames chain through.
+	dirs := []string{"a", "a/b", "c", "c/b", "r0", "r1", "a/r0", "c/r1", "r0/b", "r1/b", "a/b/r2"}
+	names := k.Names()
+	pick := func(s []string) string { return s[rng.Intn(len(s))] }
+	var ops []k.Op
+	for len(ops) < n {
+		switch rng.Intn(9) {
+		case 0, 1, 2:
+			ops = append(ops, k.Op{Op: "rename", Path: pick(dirs), Path2: pick(dirs)})
+		case 3:
+			ops = append(ops, k.Op{Op: "chmod", Path: pick(names), Mode: []uint32{0o640, 0o4755, 0o600}[rng.Intn(3)]})
+		case 4:
+			ops = append(ops, k.Op{Op: "utimes", Path: pick(names), Off: k.RandomTimes[rng.Intn(len(k.RandomTimes))]})
+		case 5:
+			ops = append(ops, k.Op{Op: "setxattr", Path: pick(names), Name: "user.m", Data: fmt.Sprint(rng.Intn(3))})
+		case 6:
+			ops = append(ops, k.Op{Op: "chown", Path: pick(names), UID: 1000, GID: 1000})
+		case 7:
+			ops = append(ops, k.Op{Op: "link", Path: pick(names), Path2: pick(names)})
+		default:
+			ops = append(ops, k.Op{Op: "unlink", Path: pick(names)})
+		}
+	}
+	return ops
 }
 
 // layout builds c's layers in a new directory: the lowers, upper as the
@@ -218,8 +326,7 @@ func refusedToo(t *testing.T, err error, m k.Mounter, l k.Layout, o k.Options) {
 	t.Logf("diff refuses what %s refuses: %v (%s: %v)", m.Name(), err, m.Name(), serr)
 }
 
-func roundTrip(t *testing.T, c k.Case, writer k.Mounter, readers []k.Mounter) {
-	o := caseOptions(c)
+func roundTrip(t *testing.T, c k.Case, o k.Options, writer k.Mounter, readers []k.Mounter) {
 	l := layout(t, c, o.Prefix())
 	if err := writer.Mount(l, o); err != nil {
 		t.Fatalf("%s: %v", writer.Name(), err)
@@ -233,7 +340,7 @@ func roundTrip(t *testing.T, c k.Case, writer k.Mounter, readers []k.Mounter) {
 		t.Fatalf("snapshot: %v", err)
 	}
 
-	cfg := overlay.Config{Lowers: l.Lowers, Upper: l.Upper, UserXattr: o.UserXattr, RedirectDir: o.RedirectDir, Metacopy: o.Metacopy}
+	cfg := overlay.Config{Lowers: l.Lowers, Upper: l.Upper, Work: l.Work, UserXattr: o.UserXattr, RedirectDir: o.RedirectDir, Metacopy: o.Metacopy, Index: o.Index}
 	var layer bytes.Buffer
 	res, err := layertar.Diff(&layer, cfg, layertar.DiffOptions{})
 	if err != nil {
@@ -251,7 +358,8 @@ func roundTrip(t *testing.T, c k.Case, writer k.Mounter, readers []k.Mounter) {
 	if _, err := layertar.Apply(bytes.NewReader(layer.Bytes()), upper, layertar.ApplyOptions{UserXattr: o.UserXattr}); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	t.Logf("%s: %d entries, %d bytes", c, res.Entries, res.Size)
+	kinds, redirected := upperKinds(t, l.Upper, o.Prefix())
+	t.Logf("%s: %d entries, %d bytes; the upper holds %s", c, res.Entries, res.Size, kinds)
 	for _, reader := range readers {
 		nl := k.Layout{Lowers: l.Lowers, Upper: upper, Work: filepath.Join(applied, "work-"+reader.Name()), Mnt: filepath.Join(applied, "mnt")}
 		for _, d := range []string{nl.Work, nl.Mnt} {
@@ -261,6 +369,7 @@ func roundTrip(t *testing.T, c k.Case, writer k.Mounter, readers []k.Mounter) {
 		}
 		view := mountView(t, reader, nl, o)
 		ds := k.Compare(orig, view, k.CompareOptions{Scope: k.ScopeMerged, Times: true, IgnorePaths: errorPaths(orig)})
+		ds = splitLowerLinks(t, ds, view, redirected)
 		if len(ds) > 0 {
 			t.Errorf("view of the applied layer on %s differs from the view %s gave:\n%s\nlayer:\n%s",
 				reader.Name(), writer.Name(), k.FormatDiffs(writer.Name()+" (ops)", reader.Name()+" (applied)", ds), listTar(layer.Bytes()))
@@ -348,4 +457,67 @@ func listTar(b []byte) string {
 		fmt.Fprintf(&s, "  (error: %v)\n", err)
 	}
 	return s.String()
+}
+
+// upperKinds counts what in an upper the rules of Diff are about, for the
+// log: it shows which rules a seed exercised.
+func upperKinds(t *testing.T, upper, prefix string) (kinds string, redirected []string) {
+	up, err := k.Snapshot(upper, k.SnapOptions{Upper: true, Prefix: prefix, NoHash: true})
+	if err != nil {
+		t.Fatalf("snapshot upper: %v", err)
+	}
+	var whiteouts, opaque, redirects, metacopy, links int
+	for p, n := range up.Nodes {
+		switch {
+		case n.Type == "whiteout":
+			whiteouts++
+		case n.Type == "dir" && n.Ovl["opaque"] == "y":
+			opaque++
+		}
+		if _, ok := n.Ovl["redirect"]; ok && n.Type == "dir" {
+			redirects++
+		}
+		if _, ok := n.Ovl["redirect"]; ok && n.Type == "dir" && n.Ovl["opaque"] != "y" {
+			redirected = append(redirected, p)
+		}
+		if _, ok := n.Ovl["metacopy"]; ok {
+			metacopy++
+		}
+		if n.Type != "dir" && n.Type != "whiteout" && n.Nlink > 1 {
+			links++
+		}
+	}
+	return fmt.Sprintf("%d whiteouts, %d opaque dirs, %d redirected dirs, %d metacopy files, %d names with links",
+		whiteouts, opaque, redirects, metacopy, links), redirected
+}
+
+// splitLowerLinks drops from ds the link counts of lower files that Diff
+// wrote in full below a redirected directory, where the layer holds fewer
+// names of the file than the lower layer: a layer can link only names it
+// holds, so such a file counts those (the package doc says so). Each one
+// dropped must count exactly the names the applied view shows of it.
+func splitLowerLinks(t *testing.T, ds []k.Diff, view *k.Tree, redirected []string) []k.Diff {
+	t.Helper()
+	var out []k.Diff
+	for _, d := range ds {
+		under := false
+		for _, r := range redirected {
+			under = under || strings.HasPrefix(d.Path, r+"/")
+		}
+		if d.Field == "nlink" && d.Type != "dir" && under {
+			n := view.Nodes[d.Path]
+			names := 0
+			for _, o := range view.Nodes {
+				if o.Ino == n.Ino && o.Type == n.Type {
+					names++
+				}
+			}
+			if uint64(names) == n.Nlink {
+				t.Logf("%s: %s links in the view the ops made, %s (all its names) in the layer's: a lower hard link written in full under a renamed directory", d.Path, d.A, d.B)
+				continue
+			}
+		}
+		out = append(out, d)
+	}
+	return out
 }
