@@ -139,7 +139,7 @@ func cleanName(name string) ([]string, error) {
 // filesystem holds.
 func checkComponent(full, c string) error {
 	if len(c) > format.NameMax {
-		return fmt.Errorf("%s: a name of %d bytes, longer than NAME_MAX (%d)", full, len(c), format.NameMax)
+		return fmt.Errorf("%.64q...: a name of %d bytes, longer than NAME_MAX (%d)", full, len(c), format.NameMax)
 	}
 	return nil
 }
@@ -553,6 +553,9 @@ func (a *applier) owner(fd int, p string, hdr *tar.Header) error {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) == nil && int(st.Uid) == hdr.Uid && int(st.Gid) == hdr.Gid {
 		return nil
+	}
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%s: chown %d:%d: %w (the layer's owners need root, or a user namespace that maps them, such as podman unshare's)", p, hdr.Uid, hdr.Gid, err)
 	}
 	return fmt.Errorf("%s: chown %d:%d: %w", p, hdr.Uid, hdr.Gid, err)
 }
