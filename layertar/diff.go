@@ -62,8 +62,13 @@ func Diff(w io.Writer, cfg overlay.Config, o DiffOptions) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
-	diffID := digest.Canonical.Digester()
-	tarBytes := &counter{w: io.MultiWriter(cw, diffID.Hash())}
+	// Uncompressed, the layer is the tar: one hash serves as both.
+	diffID := layerDigest
+	tarBytes := &counter{w: cw}
+	if o.Compression != None {
+		diffID = digest.Canonical.Digester()
+		tarBytes.w = io.MultiWriter(cw, diffID.Hash())
+	}
 	names := format.NewNames(cfg.UserXattr)
 	d := &differ{
 		cfg:       cfg,

@@ -25,9 +25,13 @@
 //   - A metacopy file (overlay.metacopy) is written with its data, read
 //     from the lower layers where the overlay finds it.
 //   - An object with several links (links in the upper, or names sharing
-//     an index entry) is written once, at its first name in entry order;
-//     its other names are tar hard links to it. Whiteouts are never links:
-//     the kernel may make every whiteout a link of one inode.
+//     an index entry, index.go) is written once, at its first name in
+//     entry order; its other names are tar hard links to it. Whiteouts are
+//     never links: the kernel may make every whiteout a link of one inode.
+//     A layer holds names, not link counts: where the merged view counts
+//     names it does not show (a lower hard link whose other name the upper
+//     covers, or that a renamed directory written in full leaves behind),
+//     the layer's file counts the names the layer holds.
 //   - Every entry has its owner (numbers only, no user or group names),
 //     mode with the setuid, setgid and sticky bits, mtime to the
 //     nanosecond, xattrs, and device numbers for devices. Overlay xattrs
