@@ -2,6 +2,7 @@ package layertar
 
 import (
 	"archive/tar"
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -56,7 +57,10 @@ func Diff(w io.Writer, cfg overlay.Config, o DiffOptions) (*Result, error) {
 	}
 	defer unix.Close(root)
 
-	out := &counter{w: w}
+	// Entries are written in pieces of a few hundred bytes: one write to
+	// w per piece would cost a system call each.
+	bw := bufio.NewWriterSize(w, 1<<20)
+	out := &counter{w: bw}
 	layerDigest := digest.Canonical.Digester()
 	cw, err := compressor(io.MultiWriter(out, layerDigest.Hash()), o.Compression)
 	if err != nil {
@@ -105,6 +109,9 @@ func Diff(w io.Writer, cfg overlay.Config, o DiffOptions) (*Result, error) {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
 	if err := cw.Close(); err != nil {
+		return nil, fmt.Errorf("diff: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
 	return &Result{Digest: layerDigest.Digest(), DiffID: diffID.Digest(), Size: out.n, Entries: d.entries}, nil
