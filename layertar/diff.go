@@ -32,8 +32,9 @@ type DiffOptions struct {
 // Diff writes the upper layer of cfg to w as an OCI image layer (see the
 // package doc for the rules). cfg names the layers as a mount would
 // (Lowers, Upper) and the options that change how they read (UserXattr,
-// RedirectDir, Metacopy); Work is not needed. The upper must not be
-// mounted while Diff reads it.
+// RedirectDir, Metacopy, Index); Work is read only with Index "on", for
+// the hard-link index (index.go). The upper must not be mounted while Diff
+// reads it. Diff clears no umask and writes nothing but w.
 func Diff(w io.Writer, cfg overlay.Config, o DiffOptions) (*Result, error) {
 	if cfg.Upper == "" {
 		return nil, errors.New("diff: no upper layer given (upperdir=)")
