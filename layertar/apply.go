@@ -161,6 +161,11 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	}
 	name := strings.Join(comps, "/")
 	parent, base := comps[:len(comps)-1], comps[len(comps)-1]
+	for _, c := range parent {
+		if err := checkComponent(name, c); err != nil {
+			return err
+		}
+	}
 	switch {
 	case base == opaqueMarker:
 		return a.opaque(parent)
@@ -173,10 +178,8 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		}
 		return a.whiteout(parent, target, join(strings.Join(parent, "/"), target))
 	}
-	for _, c := range comps {
-		if err := checkComponent(name, c); err != nil {
-			return err
-		}
+	if err := checkComponent(name, base); err != nil {
+		return err
 	}
 	if hdr.Typeflag == tar.TypeDir {
 		return a.dir(comps, hdr)

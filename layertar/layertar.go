@@ -165,7 +165,9 @@ func Decompress(r io.Reader) (io.ReadCloser, Compression, error) {
 		}
 		return zr, Gzip, nil
 	case bytes.HasPrefix(head, zstdMagic):
-		zr, err := zstd.NewReader(br)
+		// A frame may ask for a window of up to 3.75 TiB; zstd --long=27
+		// uses 128 MiB, and nothing larger is needed for a layer.
+		zr, err := zstd.NewReader(br, zstd.WithDecoderMaxWindow(128<<20))
 		if err != nil {
 			return nil, Zstd, fmt.Errorf("read zstd layer: %w", err)
 		}
