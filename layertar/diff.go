@@ -241,8 +241,10 @@ func (d *differ) lowerAt(rel string) (*overlay.Node, error) {
 	return n, nil
 }
 
+// notFound reports a lookup that found nothing: a redirect to a name too
+// long for any layer finds nothing either (redirect.go in overlay).
 func notFound(err error) bool {
-	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENAMETOOLONG)
 }
 
 // lowerFunc returns a directory's lower part, borrowed, or nil.

@@ -29,7 +29,8 @@ import (
 // uppers each of them wrote), and each resulting layer is mounted by both.
 
 // roundTripSeeds are the seeds a plain test run goes through (env
-// LAYERTAR_SEEDS: a list, or a range "1-200"; LAYERTAR_OPS: ops per seed).
+// LAYERTAR_SEEDS: a list of seeds and ranges, "1-200,311"; LAYERTAR_OPS:
+// ops per seed, before the ruleOps added to them).
 func roundTripSeeds(t *testing.T) (seeds []int64, ops int) {
 	ops = 200
 	if v := os.Getenv("LAYERTAR_OPS"); v != "" {
@@ -41,7 +42,9 @@ func roundTripSeeds(t *testing.T) (seeds []int64, ops int) {
 	}
 	spec := os.Getenv("LAYERTAR_SEEDS")
 	if spec == "" {
-		spec = "1-16"
+		// 35: a link count of index=on that names a covered lower name;
+		// 123: an upper redirect to a name longer than NAME_MAX.
+		spec = "1-16,35,123"
 	}
 	for _, f := range strings.Split(spec, ",") {
 		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
