@@ -301,8 +301,9 @@ func TestApplyFormat(t *testing.T) {
 
 // TestApplyUnprivileged runs "ovl apply" as an unprivileged user: whiteouts
 // are char 0/0 devices all the same (Linux 5.8+), opaque markers go to
-// user.overlay.* with --userxattr, and a device node is refused with an
-// error that says why, leaving nothing outside the directory.
+// user.overlay.* (with --userxattr or without it), and a device node and
+// root's owners are refused with an error that says why, leaving nothing
+// outside the directory.
 func TestApplyUnprivileged(t *testing.T) {
 	testutil.RequireRoot(t) // to become another user
 	// Not t.TempDir: its parent is private to root.
@@ -355,6 +356,15 @@ func TestApplyUnprivileged(t *testing.T) {
 		t.Errorf("d: user.overlay.opaque %q, %v", v[:n], err)
 	}
 
+	// Without --userxattr, as ovl mount chooses: user.overlay.* for a
+	// process without the privilege for trusted.*.
+	auto := filepath.Join(base, "auto")
+	if out, err := run(buildTar(t, ent{name: "d/", typ: tar.TypeDir, mode: 0o755, owner: 65534}, reg("d/.wh..wh..opq", "")), auto); err != nil {
+		t.Fatalf("ovl apply as nobody: %v\n%s", err, out)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(auto, "d"), "user.overlay.opaque", v); err != nil || string(v[:n]) != "y" {
+		t.Errorf("d: user.overlay.opaque %q, %v", v[:n], err)
+	}
 	// Root's files are root's: refused with the way out.
 	if out, err := run(buildTar(t, reg("g", "x")), filepath.Join(base, "owners")); err == nil || !strings.Contains(out, "user namespace") {
 		t.Errorf("ovl apply of root's file as nobody: %v\n%s\nwant a refusal", err, out)

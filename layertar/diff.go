@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/idmap"
 	"github.com/ovl-project/ovl/overlay"
 )
 
@@ -100,6 +101,9 @@ func Diff(w io.Writer, cfg overlay.Config, o DiffOptions) (*Result, error) {
 		return nil, fmt.Errorf("diff: upper root: %w", err)
 	}
 	_, d.rootXWh = format.ParseOpaque(v)
+	if d.overrides, err = upperOverrides(root, cfg.XattrPermissions); err != nil {
+		return nil, fmt.Errorf("diff: %w", err)
+	}
 	if err := d.walk(root, "", d.rootXWh, true); err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
@@ -136,6 +140,10 @@ type differ struct {
 	buf      []byte
 	upper    int  // the upper root
 	rootXWh  bool // the upper root holds xattr whiteouts
+	// overrides are the override xattrs that hold the owners and modes of
+	// upper objects, in the order they are read (nil: the inodes hold
+	// them); see owner.go.
+	overrides []string
 
 	// linkNames counts the names written of each object with several
 	// links; copied are the directories copiedDir wrote.
@@ -171,7 +179,10 @@ func (d *differ) close() {
 // lowerRoot opens the lower layers on first use.
 func (d *differ) lowerRoot() (*overlay.Node, error) {
 	if d.lowers == nil && d.lowersErr == nil {
-		cfg := overlay.Config{Lowers: d.cfg.Lowers, UserXattr: d.cfg.UserXattr, RedirectDir: d.cfg.RedirectDir, Metacopy: d.cfg.Metacopy}
+		// Owners as the layers store them (no IDs mapping): a layer holds
+		// stored IDs. Override xattrs are read as the mount reads them.
+		cfg := overlay.Config{Lowers: d.cfg.Lowers, UserXattr: d.cfg.UserXattr, RedirectDir: d.cfg.RedirectDir,
+			Metacopy: d.cfg.Metacopy, XattrPermissions: d.cfg.XattrPermissions}
 		// overlay.New clears the umask for the mount it serves; Diff
 		// serves none and leaves the caller's as it was.
 		umask := syscall.Umask(0)
@@ -273,6 +284,9 @@ func (d *differ) walk(dirfd int, rel string, xwh, lowerOK bool) error {
 		raw, err := format.ListxattrAt(dirfd, name)
 		if err != nil {
 			return pathErr("listxattr upper", p, err)
+		}
+		if err := d.override(dirfd, name, raw, &st); err != nil {
+			return pathErr("read upper", p, err)
 		}
 		if d.isWhiteout(dirfd, name, &st, xwh, raw) {
 			if err := d.marker(join(rel, whiteoutPrefix+name)); err != nil {
@@ -483,6 +497,9 @@ func (d *differ) writeMerged(ufd int, uxwh bool, lower *overlay.Node, p string, 
 			if err != nil {
 				return pathErr("listxattr upper", cp, err)
 			}
+			if err := d.override(ufd, name, raw, &cst); err != nil {
+				return pathErr("read upper", cp, err)
+			}
 			switch {
 			case d.isWhiteout(ufd, name, &cst, uxwh, raw):
 				// Hides the lower name; the directory is written whole.
@@ -683,7 +700,7 @@ type xattr struct {
 // keepXattr says whether the layer xattr name goes into the tar, and
 // under which name.
 func (d *differ) keepXattr(name string) (string, bool) {
-	if d.other.IsPrivate(name) {
+	if d.other.IsPrivate(name) || idmap.IsOverride(name) {
 		return "", false
 	}
 	return d.names.Unescape(name)
@@ -912,4 +929,62 @@ func show(rel string) string {
 		return "/"
 	}
 	return rel
+}
+
+// upperOverrides are the override xattrs read on the upper's objects, as
+// the overlay reads them (overlay/owner.go, after fuse-overlayfs): all of
+// them, the one xattr_permissions names first, when it is set or the upper
+// root carries one; none otherwise.
+func upperOverrides(root, xattrPermissions int) ([]string, error) {
+	var first string
+	switch xattrPermissions {
+	case 0:
+	case 1:
+		first = idmap.PrivilegedOverride
+	case 2:
+		first = idmap.UserOverride
+	default:
+		return nil, fmt.Errorf("xattr_permissions=%d: want 0, 1 or 2", xattrPermissions)
+	}
+	onRoot := false
+	for _, x := range idmap.OverrideNames {
+		if v, err := format.Getxattr(root, x); err == nil && v != nil {
+			onRoot = true
+		}
+	}
+	if first == "" && !onRoot {
+		return nil, nil
+	}
+	out := []string{}
+	if first != "" {
+		out = append(out, first)
+	}
+	for _, x := range idmap.OverrideNames {
+		if x != first {
+			out = append(out, x)
+		}
+	}
+	return out, nil
+}
+
+// override puts the owner and mode of the upper entry name in dirfd, from
+// the first override xattr it carries (listed in raw), into st.
+func (d *differ) override(dirfd int, name string, raw []string, st *unix.Stat_t) error {
+	for _, x := range d.overrides {
+		if !has(raw, x) {
+			continue
+		}
+		v, err := format.GetxattrAt(dirfd, name, x)
+		if err != nil || v == nil {
+			return err
+		}
+		ov, err := idmap.ParseOverride(v)
+		if err != nil {
+			return err
+		}
+		st.Uid, st.Gid = ov.UID, ov.GID
+		st.Mode = st.Mode&unix.S_IFMT | ov.Mode
+		return nil
+	}
+	return nil
 }

@@ -108,6 +108,36 @@ func TestDiffRules(t *testing.T) {
 		t.Errorf("Result.Entries = %d, want %d", res.Entries, len(want))
 	}
 
+	// Owners and modes in override xattrs (rootless storage of
+	// fuse-overlayfs and containers-storage): with xattr_permissions=2 the
+	// entry has them, and the xattr is not written.
+	ov := filepath.Join(upper, "ov")
+	if err := os.WriteFile(ov, []byte("o"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(ov, "user.fuseoverlayfs.override_stat", []byte("1000:1001:4750"), 0); err != nil {
+		t.Fatal(err)
+	}
+	for xp, want := range map[int]string{0: `0 ov 0755 0:0 data="o"`, 2: `0 ov 4750 1000:1001 data="o"`} {
+		b.Reset()
+		if _, err := layertar.Diff(&b, overlay.Config{Lowers: []string{lower}, Upper: upper, Metacopy: "on", XattrPermissions: xp}, layertar.DiffOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		ents, _ := readEntries(bytes.NewReader(b.Bytes()))
+		found := false
+		for _, e := range ents {
+			if strings.Contains(e, " ov ") {
+				found = e == want
+				if !found {
+					t.Errorf("xattr_permissions=%d: %s, want %s", xp, e, want)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("xattr_permissions=%d: no entry %s", xp, want)
+		}
+	}
+
 	// Without metacopy=on the overlay refuses the metacopy file, and so
 	// does Diff, naming it.
 	_, err = layertar.Diff(io.Discard, overlay.Config{Lowers: []string{lower}, Upper: upper}, layertar.DiffOptions{})

@@ -105,13 +105,16 @@ func (d *differ) indexObject(ie *indexEntry, p string) (*entry, error) {
 	if err := format.Lstat(d.indexFd, ie.name, &st); err != nil {
 		return nil, pathErr("read index entry", p, err)
 	}
-	e := &entry{name: p, st: st, id: ie.id, linkable: true, fd: -1}
-	if _, seen := d.links[ie.id]; seen {
-		return e, nil
-	}
 	raw, err := format.ListxattrAt(d.indexFd, ie.name)
 	if err != nil {
 		return nil, pathErr("read index entry", p, err)
+	}
+	if err := d.override(d.indexFd, ie.name, raw, &st); err != nil {
+		return nil, pathErr("read index entry", p, err)
+	}
+	e := &entry{name: p, st: st, id: ie.id, linkable: true, fd: -1}
+	if _, seen := d.links[ie.id]; seen {
+		return e, nil
 	}
 	if e.xattrs, err = d.userXattrs(d.indexFd, ie.name, raw); err != nil {
 		return nil, pathErr("read index entry", p, err)

@@ -40,6 +40,11 @@
 //     mounted; an escaped name (trusted.overlay.overlay.X, which users of
 //     the mount see as trusted.overlay.X, Linux 6.7+) is written as users
 //     see it.
+//   - Where the overlay reads owners and modes from override xattrs
+//     (xattr_permissions=, or an upper root that carries one; see
+//     overlay/owner.go), the entry has those, and the override xattrs,
+//     which users of the mount never see, are left out. IDs are written as
+//     the layers store them: the mount's uidmapping= does not apply.
 //   - The layer root is not an entry, and sockets are left out (a tar
 //     cannot hold one), as GNU tar leaves them out. A name that begins with
 //     ".wh." cannot be written (the image spec reserves them): Diff fails.

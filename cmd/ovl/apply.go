@@ -15,7 +15,9 @@ const applyUsage = `Usage: ovl apply [--userxattr] LAYER.tar[.gz|.zst] DIR
 Unpacks an OCI image layer (LAYER, or "-" for standard input; gzip and zstd
 are told by their first bytes) into the directory DIR in the kernel's
 overlay format, so that the kernel and ovl mount it as a layer: whiteouts
-become character devices 0/0, opaque directories get overlay.opaque.
+become character devices 0/0, opaque directories get overlay.opaque
+(trusted.overlay.*, or user.overlay.* with --userxattr or without the
+privilege for trusted.* xattrs, as ovl mount chooses).
 Entries that would reach outside DIR are refused.
 
 Flags:
@@ -23,7 +25,7 @@ Flags:
 
 func runApply(args []string) error {
 	fs := flag.NewFlagSet("ovl apply", flag.ContinueOnError)
-	userxattr := fs.Bool("userxattr", false, "write overlay markers as user.overlay.* (for mounts with userxattr)")
+	userxattr := fs.Bool("userxattr", false, "write overlay markers as user.overlay.* (for mounts with userxattr; the default without the privilege for trusted.* xattrs)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), applyUsage)
 		fs.PrintDefaults()
@@ -52,7 +54,7 @@ func runApply(args []string) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	defer tr.Close()
-	res, err := layertar.Apply(tr, operands[1], layertar.ApplyOptions{UserXattr: *userxattr})
+	res, err := layertar.Apply(tr, operands[1], layertar.ApplyOptions{UserXattr: *userxattr || !privileged()})
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ovl-project/ovl/internal/mountopt"
+	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/layertar"
 )
 
@@ -30,7 +31,8 @@ opaque directories as .wh..wh..opq, renamed directories in full, metacopy
 files with their data, hard links as links), to standard output or FILE.
 The same upper gives the same bytes. Prints the layer's digest and its
 diff-id (the sha256 of the uncompressed tar) on standard error. The upper
-must not be mounted meanwhile.
+must not be mounted meanwhile. Give the options it was mounted with; without
+userxattr or nouserxattr, the namespace is chosen as ovl mount chooses it.
 
 Flags:
 `
@@ -91,6 +93,10 @@ func runDiff(args []string) error {
 	}
 	if res.Overlay.Upper == "" {
 		return errors.New("diff: needs upperdir= (the layer to write)")
+	}
+	if !res.XattrChosen && !privileged() {
+		// As a mount by this process would have written the upper.
+		res.Overlay.UserXattr = true
 	}
 	var w io.Writer = os.Stdout
 	if *output != "" {
@@ -158,4 +164,12 @@ func (p *progress) finish() {
 	if p.bar != nil {
 		p.bar.Finish()
 	}
+}
+
+// privileged reports whether this process may read and write trusted.*
+// xattrs; the layer tools then use trusted.overlay.*, else user.overlay.*,
+// as ovl mount chooses (checks.go).
+func privileged() bool {
+	ok, _, err := privilege.SysAdmin()
+	return err != nil || ok
 }
