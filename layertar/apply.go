@@ -57,6 +57,7 @@ func Apply(r io.Reader, dir string, o ApplyOptions) (*ApplyResult, error) {
 		root:  root,
 		names: format.NewNames(o.UserXattr),
 		dirs:  map[string]dirMeta{},
+		wh:    map[string][]string{},
 		xwh:   map[string][]string{},
 		buf:   make([]byte, 1<<20),
 	}
@@ -87,9 +88,10 @@ type applier struct {
 	names format.Names
 	// dirs holds the mode and mtime of each directory entry, set last.
 	dirs map[string]dirMeta
-	// xwh lists, per directory, the xattr whiteouts made in it: an opaque
-	// marker removes them (in an opaque directory they would be files).
-	xwh map[string][]string
+	// wh lists, per directory, the whiteouts made in it, and xwh those of
+	// them that are xattr whiteouts: an opaque marker removes them (they
+	// would hide nothing, and xattr whiteouts would show as files).
+	wh, xwh map[string][]string
 	// The directory of the last entry, kept open for the next.
 	lastDir   string
 	lastDirFd int
@@ -628,26 +630,29 @@ func (a *applier) whiteout(parent []string, name, p string) error {
 	case !errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("%s: %w", p, err)
 	}
-	err = format.MakeWhiteout(pfd, name)
-	if err == nil || !errors.Is(err, unix.EPERM) {
+	dir := strings.Join(parent, "/")
+	if dir != "" {
+		v, err := format.Getxattr(pfd, a.names.Name(format.Opaque))
 		if err != nil {
-			return fmt.Errorf("%s: whiteout: %w", p, err)
+			return fmt.Errorf("%s: %w", p, err)
 		}
+		if y, _ := format.ParseOpaque(v); y {
+			return nil // an opaque directory hides every lower name anyway
+		}
+	}
+	err = format.MakeWhiteout(pfd, name)
+	if err == nil {
+		a.wh[dir] = append(a.wh[dir], name)
 		return nil
+	}
+	if !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%s: whiteout: %w", p, err)
 	}
 	// Where mknod is refused: an xattr whiteout, which the kernel reads
 	// in a directory marked opaque=x of a lower layer, never at a layer
 	// root (it reads no marker there).
-	dir := strings.Join(parent, "/")
 	if dir == "" {
 		return fmt.Errorf("%s: whiteout at the layer root: mknod refused (%v), and an xattr whiteout does not work in a layer root", p, err)
-	}
-	v, gerr := format.Getxattr(pfd, a.names.Name(format.Opaque))
-	if gerr != nil {
-		return fmt.Errorf("%s: %w", p, gerr)
-	}
-	if y, _ := format.ParseOpaque(v); y {
-		return nil // an opaque directory hides every lower name anyway
 	}
 	fd, err := format.OpenAt(pfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
@@ -662,6 +667,7 @@ func (a *applier) whiteout(parent []string, name, p string) error {
 		return fmt.Errorf("%s: mark %s for xattr whiteouts: %w", dir, filepath.Base(dir), err)
 	}
 	a.xwh[dir] = append(a.xwh[dir], name)
+	a.wh[dir] = append(a.wh[dir], name)
 	a.res.XattrWhiteouts++
 	return nil
 }
@@ -700,13 +706,27 @@ func (a *applier) setOpaque(pfd int, name, p string) error {
 		return openErr(p, err)
 	}
 	defer unix.Close(fd)
+	xwh := map[string]bool{}
 	for _, wh := range a.xwh[p] {
+		xwh[wh] = true
+	}
+	for _, wh := range a.wh[p] {
+		var st unix.Stat_t
+		if format.Lstat(fd, wh, &st) != nil {
+			continue // replaced by an entry of the layer, and gone since
+		}
+		if !format.IsWhiteoutStat(&st) && !(xwh[wh] && format.MaybeXWhiteout(&st)) {
+			continue // an entry of the layer took the name
+		}
 		if err := unix.Unlinkat(fd, wh, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("%s/%s: %w", p, wh, err)
 		}
-		a.res.XattrWhiteouts--
+		if xwh[wh] {
+			a.res.XattrWhiteouts--
+		}
 	}
 	delete(a.xwh, p)
+	delete(a.wh, p)
 	if err := format.Setxattr(fd, a.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
 		return fmt.Errorf("%s: mark opaque (%s): %w", p, a.names.Name(format.Opaque), err)
 	}

@@ -235,8 +235,9 @@ func TestApplyHostile(t *testing.T) {
 
 // TestApplyFormat checks the overlay format Apply writes: whiteouts as
 // char 0/0, opaque markers, a whiteout of a directory the layer holds
-// (opaque), a directory over a whiteout (opaque), owners, modes, times,
-// hard links, and that directory times survive the entries made in them.
+// (opaque), a directory over a whiteout (opaque), no whiteouts in opaque
+// directories, owners, modes, times, hard links, and that directory times
+// survive the entries made in them.
 func TestApplyFormat(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
@@ -252,12 +253,15 @@ func TestApplyFormat(t *testing.T) {
 		reg(".wh.kept", ""),
 		ent{name: "dev", typ: tar.TypeBlock, mode: 0o600, major: 7},
 		reg(".wh..wh.plnk", ""),
+		reg("o2/.wh.x", ""),
+		reg("o2/.wh..wh..opq", ""),
+		reg("o/.wh.y", ""),
 	)
 	res, err := layertar.Apply(bytes.NewReader(layer), dir, layertar.ApplyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Entries != 11 || res.XattrWhiteouts != 0 {
+	if res.Entries != 14 || res.XattrWhiteouts != 0 {
 		t.Errorf("result %+v", res)
 	}
 	var st unix.Stat_t
@@ -293,6 +297,13 @@ func TestApplyFormat(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dir, ".wh..wh.plnk")); err == nil {
 		t.Errorf("aufs metadata applied")
+	}
+	// In an opaque directory a whiteout hides nothing: none is left,
+	// whether it came before the marker or after.
+	for _, p := range []string{"o2/x", "o/y"} {
+		if _, err := os.Lstat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s: a whiteout in an opaque directory", p)
+		}
 	}
 	if err := unix.Lstat(filepath.Join(dir, "d"), &st); err != nil || st.Mtim.Sec != 0 {
 		t.Errorf("d: mtime %d (%v), want the tar's, set after its entries", st.Mtim.Sec, err)

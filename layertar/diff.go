@@ -286,6 +286,13 @@ func (d *differ) walk(dirfd int, rel string, xwh, lowerOK bool) error {
 			return pathErr("read upper", p, err)
 		}
 		if d.isWhiteout(dirfd, name, &st, xwh, raw) {
+			// Under an opaque directory a whiteout hides nothing, and the
+			// kernel lists the whiteouts of a directory it does not take
+			// for one that may hold them (ovl_get_inode: OVL_WHITEOUTS,
+			// which the dropped overlay.origin gave the upper's).
+			if !lowerOK {
+				continue
+			}
 			if err := d.marker(join(rel, whiteoutPrefix+name)); err != nil {
 				return err
 			}

@@ -46,6 +46,7 @@ func rulesStack(t *testing.T) (lower, upper string) {
 		k.XWhiteout("xw/hidden"),
 		k.OpaqueDir("op"),
 		k.File("op/new", "new"),
+		k.Whiteout("op/stale"), // hides nothing: not written
 		k.Dir("d2").Xattr("overlay.redirect", "/d").Xattr("overlay.origin", "\x00junk"),
 		k.File("d2/h", "upper h"),
 		k.Whiteout("d2/g"),

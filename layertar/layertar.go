@@ -10,7 +10,8 @@
 // Diff makes one walk of the upper layer, depth first, each directory's
 // names sorted bytewise, and writes one entry per object:
 //   - A whiteout (a character device 0/0, or an xattr whiteout in a
-//     directory marked overlay.opaque=x) is an empty file ".wh.NAME".
+//     directory marked overlay.opaque=x) is an empty file ".wh.NAME",
+//     except in or below an opaque directory, where it hides nothing.
 //   - An opaque directory (overlay.opaque=y) is the directory followed by
 //     ".wh..wh..opq" inside it.
 //   - A directory whose overlay.redirect the overlay follows (renamed with
@@ -68,7 +69,10 @@
 //     whiteout in a parent marked overlay.opaque=x, which only a lower
 //     layer may hold (Documentation/filesystems/overlayfs.rst), reported in
 //     ApplyResult. A whiteout of a directory that the layer itself holds
-//     makes that directory opaque; of a non-directory, it changes nothing.
+//     makes that directory opaque; of a non-directory, it changes nothing;
+//     in an opaque directory none is made (and one made before the marker
+//     is removed): it would hide nothing, and the kernel lists the
+//     whiteouts of a directory that merges with nothing.
 //     ".wh..wh..opq" marks its directory overlay.opaque=y. Both are written
 //     under trusted.overlay.*, or user.overlay.* with ApplyOptions.UserXattr.
 //     Other ".wh..wh." names (aufs metadata) are skipped.
