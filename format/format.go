@@ -27,6 +27,7 @@ package format
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -250,3 +251,18 @@ const (
 // and tmpfs); a longer one is ENAMETOOLONG, as the kernel's ovl_lookup
 // answers from ofs->namelen before it looks in any layer.
 const NameMax = 255
+
+// ParseNlink reads an overlay.nlink value of an indexed upper file, "U%+d":
+// the overlay's link count as a difference to the upper file's own count
+// (which includes the index entry); ok is false for anything else (kernel:
+// ovl_get_nlink).
+func ParseNlink(v []byte, upperNlink uint64) (int64, bool) {
+	if len(v) < 3 || v[0] != 'U' || (v[1] != '+' && v[1] != '-') {
+		return 0, false
+	}
+	d, err := strconv.ParseInt(string(v[1:]), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return int64(upperNlink) + d, true
+}

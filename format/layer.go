@@ -369,3 +369,63 @@ func HasXattrs(dirfd int, prefix string) bool {
 	}
 	return false
 }
+
+// ListxattrAt lists the xattr names of name (one path component) in dirfd
+// without following it, so a symlink's own are listed. It uses
+// listxattrat(2) (Linux 6.13) and, before that, llistxattr on the name
+// below the directory's /proc path: either way no path is walked in the
+// layer.
+func ListxattrAt(dirfd int, name string) ([]string, error) {
+	if strings.ContainsRune(name, '/') || name == ".." || name == "" {
+		return nil, unix.EINVAL
+	}
+	buf := make([]byte, 1024)
+	for {
+		var n int
+		var err error
+		if !noXattrAt.Load() {
+			p, perr := unix.BytePtrFromString(name)
+			if perr != nil {
+				return nil, perr
+			}
+			r, _, e := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)), uintptr(unix.AT_SYMLINK_NOFOLLOW),
+				uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0)
+			runtime.KeepAlive(buf)
+			n = int(r)
+			if e == unix.ENOSYS {
+				noXattrAt.Store(true)
+				continue
+			}
+			if e != 0 {
+				err = e
+			}
+		} else {
+			n, err = unix.Llistxattr(ProcPath(dirfd)+"/"+name, buf)
+		}
+		switch {
+		case err == unix.ERANGE && len(buf) < 1<<20:
+			buf = make([]byte, len(buf)*16)
+			continue
+		case err == unix.EOPNOTSUPP:
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
+		var names []string
+		for _, s := range strings.Split(string(buf[:n]), "\x00") {
+			if s != "" {
+				names = append(names, s)
+			}
+		}
+		return names, nil
+	}
+}
+
+// SetxattrAt sets an xattr of name (one path component) in dirfd without
+// following it: a symlink's own xattr is set, never its target's.
+func SetxattrAt(dirfd int, name, attr string, value []byte, flags int) error {
+	if strings.ContainsRune(name, '/') || name == ".." || name == "" {
+		return unix.EINVAL
+	}
+	return unix.Lsetxattr(ProcPath(dirfd)+"/"+name, attr, value, flags)
+}

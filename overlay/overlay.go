@@ -126,6 +126,11 @@ func (c Config) redirectMode() (create, follow bool, err error) {
 	return false, false, fmt.Errorf("redirect_dir=%s: want on, follow, nofollow or off", c.RedirectDir)
 }
 
+// Redirects reports whether an overlay of c writes overlay.redirect when
+// it renames a directory with a lower part (create) and whether its
+// lookups follow one (follow), or why c's options conflict.
+func (c Config) Redirects() (create, follow bool, err error) { return c.redirectMode() }
+
 // Stats counts what the overlay has done since it was created.
 type Stats struct {
 	CopyUps     uint64 `json:"copy_ups"`

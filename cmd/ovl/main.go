@@ -32,6 +32,9 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && layerTools[args[0]] != nil {
+		return layerTools[args[0]](args[1:])
+	}
 	inv, err := parseArgs(args)
 	if err != nil {
 		return err
@@ -84,6 +87,9 @@ Usage:
   ovl stats [--gc] MOUNTPOINT        print the daemon's counters and Go heap as JSON
                                      (--gc: after a garbage collection)
   ovl demo                           show what ovl does, in a temporary directory
+  ovl diff -o lowerdir=..,upperdir=U [--output F] [--compress gzip|zstd|none]
+                                     write the upper layer U as an OCI layer tar
+  ovl apply [--userxattr] LAYER DIR  unpack an OCI layer tar into DIR as an overlay layer
   ovl --help | --version
   mount.fuse.ovl SOURCE MOUNTPOINT -o OPTIONS   as mount(8)'s helper for fuse.ovl
                                      (a symlink /sbin/mount.fuse.ovl -> ovl)

@@ -38,13 +38,25 @@ type state struct {
 	upper      string
 	work       string
 	ids        idState // uidmapping= and the squash options (ids.go)
+	mount      bool    // the layers are for a mount: an upperdir needs a workdir
 }
 
 // Parse reads the -o strings in order (later options win, as in the kernel).
 // asRoot selects the defaults: as root the mount allows other users (the
 // container's users) and keeps setuid and device files working.
 func Parse(opts []string, asRoot bool) (*Result, error) {
-	s := &state{}
+	return parse(opts, asRoot, true)
+}
+
+// ParseLayers reads -o strings as Parse does, for a command that reads
+// the layers without mounting them (ovl diff): there an upperdir needs no
+// workdir, which only a mount writes to.
+func ParseLayers(opts []string) (*Result, error) {
+	return parse(opts, true, false)
+}
+
+func parse(opts []string, asRoot, mount bool) (*Result, error) {
+	s := &state{mount: mount}
 	s.res.FUSE.AllowOther = asRoot
 	for _, o := range opts {
 		items, err := split(o)
@@ -160,7 +172,7 @@ func (s *state) finish() (*Result, error) {
 		return nil, fmt.Errorf("missing lowerdir: give at least one lower layer (-o lowerdir=DIR[:DIR...])")
 	}
 	switch {
-	case s.upper != "" && s.work == "":
+	case s.upper != "" && s.work == "" && s.mount:
 		return nil, fmt.Errorf("upperdir needs a workdir too (-o upperdir=DIR,workdir=DIR on the same filesystem)")
 	case s.upper == "" && s.work != "":
 		return nil, fmt.Errorf("workdir needs an upperdir too (give both or neither)")
