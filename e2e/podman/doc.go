@@ -13,10 +13,16 @@
 //   - A scenario's result is a set of views: listings of a tree (type, mode,
 //     owner, size, link count, content hash, hard-link groups) computed inside
 //     the container with busybox, plus what its commands printed. A scenario
-//     passes when its views equal the reference run's: the kernel driver's,
-//     or fuse-overlayfs's where only a mount program can run it
-//     (force_mask). A reference the filtered run did not produce is computed
-//     on demand.
+//     passes when its views equal the reference run's, the kernel driver's.
+//     For force_mask, which containers-storage allows only with a mount
+//     program, the reference is the kernel driver on a store without the
+//     mask (the mask must not change what the container sees), and the
+//     differences from fuse-overlayfs are logged. A reference the filtered
+//     run did not produce is computed on demand.
+//   - Hard links to files of an earlier layer are not made in build steps
+//     or before a commit: with a mount program, containers-storage makes a
+//     layer by comparing merged trees, which puts only the new name into it,
+//     so no mount program can match the kernel driver there.
 //   - Each store is private: its own storage.conf, containers.conf and
 //     registries.conf (CONTAINERS_STORAGE_CONF, CONTAINERS_CONF,
 //     CONTAINERS_REGISTRIES_CONF), graph root, run root, libpod tmp_dir,

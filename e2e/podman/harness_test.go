@@ -95,18 +95,18 @@ func newSuite(t *testing.T) *suite {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	s := &suite{
 		base:    base,
-		user:    testutil.TestUserWithSubIDs(t),
 		cgroup:  fmt.Sprintf("ovl-e2e-%d-%s", os.Getpid(), filepath.Base(base)[len("ovl-podman-"):]),
 		stores:  map[string]*store{},
 		results: map[string]*outcome{},
 		table:   map[string]string{},
 	}
 	t.Cleanup(func() { s.cleanup(t) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.user = testutil.TestUserWithSubIDs(t)
 	// podman refuses a run root longer than 50 characters (sockets live
 	// there; a rootless podman keeps it in $XDG_RUNTIME_DIR/containers):
 	// run roots get a short parent. Past the limit, the container cleanup
@@ -378,8 +378,15 @@ func (st *store) exec(argv ...string) (string, error) {
 		err = fmt.Errorf("timed out after %v: %w", cmdTimeout, err)
 	}
 	if err != nil {
-		return stdout.String(), fmt.Errorf("%s: %w\nstderr:\n%s\nstdout (end):\n%s",
-			shortCmd(argv), err, tail(stderr.String(), 40), tail(stdout.String(), 20))
+		// containers-storage puts the mount program's message at the end of
+		// a long line: show it first.
+		said := ""
+		if _, msg, ok := strings.Cut(stderr.String(), "using mount program "); ok {
+			msg, _, _ = strings.Cut(msg, "\n")
+			said = "\nmount program: " + msg
+		}
+		return stdout.String(), fmt.Errorf("%s: %w%s\nstderr:\n%s\nstdout (end):\n%s",
+			shortCmd(argv), err, said, tail(stderr.String(), 40), tail(stdout.String(), 20))
 	}
 	return stdout.String(), nil
 }

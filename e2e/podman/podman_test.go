@@ -205,5 +205,6 @@ func (s *suite) logTable(t *testing.T) {
 			fmt.Fprintf(&b, " %-17s", s.table[r+"|"+c])
 		}
 	}
+	b.WriteString("\n(force-mask: the kernel driver runs without the mask, which it does not allow)")
 	t.Logf("results (columns: program/mode):%s", b.String())
 }
