@@ -63,10 +63,17 @@ RUN mkdir -p /t/ren/x /t/keepd /t/dd /t/priv && cd /t && \
     chown 1000:1000 own && chown 123:456 a && chown 65534:65534 keepd/f && chown 7:8 dd && \
     chmod 0640 mod && chmod 2755 dd && chmod 0700 priv && chmod 4755 h1
 `,
-	// A layer on "build" made after a switch of mount program.
-	"build2": `FROM localhost/e2e/build:1
-RUN cd /b && rm -rf d2f renamed && mkdir -p opq/more && echo m > opq/more/m && \
-    mv d1 d1moved && echo b2 > b2 && chmod 0711 opq
+	// The image of the switch scenario, built with the first program: a
+	// deleted file, a dir removed and made again, a changed file.
+	"sw": `FROM localhost/e2e/base:1
+RUN mkdir -p /s/d/sub /s/keep /s/o && echo a > /s/a && echo b > /s/d/b && echo c > /s/d/sub/c && \
+    echo k > /s/keep/k && echo o > /s/o/o && echo f > /s/f && echo g > /s/g
+RUN rm /s/a && rm -rf /s/d && mkdir /s/d && echo n > /s/d/n && echo f2 > /s/f && chmod 0600 /s/g
+`,
+	// A layer on "sw" built after the switch, with the second program.
+	"sw2": `FROM localhost/e2e/sw:1
+RUN rm -rf /s/keep && echo d > /s/keep && mkdir /s/new && echo n > /s/new/n && \
+    rm -rf /s/o && mkdir /s/o && echo o2 > /s/o/o2 && chown 5:6 /s/g
 `,
 }
 
@@ -81,6 +88,8 @@ type scenario struct {
 	// also names a program whose differences are logged, not failed.
 	also string
 	run  func(x *run) ([]view, error)
+	// compare replaces the comparison of every view with the reference's.
+	compare func(prog string, ref, got []view) []string
 }
 
 func (sc *scenario) applies(prog string) bool {
@@ -192,7 +201,7 @@ exit $rc`
 		return runUIDMap(x, x.userRange(1))
 	}},
 	{name: "force-mask", ref: progKernel, also: progFuse, run: runForceMask},
-	{name: "switch", ref: progKernel, run: runSwitch},
+	{name: "switch", ref: progKernel, run: runSwitch, compare: compareSwitch},
 	{name: "mode-0000", ref: progKernel, run: func(x *run) ([]view, error) {
 		if err := x.main(); err != nil {
 			return nil, err
@@ -477,9 +486,12 @@ view after /t`, "run", "--rm", img)
 
 // runSwitch uses one store with two mount programs in turn: fuse-overlayfs,
 // then the program under test, then fuse-overlayfs again (the kernel run
-// keeps the kernel driver throughout: it is the reference). A container
-// made in the first phase changes its upper in each phase, and an image
-// layer built in the second phase is read in the third.
+// keeps the kernel driver throughout). A container made in the first
+// phase changes its upper in each phase (whiteouts and opaque dirs of one
+// program over those of the other), and an image layer built in the second
+// phase is read in the third. Each phase first lists what the previous one
+// left (foundN), then changes it and lists it again (phaseN); each phase
+// also lists the images.
 func runSwitch(x *run) ([]view, error) {
 	first := x.s.progs[progFuse]
 	if x.prog.name == progKernel {
@@ -492,23 +504,25 @@ func runSwitch(x *run) ([]view, error) {
 	}
 	x.st = st
 	const name = "e2e-switch"
-	script := listFn + `p=$(cat /b/.phase 2>/dev/null || echo 0); p=$((p+1)); echo $p > /b/.phase
-cd /b
+	script := listFn + `p=$(cat /s/.phase 2>/dev/null || echo 0)
+view found$p /s
+p=$((p+1)); echo $p > /s/.phase
+cd /s
 case $p in
-1) rm -rf renamed && mkdir renamed && echo r1 > renamed/r1 && rm h1 && echo p1 > p1 &&
-   mkdir p1d && echo x > p1d/x && rm keep && mkdir -p opq/sub && echo s > opq/sub/s ;;
-2) rm p1 && rm -rf p1d && mkdir p1d && echo y > p1d/y && echo keep2 > keep && mv renamed ren &&
-   chmod 0600 f2d && echo p2 > p2 && rm -rf opq && mkdir opq && ln l2 l3 ;;
-3) rm -rf ren && echo p3 > p3 && rm p2 && echo again >> keep && rm l3 ;;
+1) rm f && mkdir p1 && echo 1 > p1/x && rm -rf o && mkdir o && echo o1 > o/new && echo k1 >> keep/k &&
+   mkdir m && echo m > m/m && mv m m2 ;;
+2) rm -rf p1 && mkdir p1 && echo y > p1/y && echo f > f && rm o/new && rm -rf keep && echo p2 > p2 &&
+   rm -rf m2 && chmod 0700 d && echo g >> g ;;
+3) rm p2 && mkdir keep && echo k3 > keep/k3 && echo f3 >> f && rm d/n ;;
 esac
-view phase$p /b`
+view phase$p /s`
 	var views []view
 	phase := func(n int, prog program) error {
 		st.prog = prog
 		if err := st.writeConf(); err != nil {
 			return err
 		}
-		img, err := st.image("build")
+		img, err := st.image("sw")
 		if err != nil {
 			return err
 		}
@@ -522,17 +536,17 @@ view phase$p /b`
 			return err
 		}
 		views = append(views, parseViews("", out)...)
-		v, err := x.sh(fmt.Sprintf("image%d-", n), `view build /b`, "run", "--rm", img)
+		v, err := x.sh(fmt.Sprintf("image%d-", n), `view sw /s`, "run", "--rm", img)
 		if err != nil {
 			return err
 		}
 		views = append(views, v...)
 		if n >= 2 {
-			img2, err := st.image("build2")
+			img2, err := st.image("sw2")
 			if err != nil {
 				return err
 			}
-			v, err := x.sh(fmt.Sprintf("image%d-", n), `view build2 /b`, "run", "--rm", img2)
+			v, err := x.sh(fmt.Sprintf("image%d-", n), `view sw2 /s`, "run", "--rm", img2)
 			if err != nil {
 				return err
 			}
@@ -546,4 +560,48 @@ view phase$p /b`
 		}
 	}
 	return views, nil
+}
+
+// compareSwitch checks a switch run: each program shows what the other
+// left exactly as the other showed it, and the changes the program under
+// test made (its phase and its image layer; all phases when it is also the
+// first program) turn its listing into the next as the kernel driver's
+// changes turn the kernel's. The listings themselves are not compared with
+// the kernel's: a layer fuse-overlayfs built can be wrong (fuse-overlayfs
+// 1.10 leaves whiteouts out of layers), and a faithful reader must show it
+// as it is.
+func compareSwitch(prog string, ref, got []view) []string {
+	refBy, gotBy := map[string]string{}, map[string]string{}
+	for _, v := range ref {
+		refBy[v.name] = v.text
+	}
+	for _, v := range got {
+		gotBy[v.name] = v.text
+	}
+	var diffs []string
+	for _, pair := range [][2]string{
+		{"phase1", "found1"}, {"image1-sw", "image2-sw"}, // the program under test reads the first's
+		{"phase2", "found2"}, {"image2-sw2", "image3-sw2"}, {"image2-sw", "image3-sw"}, // and back
+	} {
+		a, okA := gotBy[pair[0]]
+		b, okB := gotBy[pair[1]]
+		switch {
+		case !okA || !okB:
+			diffs = append(diffs, fmt.Sprintf("views %s and %s: missing", pair[0], pair[1]))
+		case a != b:
+			diffs = append(diffs, fmt.Sprintf("after the switch, %s differs from %s (-before +after):\n%s", pair[1], pair[0], lineDiff(a, b, 40)))
+		}
+	}
+	steps := [][2]string{{"found1", "phase2"}, {"image2-sw", "image2-sw2"}}
+	if prog == progFuse { // it made every phase
+		steps = append(steps, [2]string{"found0", "phase1"}, [2]string{"found2", "phase3"})
+	}
+	for _, st := range steps {
+		want := lineDiff(refBy[st[0]], refBy[st[1]], 1000)
+		have := lineDiff(gotBy[st[0]], gotBy[st[1]], 1000)
+		if want != have {
+			diffs = append(diffs, fmt.Sprintf("the change from %s to %s differs from the kernel driver's:\nkernel:\n%s\nthis run:\n%s", st[0], st[1], want, have))
+		}
+	}
+	return diffs
 }
