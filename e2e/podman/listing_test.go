@@ -33,6 +33,7 @@ note() { echo "#view $1"; }
 type view struct {
 	name string
 	text string
+	list bool // a listing (else plain output)
 }
 
 // parseViews splits a script's output into views. Output before the first
@@ -55,7 +56,7 @@ func parseViews(prefix, out string) []view {
 		switch {
 		case strings.HasPrefix(line, "#list "):
 			flush()
-			cur, inList = &view{name: prefix + strings.TrimPrefix(line, "#list ")}, true
+			cur, inList = &view{name: prefix + strings.TrimPrefix(line, "#list "), list: true}, true
 		case strings.HasPrefix(line, "#view "):
 			flush()
 			cur = &view{name: prefix + strings.TrimPrefix(line, "#view ")}

@@ -83,17 +83,11 @@ type scenario struct {
 	name string
 	// ref is the program whose views are the reference.
 	ref string
-	// only lists the programs the scenario can run with (all when empty).
-	only []string
 	// also names a program whose differences are logged, not failed.
 	also string
 	run  func(x *run) ([]view, error)
 	// compare replaces the comparison of every view with the reference's.
 	compare func(prog string, ref, got []view) []string
-}
-
-func (sc *scenario) applies(prog string) bool {
-	return len(sc.only) == 0 || slices.Contains(sc.only, prog)
 }
 
 // run is one scenario on one program and mode.
