@@ -19,6 +19,10 @@
 //     mask (the mask must not change what the container sees), and the
 //     differences from fuse-overlayfs are logged. A reference the filtered
 //     run did not produce is computed on demand.
+//   - ovl must match the reference. fuse-overlayfs runs for comparison
+//     only: what it gets wrong is logged and shown as "differs" in the
+//     table, not failed (its bugs are not ovl's to fix); it is still the
+//     first program of the switch scenario.
 //   - Hard links to files of an earlier layer are not made in build steps
 //     or before a commit: with a mount program, containers-storage makes a
 //     layer by comparing merged trees, which puts only the new name into it,
