@@ -60,10 +60,11 @@ func tableKey(row, prog string, rootless bool) string {
 	return row + "|" + prog + "|" + modeName(rootless)
 }
 
-// informational reports whether a program's differences from the
-// reference are only logged: fuse-overlayfs is there for comparison (its
-// own bugs are not ovl's to fix), ovl and the reference must pass.
-func informational(prog string) bool { return prog == progFuse }
+// informational reports whether a program's differences from a
+// scenario's reference are only logged: fuse-overlayfs is there for
+// comparison (its own bugs are not ovl's to fix), and so is a scenario's
+// also program; ovl and the reference must pass.
+func informational(sc *scenario, prog string) bool { return prog == progFuse || prog == sc.also }
 
 // runScenario is one subtest: it reports what check found, as failures or,
 // for an informational program, as log lines, and returns the status the
@@ -71,14 +72,14 @@ func informational(prog string) bool { return prog == progFuse }
 func (s *suite) runScenario(t *testing.T, sc *scenario, prog program, rootless bool) string {
 	findings, isRef := s.check(t, sc, prog, rootless)
 	for _, f := range findings {
-		if informational(prog.name) {
+		if informational(sc, prog.name) {
 			t.Log("differs (for information): " + f)
 		} else {
 			t.Error(f)
 		}
 	}
 	switch {
-	case len(findings) > 0 && informational(prog.name):
+	case len(findings) > 0 && informational(sc, prog.name):
 		return "differs"
 	case len(findings) > 0:
 		return "FAIL"
@@ -173,7 +174,7 @@ func (s *suite) dump(t *testing.T, dir, key string, o *outcome) {
 // benchmark-like figure that is never asserted.
 func (s *suite) timeRun(t *testing.T, prog program, rootless bool) {
 	fail := t.Fatal
-	if informational(prog.name) {
+	if prog.name == progFuse {
 		fail = t.Skip
 	}
 	st, err := s.store("main", prog, rootless)
