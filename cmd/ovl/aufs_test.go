@@ -68,9 +68,9 @@ var aufsHidden = []string{"f", "hd", "hd/x", "sym", "od/old", "fo/old", "xo/old"
 func aufsOps() ([]k.Op, []syscall.Errno) {
 	ops := []k.Op{
 		{Op: "write", Path: "rr", Data: "new rr", Flags: unix.O_CREAT}, // hidden by ".wh.rr" in the upper
-		{Op: "mkdir", Path: "d/c", Mode: 0o755},   // hidden by ".wh.c" in the upper
+		{Op: "mkdir", Path: "d/c", Mode: 0o755},                        // hidden by ".wh.c" in the upper
 		{Op: "create", Path: "d/c/in", Mode: 0o644},
-		{Op: "rename", Path: "d/g", Path2: "d/a"},    // onto a name hidden in a lower
+		{Op: "rename", Path: "d/g", Path2: "d/a"},       // onto a name hidden in a lower
 		{Op: "rename", Path: "ren/r2", Path2: "ren/r1"}, // onto a name hidden in the upper
 		{Op: "symlink", Path: "sym", Data: "d/m"},       // a symlink again
 		{Op: "link", Path: "d/m", Path2: "hd"},          // a hard link onto a hidden directory's name
