@@ -12,13 +12,17 @@ import (
 )
 
 // AUFS whiteouts (format/aufs.go) are found by name: ".wh.NAME" beside
-// NAME, ".wh..wh..opq" in an opaque directory. Probing for them at every
-// lookup would double the syscalls of each name looked up in each layer.
-// Instead, the first lookup in a layer directory reads its names once and
-// keeps its markers (aufsDir); a readdir of the directory, which sees
-// every name anyway, fills it for free. A directory too big to read at
-// once, or one that cannot be read, is probed name by name, as is any
-// directory without a cache (a nil *aufsDir), which is always correct.
+// NAME, ".wh..wh..opq" in an opaque directory. A lookup probes for the
+// whiteout of its name in each layer directory it searches: one more
+// fstatat there. A directory's markers are kept (aufsDir) once they are
+// known for free, from a readdir of it, which sees every name anyway; or
+// once the directory proves busy (aufsProbeFirst lookups), by reading its
+// names, which then spares every later lookup in it the probe. Reading
+// stops at aufsScanMax entries: a huge directory stays probed, as does one
+// that cannot be read and any directory without a cache (a nil *aufsDir),
+// which is always correct. In short: at most aufsProbeFirst probes and one
+// bounded listing per layer directory of a node, and no probe once a
+// directory was listed.
 //
 // Lower layers do not change. In the upper layer, only ovl removes AUFS
 // entries (it never writes them; their names cannot be created through
@@ -26,16 +30,21 @@ import (
 // (forget); a new upper directory holds none (emptyAufsDir).
 
 // aufsScanMax is the number of entries past which a directory is probed
-// name by name rather than read: it bounds what the first lookup in a
-// huge directory costs.
+// name by name rather than read: it bounds what reading one costs.
 const aufsScanMax = 4096
+
+// aufsProbeFirst is the number of lookups in a layer directory that probe
+// before its names are read: most directories see few lookups, for which
+// reading all names would cost more than the probes.
+const aufsProbeFirst = 16
 
 // aufsDir caches the AUFS markers of one layer directory.
 type aufsDir struct {
-	mu    sync.Mutex
-	state aufsState
-	gen   uint64 // counts changes, so that a read raced by one is not kept
-	m     format.Markers
+	mu     sync.Mutex
+	state  aufsState
+	gen    uint64 // counts changes, so that a read raced by one is not kept
+	probes int    // lookups that probed while the state was unknown
+	m      format.Markers
 }
 
 type aufsState int
@@ -52,11 +61,16 @@ func emptyAufsDir() *aufsDir { return &aufsDir{state: aufsKnown} }
 
 var errTooBig = errors.New("directory too big to read for AUFS markers")
 
-// known makes sure the markers of dirfd are read (or given up on) and
-// reports whether they are known. The caller does not hold a.mu.
+// known reports whether the markers of dirfd are known, reading them
+// when the directory has seen aufsProbeFirst lookups. The caller does not
+// hold a.mu.
 func (a *aufsDir) known(dirfd int) bool {
 	a.mu.Lock()
 	state, gen := a.state, a.gen
+	if state == aufsUnknown && a.probes < aufsProbeFirst {
+		a.probes++
+		state = aufsProbe
+	}
 	a.mu.Unlock()
 	switch state {
 	case aufsKnown:
