@@ -69,6 +69,23 @@ func (ls Layers) HasAUFS() bool {
 	return false
 }
 
+// WithoutAUFS returns the layers with every entry in the kernel's form:
+// the same stack for tools that read only that form.
+func (ls Layers) WithoutAUFS() Layers {
+	strip := func(l Layer) Layer {
+		out := append(Layer(nil), l...)
+		for i := range out {
+			out[i].AUFS = ""
+		}
+		return out
+	}
+	res := Layers{Upper: strip(ls.Upper)}
+	for _, l := range ls.Lowers {
+		res.Lowers = append(res.Lowers, strip(l))
+	}
+	return res
+}
+
 // aufsPath is where Build puts entry e (at p) in its AUFS form: the
 // whiteout file for a whiteout; p itself otherwise.
 func aufsPath(p string, e Entry) string {
