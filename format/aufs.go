@@ -14,16 +14,17 @@ import (
 //
 //   - An entry ".wh.NAME" of any type and size hides NAME in its own layer
 //     (a NAME beside it included) and in the layers below.
-//   - ".wh..wh..opq" (of any type) makes its directory opaque.
-//   - A directory is opaque too when trusted.overlay.opaque,
-//     user.overlay.opaque or user.fuseoverlayfs.opaque starts with 'y',
-//     whichever namespace the mount itself uses. The one of that namespace
-//     keeps the kernel's stricter rule (exactly "y", see DirFlag).
+//   - ".wh..wh..opq" (of any type) makes its directory opaque, and so does
+//     user.fuseoverlayfs.opaque starting with 'y', which fuse-overlayfs
+//     sets where it may not set trusted.overlay.opaque. The overlay.opaque
+//     of the mount's namespace keeps the kernel's rule (exactly "y", see
+//     DirFlag); that of the other namespace is no mark, as for the kernel:
+//     it belongs to another overlay, such as one nested in this mount.
 //   - Every name that starts with ".wh." is the format's: never shown in
 //     a merged view, and neither looked up nor created through it.
-//   - The other namespace's overlay.opaque and fuse-overlayfs's whole
-//     namespace are private, as the overlay's own (IsForeign): hidden from
-//     users, refused to them (EPERM, as fuse-overlayfs), never copied up.
+//   - fuse-overlayfs's xattr namespace is private, as the overlay's own
+//     (IsForeign): hidden from users, refused to them (EPERM, as
+//     fuse-overlayfs answers), never copied up.
 //
 // As for the kernel's markers, opaque marks on a layer root are ignored:
 // the roots of all layers always merge.
@@ -37,12 +38,8 @@ const (
 // it wrote shows through ovl what it showed through fuse-overlayfs.
 const FuseOverlayfsPrefix = "user.fuseoverlayfs."
 
-// FuseOverlayfsOpaque is fuse-overlayfs's own opaque xattr, which it sets
-// where it may not set trusted.overlay.opaque.
+// FuseOverlayfsOpaque is fuse-overlayfs's own opaque xattr.
 const FuseOverlayfsOpaque = FuseOverlayfsPrefix + Opaque
-
-// opaqueXattrs are the opaque xattrs fuse-overlayfs reads, in its order.
-var opaqueXattrs = []string{TrustedPrefix + Opaque, UserPrefix + Opaque, FuseOverlayfsOpaque}
 
 // IsAUFSName reports whether a name belongs to the AUFS format: a whiteout
 // or the opaque marker. Such a name is never an object of a merged view.
@@ -61,36 +58,11 @@ func AUFSWhiteoutOf(name string) (hidden string, ok bool) {
 // AUFSWhiteout is the name of the AUFS whiteout of name.
 func AUFSWhiteout(name string) string { return AUFSPrefix + name }
 
-// ForeignOpaque lists the opaque xattrs of the other implementations that
-// the mount reads besides its own overlay.opaque: those of opaqueXattrs
-// outside its namespace.
-func (n Names) ForeignOpaque() []string {
-	if n.prefix == UserPrefix {
-		return foreignUser
-	}
-	return foreignTrusted
-}
-
-var (
-	foreignTrusted = []string{UserPrefix + Opaque, FuseOverlayfsOpaque}
-	foreignUser    = []string{TrustedPrefix + Opaque, FuseOverlayfsOpaque}
-)
-
 // IsForeign reports whether an xattr name is private to another overlay
-// implementation: one of ForeignOpaque, or in fuse-overlayfs's namespace.
-func (n Names) IsForeign(name string) bool {
-	if strings.HasPrefix(name, FuseOverlayfsPrefix) {
-		return true
-	}
-	for _, f := range n.ForeignOpaque() {
-		if name == f {
-			return true
-		}
-	}
-	return false
-}
+// implementation: in fuse-overlayfs's namespace.
+func IsForeign(name string) bool { return strings.HasPrefix(name, FuseOverlayfsPrefix) }
 
-// ParseForeignOpaque interprets the value of one of ForeignOpaque:
+// ParseForeignOpaque interprets a user.fuseoverlayfs.opaque value:
 // fuse-overlayfs reads up to 16 bytes and looks at the first.
 func ParseForeignOpaque(v []byte) bool {
 	return len(v) > 0 && len(v) <= 16 && v[0] == OpaqueYes

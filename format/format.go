@@ -86,7 +86,7 @@ func (n Names) Name(suffix string) string { return n.prefix + suffix }
 // ovl_is_private_xattr), or one private to another implementation
 // (IsForeign). Escaped names (see Escape) are not private.
 func (n Names) IsPrivate(name string) bool {
-	return strings.HasPrefix(name, n.prefix) && !strings.HasPrefix(name, n.prefix+"overlay.") || n.IsForeign(name)
+	return strings.HasPrefix(name, n.prefix) && !strings.HasPrefix(name, n.prefix+"overlay.") || IsForeign(name)
 }
 
 // Escape maps an xattr name a user of the overlay asks for to the name
@@ -105,7 +105,7 @@ func (n Names) Escape(name string) string {
 // implementations (IsForeign), which are hidden.
 func (n Names) Unescape(name string) (string, bool) {
 	if !strings.HasPrefix(name, n.prefix) {
-		return name, !n.IsForeign(name)
+		return name, !IsForeign(name)
 	}
 	rest := name[len(n.prefix):]
 	if !strings.HasPrefix(rest, "overlay.") {

@@ -355,7 +355,7 @@ func HasXattrs(dirfd int, prefix string) bool {
 
 // DirXattrs is HasXattrs that also reports, from the same call, whether
 // the directory has any of the xattrs named in also (such as the opaque
-// marks of other implementations, Names.ForeignOpaque).
+// mark of fuse-overlayfs, FuseOverlayfsOpaque).
 func DirXattrs(dirfd int, prefix string, also []string) (ours, some bool) {
 	if noXattrAt.Load() {
 		return true, len(also) > 0

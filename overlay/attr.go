@@ -423,10 +423,10 @@ func (n *Node) Readlink() (string, error) {
 // Getxattr reads an xattr; names in the overlay's own namespace are
 // escaped, so users reach theirs, never the overlay's (kernel: ovl_xattr_get).
 // The override xattrs (owner.go) and the names private to other
-// implementations (format.Names.IsForeign) are hidden, as fuse-overlayfs
+// implementations (format.IsForeign) are hidden, as fuse-overlayfs
 // hides them, and the IDs of a POSIX ACL are shown mapped.
 func (n *Node) Getxattr(name string) ([]byte, error) {
-	if idmap.IsOverride(name) || n.o.names.IsForeign(name) {
+	if idmap.IsOverride(name) || format.IsForeign(name) {
 		return nil, unix.ENODATA
 	}
 	name = n.o.names.Escape(name)
@@ -475,7 +475,7 @@ func (n *Node) Listxattr() ([]string, error) {
 // other implementations refused (EPERM, as fuse-overlayfs answers), and
 // the IDs of a POSIX ACL stored mapped back.
 func (n *Node) Setxattr(name string, value []byte, flags int) error {
-	if idmap.IsOverride(name) || n.o.names.IsForeign(name) {
+	if idmap.IsOverride(name) || format.IsForeign(name) {
 		return unix.EPERM
 	}
 	name = n.o.names.Escape(name)
@@ -487,7 +487,7 @@ func (n *Node) Setxattr(name string, value []byte, flags int) error {
 
 // Removexattr removes an xattr after copy-up.
 func (n *Node) Removexattr(name string) error {
-	if idmap.IsOverride(name) || n.o.names.IsForeign(name) {
+	if idmap.IsOverride(name) || format.IsForeign(name) {
 		return unix.EPERM
 	}
 	// Removing what is not there must not copy up.

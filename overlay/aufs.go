@@ -175,19 +175,19 @@ func (a *aufsDir) forget(name string) {
 	}
 }
 
-// foreignOpaque reports whether another implementation's opaque xattr
-// (format.Names.ForeignOpaque) marks the layer directory fd opaque.
+// foreignOpaqueXattrs are the opaque marks of other implementations, which
+// a directory's one listxattr tells are there (format.DirXattrs).
+var foreignOpaqueXattrs = []string{format.FuseOverlayfsOpaque}
+
+// foreignOpaque reports whether fuse-overlayfs's opaque xattr marks the
+// layer directory fd opaque.
 func (o *Overlay) foreignOpaque(fd int) bool {
-	for _, name := range o.names.ForeignOpaque() {
-		if v, _ := format.Getxattr(fd, name); format.ParseForeignOpaque(v) {
-			return true
-		}
-	}
-	return false
+	v, _ := format.Getxattr(fd, format.FuseOverlayfsOpaque)
+	return format.ParseForeignOpaque(v)
 }
 
 // anyOpaque reports whether a layer directory is opaque in any form: the
-// kernel's overlay.opaque=y, another implementation's xattr, or the AUFS
+// kernel's overlay.opaque=y, user.fuseoverlayfs.opaque, or the AUFS
 // marker (a may be nil). Lookup checks the forms one at a time, as late
 // as it can; this is for the rare paths.
 func (o *Overlay) anyOpaque(fd int, a *aufsDir) (bool, error) {

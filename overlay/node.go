@@ -383,7 +383,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			}
 			child.kind, child.upperFd, child.inUpper = unix.S_IFDIR, fd, true
 			child.upperAufs = &aufsDir{}
-			ours, foreign := format.DirXattrs(fd, o.names.Prefix(), o.names.ForeignOpaque())
+			ours, foreign := format.DirXattrs(fd, o.names.Prefix(), foreignOpaqueXattrs)
 			opaque, xwh := false, false
 			if ours {
 				opaque, xwh = o.opaqueOf(fd)
@@ -528,7 +528,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if len(child.lowers) == 0 {
 			lowerDirIno = o.inoFor(lr.layer, st.Ino)
 		}
-		ours, foreign := format.DirXattrs(fd, o.names.Prefix(), o.names.ForeignOpaque())
+		ours, foreign := format.DirXattrs(fd, o.names.Prefix(), foreignOpaqueXattrs)
 		opaque, xwh := false, false
 		if ours {
 			opaque, xwh = o.opaqueOf(fd)

@@ -30,7 +30,7 @@ func aufsLayers() k.Layers {
 			k.AUFSWhiteout("sym"), // a symlink
 			k.AUFSOpaqueDir("od", k.AUFSFile), k.File("od/new", "new"),
 			k.AUFSOpaqueDir("fo", k.AUFSFuseXattr), k.File("fo/new", "new"),
-			k.AUFSOpaqueDir("xo", k.AUFSOtherPrefix), k.File("xo/new", "new"),
+			k.Dir("xo/.wh..wh..opq"), k.File("xo/new", "new"), // a marker of any type
 			k.Dir("d"), notEmpty,
 			k.AUFSWhiteout("d/b"), k.File("d/b", "beside its whiteout: hidden too"),
 			k.File("d/m", "m"),

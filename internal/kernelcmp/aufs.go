@@ -29,14 +29,10 @@ const (
 	AUFSFile = "wh"
 	// AUFSFuseXattr: an opaque directory carries user.fuseoverlayfs.opaque=y.
 	AUFSFuseXattr = "fuseoverlayfs"
-	// AUFSOtherPrefix: an opaque directory carries overlay.opaque=y of the
-	// namespace the mount does not use (user.overlay. with trusted xattrs,
-	// trusted.overlay. with userxattr).
-	AUFSOtherPrefix = "otherprefix"
 )
 
 // AUFSForms are the forms of an opaque directory.
-var AUFSForms = []string{AUFSFile, AUFSFuseXattr, AUFSOtherPrefix}
+var AUFSForms = []string{AUFSFile, AUFSFuseXattr}
 
 // AUFSWhiteout is a whiteout written as the AUFS file ".wh.NAME".
 func AUFSWhiteout(path string) Entry {
@@ -103,23 +99,17 @@ func aufsOpaque(p, prefix, form string) error {
 		return writeFile(filepath.Join(p, format.AUFSOpaque), Entry{})
 	case AUFSFuseXattr:
 		return unix.Lsetxattr(p, format.FuseOverlayfsOpaque, []byte("y"), 0)
-	case AUFSOtherPrefix:
-		other := format.TrustedPrefix
-		if prefix == format.TrustedPrefix {
-			other = format.UserPrefix
-		}
-		return unix.Lsetxattr(p, other+format.Opaque, []byte("y"), 0)
 	}
 	return fmt.Errorf("unknown AUFS form %q", form)
 }
 
 // ToKernelForm rewrites the AUFS markers of the layer dir in the kernel's
 // form, as format/aufs.go reads them: ".wh.NAME" becomes a char 0/0
-// whiteout NAME (replacing a NAME beside it), ".wh..wh..opq" and the other
-// implementations' opaque xattrs become overlay.opaque=y under prefix.
+// whiteout NAME (replacing a NAME beside it), ".wh..wh..opq" and
+// user.fuseoverlayfs.opaque become overlay.opaque=y under prefix, and the
+// rest of fuse-overlayfs's xattrs go (they are private to it).
 // Directories keep their times.
 func ToKernelForm(dir, prefix string) error {
-	names := format.NewNames(prefix == format.UserPrefix)
 	var walk func(d string) error
 	walk = func(d string) error {
 		var st unix.Stat_t
@@ -131,15 +121,11 @@ func ToKernelForm(dir, prefix string) error {
 			return err
 		}
 		opaque := false
-		for _, x := range names.ForeignOpaque() {
-			v := make([]byte, 64)
-			n, err := unix.Lgetxattr(d, x, v)
-			if err != nil {
-				continue
-			}
-			opaque = opaque || format.ParseForeignOpaque(v[:n])
-			if err := unix.Lremovexattr(d, x); err != nil {
-				return fmt.Errorf("%s: remove %s: %w", d, x, err)
+		v := make([]byte, 64)
+		if n, err := unix.Lgetxattr(d, format.FuseOverlayfsOpaque, v); err == nil {
+			opaque = format.ParseForeignOpaque(v[:n])
+			if err := unix.Lremovexattr(d, format.FuseOverlayfsOpaque); err != nil {
+				return fmt.Errorf("%s: remove %s: %w", d, format.FuseOverlayfsOpaque, err)
 			}
 		}
 		for _, e := range ents {

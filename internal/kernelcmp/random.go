@@ -24,10 +24,9 @@ import (
 // fds, drop_caches mid-run, ops as unprivileged callers, and garbage
 // overlay xattrs in the layers. Gen 6 (issue 18) writes about half of the
 // whiteouts and opaque directories in an AUFS form for ovl (".wh.NAME",
-// sometimes not empty; ".wh..wh..opq", user.fuseoverlayfs.opaque or the
-// other namespace's overlay.opaque), the kernel getting the kernel's form;
-// the forms come from a stream of their own (aufsForms), so a seed's
-// layers and ops are otherwise those of gen 5.
+// sometimes not empty; ".wh..wh..opq" or user.fuseoverlayfs.opaque), the
+// kernel getting the kernel's form; the forms come from a stream of their
+// own (aufsForms), so a seed's layers and ops are otherwise those of gen 5.
 const Gen = 6
 
 // RandomCase draws the case of a seed: one to three lower layers and an
