@@ -1,7 +1,8 @@
 // Package format holds the Linux kernel overlayfs on-disk format, and nothing
 // else knows it: the overlay xattr names and values, the two whiteout forms,
 // opaque markers, the origin file-handle encoding and the work directory
-// layout. The rules it enforces are the kernel's
+// layout; and the AUFS whiteouts of container images, which ovl reads too
+// (aufs.go). The rules it enforces are the kernel's
 // (Documentation/filesystems/overlayfs.rst, fs/overlayfs/overlayfs.h):
 //
 //   - A whiteout is a character device 0/0, or a zero-size regular file with
@@ -82,9 +83,10 @@ func (n Names) Name(suffix string) string { return n.prefix + suffix }
 
 // IsPrivate reports whether an xattr name stored on a layer is the
 // overlay's own, which users may neither see nor change, nor copy up (kernel:
-// ovl_is_private_xattr). Escaped names (see Escape) are not private.
+// ovl_is_private_xattr), or one private to another implementation
+// (IsForeign). Escaped names (see Escape) are not private.
 func (n Names) IsPrivate(name string) bool {
-	return strings.HasPrefix(name, n.prefix) && !strings.HasPrefix(name, n.prefix+"overlay.")
+	return strings.HasPrefix(name, n.prefix) && !strings.HasPrefix(name, n.prefix+"overlay.") || IsForeign(name)
 }
 
 // Escape maps an xattr name a user of the overlay asks for to the name
@@ -99,10 +101,11 @@ func (n Names) Escape(name string) string {
 }
 
 // Unescape maps a name stored on a layer to what users of the overlay see;
-// ok is false for the overlay's own names, which are hidden.
+// ok is false for the overlay's own names and those private to other
+// implementations (IsForeign), which are hidden.
 func (n Names) Unescape(name string) (string, bool) {
 	if !strings.HasPrefix(name, n.prefix) {
-		return name, true
+		return name, !IsForeign(name)
 	}
 	rest := name[len(n.prefix):]
 	if !strings.HasPrefix(rest, "overlay.") {

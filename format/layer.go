@@ -349,8 +349,16 @@ func filepathDir(p string) string {
 // Most layer directories have none, and one call then replaces a read of
 // every overlay attribute.
 func HasXattrs(dirfd int, prefix string) bool {
+	ours, _ := DirXattrs(dirfd, prefix, nil)
+	return ours
+}
+
+// DirXattrs is HasXattrs that also reports, from the same call, whether
+// the directory has any of the xattrs named in also (such as the opaque
+// mark of fuse-overlayfs, FuseOverlayfsOpaque).
+func DirXattrs(dirfd int, prefix string, also []string) (ours, some bool) {
 	if noXattrAt.Load() {
-		return true
+		return true, len(also) > 0
 	}
 	var buf [1024]byte
 	p, _ := unix.BytePtrFromString(".")
@@ -360,14 +368,20 @@ func HasXattrs(dirfd int, prefix string) bool {
 		if e == unix.ENOSYS {
 			noXattrAt.Store(true)
 		}
-		return e != unix.EOPNOTSUPP // ERANGE and others: do not guess
+		// ERANGE and others: do not guess.
+		return e != unix.EOPNOTSUPP, e != unix.EOPNOTSUPP && len(also) > 0
 	}
 	for _, name := range strings.Split(string(buf[:r]), "\x00") {
 		if strings.HasPrefix(name, prefix) {
-			return true
+			ours = true
+		}
+		for _, a := range also {
+			if name == a {
+				some = true
+			}
 		}
 	}
-	return false
+	return ours, some
 }
 
 // ListxattrAt lists the xattr names of name (one path component) in dirfd

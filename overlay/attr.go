@@ -422,10 +422,11 @@ func (n *Node) Readlink() (string, error) {
 
 // Getxattr reads an xattr; names in the overlay's own namespace are
 // escaped, so users reach theirs, never the overlay's (kernel: ovl_xattr_get).
-// The override xattrs are hidden (owner.go), and the IDs of a POSIX ACL are
-// shown mapped.
+// The override xattrs (owner.go) and the names private to other
+// implementations (format.IsForeign) are hidden, as fuse-overlayfs
+// hides them, and the IDs of a POSIX ACL are shown mapped.
 func (n *Node) Getxattr(name string) ([]byte, error) {
-	if idmap.IsOverride(name) {
+	if idmap.IsOverride(name) || format.IsForeign(name) {
 		return nil, unix.ENODATA
 	}
 	name = n.o.names.Escape(name)
@@ -470,10 +471,11 @@ func (n *Node) Listxattr() ([]string, error) {
 }
 
 // Setxattr sets an xattr after copy-up; names in the overlay's own
-// namespace are escaped, the override xattrs refused, and the IDs of a
-// POSIX ACL stored mapped back.
+// namespace are escaped, the override xattrs and the names private to
+// other implementations refused (EPERM, as fuse-overlayfs answers), and
+// the IDs of a POSIX ACL stored mapped back.
 func (n *Node) Setxattr(name string, value []byte, flags int) error {
-	if idmap.IsOverride(name) {
+	if idmap.IsOverride(name) || format.IsForeign(name) {
 		return unix.EPERM
 	}
 	name = n.o.names.Escape(name)
@@ -485,7 +487,7 @@ func (n *Node) Setxattr(name string, value []byte, flags int) error {
 
 // Removexattr removes an xattr after copy-up.
 func (n *Node) Removexattr(name string) error {
-	if idmap.IsOverride(name) {
+	if idmap.IsOverride(name) || format.IsForeign(name) {
 		return unix.EPERM
 	}
 	// Removing what is not there must not copy up.

@@ -139,7 +139,7 @@ func (n *Node) copyUp(mode copyMode) error {
 		if err != nil {
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
-		n.upperFd = fd
+		n.upperFd, n.upperAufs = fd, emptyAufsDir()
 	} else {
 		lowerLinks := st.Nlink
 		if err := format.Lstat(pfd, name, &st); err != nil {

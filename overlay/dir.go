@@ -16,31 +16,35 @@ type DirEntry struct {
 // ReadDir lists the merged directory n (kernel: ovl_iterate, ovl_dir_read_merged):
 // the upper first, then each lower; each name once, the topmost wins;
 // whiteouts hide the name in the layers below and are never listed; a
-// non-directory in a higher layer hides a directory below. "." and ".." are
-// the caller's business. The cost is linear in the number of entries.
+// non-directory in a higher layer hides a directory below. AUFS whiteouts
+// hide their name in their own layer too, and no AUFS name is listed
+// (format/aufs.go). "." and ".." are the caller's business. The cost is
+// linear in the number of entries; only names that start with ".wh."
+// cost more than a prefix check for the AUFS format.
 func (n *Node) ReadDir() ([]DirEntry, error) {
 	if !n.IsDir() {
 		return nil, unix.ENOTDIR
 	}
 	o := n.o
 	n.mu.Lock()
-	upperFd, upperXWh, lowers, released := n.upperFd, n.upperXWh, n.lowers, n.released
+	upperFd, upperXWh, upperAufs, lowers, released := n.upperFd, n.upperXWh, n.upperAufs, n.lowers, n.released
 	n.mu.Unlock()
 	if released {
 		return nil, unix.ESTALE
 	}
 
 	type layerDir struct {
-		fd  int
-		l   *layer
-		xwh bool
+		fd   int
+		l    *layer
+		xwh  bool
+		aufs *aufsDir
 	}
 	var dirs []layerDir
 	if upperFd >= 0 {
-		dirs = append(dirs, layerDir{upperFd, o.upper, upperXWh})
+		dirs = append(dirs, layerDir{upperFd, o.upper, upperXWh, upperAufs})
 	}
 	for _, lr := range lowers {
-		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh})
+		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh, lr.aufs})
 	}
 	// seen maps a listed name to its index in out. fix marks upper entries
 	// whose inode number only a lookup can tell: a directory that merges
@@ -51,16 +55,44 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 	n.mu.Lock()
 	impure := n.impure
 	n.mu.Unlock()
+	type dirent struct {
+		name  string
+		ino   uint64
+		dtype uint8
+	}
+	var ents []dirent
 	for i, d := range dirs {
 		last := i == len(dirs)-1
 		upper := d.l == o.upper
+		// The whole listing first: an AUFS whiteout hides its name in
+		// its own layer too, wherever the name comes in the listing.
+		gen := d.aufs.snapshot()
+		var marks format.Markers
+		ents = ents[:0]
 		err := readDirFd(d.fd, func(name string, ino uint64, dtype uint8) error {
+			if !marks.Add(name) {
+				ents = append(ents, dirent{name, ino, dtype})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.aufs.fill(marks, gen)
+		known := &aufsDir{state: aufsKnown, m: marks}
+		for name := range marks.Hidden {
+			if _, dup := seen[name]; !dup {
+				seen[name] = -1
+			}
+		}
+		for _, e := range ents {
+			name, ino, dtype := e.name, e.ino, e.dtype
 			if j, dup := seen[name]; dup {
 				if j >= 0 && out[j].Type == unix.S_IFDIR && dtype == unix.DT_DIR {
 					fix = append(fix, j)
 					seen[name] = -1
 				}
-				return nil
+				continue
 			}
 			if !last {
 				seen[name] = -1
@@ -69,12 +101,12 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 			switch {
 			case dtype == unix.DT_CHR || dtype == unix.DT_UNKNOWN || (d.xwh && dtype == unix.DT_REG):
 				var st unix.Stat_t
-				k, err := o.probe(d.fd, d.xwh, name, &st)
+				k, err := o.probe(d.fd, d.xwh, known, name, &st)
 				if err != nil {
-					return err
+					return nil, err
 				}
 				if k == entryWhiteout || k == entryNone {
-					return nil
+					continue
 				}
 				typ = st.Mode & unix.S_IFMT
 			}
@@ -85,10 +117,6 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 				fix = append(fix, len(out))
 			}
 			out = append(out, DirEntry{Name: name, Ino: o.inoFor(d.l, ino), Type: typ})
-			return nil
-		})
-		if err != nil {
-			return nil, err
 		}
 	}
 	var st unix.Stat_t

@@ -101,7 +101,7 @@ func (o *Overlay) originStat(origin []byte, st *unix.Stat_t, lowers []lowerRef, 
 	// Without handles: the origin counts when the same name in the lower
 	// layers is the object it names (kernel: ovl_check_origin).
 	for _, lr := range lowers {
-		k, err := o.probe(lr.fd, lr.xwh, name, st)
+		k, err := o.probe(lr.fd, lr.xwh, lr.aufs, name, st)
 		if err != nil || k == entryNone {
 			continue
 		}

@@ -170,7 +170,7 @@ func (o *Overlay) lowerMetacopy(name, look string, i int, cands []lowerRef) erro
 		}
 		k := entryNone
 		if w.found {
-			k, err = o.probe(w.dirfd, w.xwh, w.leaf, &st)
+			k, err = o.probe(w.dirfd, w.xwh, w.aufs, w.leaf, &st)
 		}
 		w.close()
 		if err != nil {
@@ -219,7 +219,7 @@ func (o *Overlay) lookupMetacopy(child *Node, dirfd int, name string, cands []lo
 		}
 		k := entryNone
 		if w.found {
-			k, err = o.probe(w.dirfd, w.xwh, w.leaf, &st)
+			k, err = o.probe(w.dirfd, w.xwh, w.aufs, w.leaf, &st)
 		}
 		lowerMC := false
 		if err == nil && k == entryOther && st.Mode&unix.S_IFMT == unix.S_IFREG {

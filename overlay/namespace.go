@@ -57,7 +57,7 @@ func (n *Node) lowerPositive(name string) (bool, error) {
 	n.mu.Unlock()
 	var st unix.Stat_t
 	for _, lr := range lowers {
-		k, err := n.o.probe(lr.fd, lr.xwh, name, &st)
+		k, err := n.o.probe(lr.fd, lr.xwh, lr.aufs, name, &st)
 		if err != nil {
 			return false, err
 		}
@@ -129,14 +129,21 @@ type maker func(dirfd int, name string) error
 // it; a new directory there is made opaque. The caller holds no dirMu.
 func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 	o := n.o
+	if format.IsAUFSName(name) {
+		return unix.EINVAL // see LookupStat
+	}
 	pfd, err := n.upperDir()
 	if err != nil {
 		return err
 	}
 	n.dirMu.Lock()
 	defer n.dirMu.Unlock()
+	// An AUFS whiteout becomes the kernel's, which the code below knows.
+	if _, err := n.upperAUFSWhiteout(pfd, name); err != nil {
+		return err
+	}
 	var st unix.Stat_t
-	k, err := o.probe(pfd, n.upperXWh, name, &st)
+	k, err := o.probe(pfd, n.upperXWh, n.upperAufsDir(), name, &st)
 	if err != nil {
 		return err
 	}
@@ -274,7 +281,7 @@ func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 			child.Forget()
 			return nil, err
 		}
-		child.upperFd = fd
+		child.upperFd, child.upperAufs = fd, emptyAufsDir()
 	}
 	return child, nil
 }

@@ -62,6 +62,9 @@ type Node struct {
 	lowers []lowerRef
 	// upperXWh: the upper directory holds xattr whiteouts (opaque=x).
 	upperXWh bool
+	// upperAufs caches the AUFS markers of the upper directory (aufs.go);
+	// nil: probe them.
+	upperAufs *aufsDir
 	// impure: the upper directory is marked overlay.impure.
 	impure bool
 	// redirect: the directory's overlay.redirect, where its lower part is
@@ -84,8 +87,9 @@ type Node struct {
 // lowerRef is an object's presence in one lower layer.
 type lowerRef struct {
 	layer *layer
-	fd    int  // directories: O_PATH fd; non-directories: -1 (reached via the parent)
-	xwh   bool // directories: holds xattr whiteouts (opaque=x)
+	fd    int      // directories: O_PATH fd; non-directories: -1 (reached via the parent)
+	xwh   bool     // directories: holds xattr whiteouts (opaque=x)
+	aufs  *aufsDir // directories: its AUFS markers (aufs.go); nil: probe them
 }
 
 // Ino is the object's inode number (st_ino, d_ino). Several objects may
@@ -130,7 +134,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		n.upperFd, n.inUpper = fd, true
+		n.upperFd, n.inUpper, n.upperAufs = fd, true, &aufsDir{}
 		n.upperXWh = o.dirXWhiteouts(fd)
 		n.impure = o.impureDir(fd)
 	}
@@ -142,7 +146,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 			n.Forget()
 			return nil, err
 		}
-		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd)})
+		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: &aufsDir{}})
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(n.realFd(), &st); err != nil {
@@ -275,8 +279,19 @@ const (
 )
 
 // probe looks at one name in one layer directory: dirfd is that directory,
-// xwh tells whether it may hold xattr whiteouts (kernel: ovl_lookup_single).
-func (o *Overlay) probe(dirfd int, xwh bool, name string, st *unix.Stat_t) (entryKind, error) {
+// xwh tells whether it may hold xattr whiteouts (kernel: ovl_lookup_single),
+// a caches its AUFS markers (nil: probe them). An AUFS whiteout hides the
+// name even where the layer holds it too, as in fuse-overlayfs; an AUFS
+// name itself is never an object.
+func (o *Overlay) probe(dirfd int, xwh bool, a *aufsDir, name string, st *unix.Stat_t) (entryKind, error) {
+	if format.IsAUFSName(name) {
+		return entryNone, nil
+	}
+	if hidden, err := a.hides(dirfd, name); err != nil {
+		return entryNone, err
+	} else if hidden {
+		return entryWhiteout, nil
+	}
 	if err := format.Lstat(dirfd, name, st); err != nil {
 		if err == unix.ENOENT || err == unix.ENOTDIR || err == unix.ENAMETOOLONG {
 			return entryNone, nil
@@ -321,8 +336,12 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	if name == "" || name == "." || name == ".." {
 		return nil, unix.ENOENT
 	}
+	if format.IsAUFSName(name) {
+		// The AUFS format's names are never objects (as fuse-overlayfs).
+		return nil, unix.EINVAL
+	}
 	n.mu.Lock()
-	upperFd, upperXWh, impure := n.upperFd, n.upperXWh, n.impure
+	upperFd, upperXWh, upperAufs, impure := n.upperFd, n.upperXWh, n.upperAufs, n.impure
 	lowers, released := n.lowers, n.released
 	// The fds stay open while n is alive (the caller holds a reference);
 	// n.mu only guards the slice header.
@@ -339,9 +358,14 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	found := false
 	merge := true      // whether lower layers still count
 	hasXattrs := false // the upper directory has overlay xattrs
+	// above is the directory found last, in the upper or a lower layer,
+	// whose AUFS opaque marker is yet to be read: only when a directory
+	// below would merge with it (aufsOpaqueAbove).
+	var above lowerRef
+	above.fd = -1
 
 	if upperFd >= 0 {
-		k, err := o.probe(upperFd, upperXWh, name, &st)
+		k, err := o.probe(upperFd, upperXWh, upperAufs, name, &st)
 		if err != nil {
 			return nil, err
 		}
@@ -358,12 +382,18 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 				return nil, err
 			}
 			child.kind, child.upperFd, child.inUpper = unix.S_IFDIR, fd, true
-			ours := format.HasXattrs(fd, o.names.Prefix())
-			opaque, xwh := ours && o.opaque(fd), ours && o.dirXWhiteouts(fd)
+			child.upperAufs = &aufsDir{}
+			ours, foreign := format.DirXattrs(fd, o.names.Prefix(), foreignOpaqueXattrs)
+			opaque, xwh := false, false
+			if ours {
+				opaque, xwh = o.opaqueOf(fd)
+			}
+			opaque = opaque || foreign && o.foreignOpaque(fd)
 			child.upperXWh = xwh
 			child.impure = ours && o.impureDir(fd)
 			hasXattrs = ours
 			merge = !opaque
+			above = lowerRef{fd: fd, aufs: child.upperAufs}
 		case entryOther:
 			child.kind, child.inUpper, child.realIno = st.Mode&unix.S_IFMT, true, st.Ino
 			merge = false
@@ -385,6 +415,16 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 	// once an absolute redirect was met (kernel: ovl_lookup, d.name and
 	// poe = roe).
 	look, cands, fromRoot := name, lowers, false
+	if merge && child.upperFd >= 0 && hasXattrs && (o.followRedirects || len(lowers) > 0) {
+		// An opaque directory's redirect is not read (kernel:
+		// ovl_lookup_single stops at an opaque directory).
+		if opq, err := above.aufs.opaque(above.fd); err != nil {
+			child.Forget()
+			return nil, err
+		} else if opq {
+			merge = false
+		}
+	}
 	if merge && child.upperFd >= 0 && hasXattrs && (o.followRedirects || len(lowers) > 0) {
 		// Read also where redirects are not followed: an invalid one is
 		// EINVAL, a valid one EPERM (see redirect.go). Not followed, it is
@@ -415,7 +455,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		}
 		k := entryNone
 		if w.found {
-			k, err = o.probe(w.dirfd, w.xwh, w.leaf, &st)
+			k, err = o.probe(w.dirfd, w.xwh, w.aufs, w.leaf, &st)
 		}
 		if err != nil || k == entryNone || k == entryWhiteout {
 			w.close()
@@ -433,6 +473,19 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			// ovl_lookup stops at a non-dir under a dir).
 			w.close()
 			break
+		}
+		if found && above.fd >= 0 {
+			// A directory would merge with the one above: unless that one
+			// is opaque in the AUFS form.
+			opq, err := above.aufs.opaque(above.fd)
+			if err != nil || opq {
+				w.close()
+				if err != nil {
+					child.Forget()
+					return nil, err
+				}
+				break
+			}
 		}
 		if k != entryDir && st.Mode&unix.S_IFMT == unix.S_IFREG {
 			mc, err := o.metacopyAt(w.dirfd, w.leaf)
@@ -475,12 +528,15 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		if len(child.lowers) == 0 {
 			lowerDirIno = o.inoFor(lr.layer, st.Ino)
 		}
-		ours := format.HasXattrs(fd, o.names.Prefix())
+		ours, foreign := format.DirXattrs(fd, o.names.Prefix(), foreignOpaqueXattrs)
 		opaque, xwh := false, false
 		if ours {
 			opaque, xwh = o.opaqueOf(fd)
 		}
-		child.lowers = append(child.lowers, lowerRef{layer: lr.layer, fd: fd, xwh: xwh})
+		opaque = opaque || foreign && o.foreignOpaque(fd)
+		ref := lowerRef{layer: lr.layer, fd: fd, xwh: xwh, aufs: &aufsDir{}}
+		child.lowers = append(child.lowers, ref)
+		above = ref
 		if !found {
 			found, topSt, child.kind = true, st, unix.S_IFDIR
 			if topOwner, err = o.ownerOf(lr.layer, &st, fd, ""); err != nil {
@@ -493,6 +549,12 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 		}
 		if o.lastLower(lr, i, cands) || !ours {
 			continue
+		}
+		if opq, err := ref.aufs.opaque(fd); err != nil {
+			child.Forget()
+			return nil, err
+		} else if opq {
+			break // an opaque directory's redirect is not read
 		}
 		// A lower layer written by another overlay may redirect too.
 		r, ok, err := o.redirectOf(fd)

@@ -11,6 +11,10 @@
 //     inside a layer leads outside it.
 //   - An object changes layer only by copy-up, which builds the copy in
 //     work/ and renames it into place: no reader sees a half-made object.
+//   - AUFS whiteouts and opaque marks (format/aufs.go) count in every layer,
+//     the upper included (aufs.go); their names are never objects. ovl
+//     writes only the kernel's whiteouts: an AUFS whiteout in the upper
+//     becomes one before a name it hides is made again.
 //   - Overlapping layers are refused at mount, as by the kernel, and no
 //     lookup through the overlay reaches a layer root or work directory
 //     that an allowed overlap (an upper inside a lower) puts in a layer: it

@@ -79,6 +79,7 @@ type walked struct {
 	dirfd int
 	owned bool // dirfd was opened by walkLower
 	xwh   bool
+	aufs  *aufsDir // dirfd's AUFS markers (nil: probe them)
 	leaf  string
 	found bool // every directory on the way exists
 	stop  bool // an opaque directory on the way hides the layers below
@@ -102,17 +103,17 @@ func (o *Overlay) walkLower(lr lowerRef, look string) (walked, error) {
 		if !format.RedirectComponentOK(look) {
 			return walked{}, fmt.Errorf("redirect %q: %w", look, unix.EACCES)
 		}
-		return walked{dirfd: lr.fd, xwh: lr.xwh, leaf: look, found: true}, nil
+		return walked{dirfd: lr.fd, xwh: lr.xwh, aufs: lr.aufs, leaf: look, found: true}, nil
 	}
 	comps := strings.Split(look[1:], "/")
-	w := walked{dirfd: lr.fd, xwh: lr.xwh, leaf: comps[len(comps)-1], found: true}
+	w := walked{dirfd: lr.fd, xwh: lr.xwh, aufs: lr.aufs, leaf: comps[len(comps)-1], found: true}
 	var st unix.Stat_t
 	for _, c := range comps[:len(comps)-1] {
 		if !format.RedirectComponentOK(c) {
 			w.close()
 			return walked{}, fmt.Errorf("redirect %q: %w", look, unix.EACCES)
 		}
-		k, err := o.probe(w.dirfd, w.xwh, c, &st)
+		k, err := o.probe(w.dirfd, w.xwh, w.aufs, c, &st)
 		if err != nil || k != entryDir {
 			w.close()
 			return walked{}, err
@@ -126,8 +127,11 @@ func (o *Overlay) walkLower(lr lowerRef, look string) (walked, error) {
 		if err != nil {
 			return walked{}, err
 		}
-		w.dirfd, w.owned, w.xwh = fd, true, o.dirXWhiteouts(fd)
-		if o.dirOpaque(fd) {
+		w.dirfd, w.owned, w.xwh, w.aufs = fd, true, o.dirXWhiteouts(fd), nil
+		if opq, err := o.anyOpaque(fd, nil); err != nil {
+			w.close()
+			return walked{}, err
+		} else if opq {
 			w.stop = true
 		}
 	}

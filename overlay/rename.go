@@ -24,6 +24,9 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	if flags&unix.RENAME_NOREPLACE != 0 && flags&unix.RENAME_EXCHANGE != 0 {
 		return unix.EINVAL
 	}
+	if format.IsAUFSName(name) || format.IsAUFSName(newName) {
+		return unix.EINVAL // see LookupStat
+	}
 	if o.upper == nil {
 		return unix.EROFS
 	}
@@ -123,8 +126,13 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		defer b.dirMu.Unlock()
 	}
 
+	// An AUFS whiteout at the target becomes the kernel's, which the code
+	// below knows.
+	if _, err := newParent.upperAUFSWhiteout(nfd, newName); err != nil {
+		return err
+	}
 	var st unix.Stat_t
-	newKind, err := o.probe(nfd, newParent.upperXWh, newName, &st)
+	newKind, err := o.probe(nfd, newParent.upperXWh, newParent.upperAufsDir(), newName, &st)
 	if err != nil {
 		return err
 	}

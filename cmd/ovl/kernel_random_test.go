@@ -493,8 +493,19 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 			have["layers "+c.Overlap] = true
 		}
 		passthrough := len(c.OvlOptions) == 0
-		for _, l := range append(append([]k.Layer{}, c.Layers.Lowers...), c.Layers.Upper) {
+		for i, l := range append(append([]k.Layer{}, c.Layers.Lowers...), c.Layers.Upper) {
 			for _, e := range l {
+				if e.AUFS != "" {
+					// Issue 18: AUFS whiteouts and opaque marks, lower and upper.
+					where := "lower"
+					if i == len(c.Layers.Lowers) {
+						where = "upper"
+					}
+					have[fmt.Sprintf("AUFS %s in the %s", e.AUFS, where)] = true
+					if e.Kind == k.KindWhiteout && e.Data != "" {
+						have["AUFS whiteout not empty"] = true
+					}
+				}
 				if e.PermSet && e.Perm == 0 && e.Kind == k.KindFile {
 					have["lower or upper file of mode 0"] = true
 				}
@@ -556,7 +567,11 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 		"write or truncate while a reader holds the file, passthrough on", "op as uid 1000", "op as uid 65534",
 		"open O_RDONLY|O_TRUNC", "open O_APPEND", "create mode 0", "mkdir mode 0", "name of 256 bytes",
 		"rename to a name of 256 bytes", "path near PATH_MAX", "lower or upper file of mode 0", "layer name of 255 bytes",
-		"garbage overlay.opaque", "garbage overlay.redirect", "garbage overlay.metacopy", "garbage overlay.origin"}
+		"garbage overlay.opaque", "garbage overlay.redirect", "garbage overlay.metacopy", "garbage overlay.origin",
+		"AUFS whiteout not empty"}
+	for _, f := range k.AUFSForms {
+		want = append(want, "AUFS "+f+" in the lower", "AUFS "+f+" in the upper")
+	}
 	for _, m := range []string{"create", "mkdir", "chmod"} {
 		for _, b := range []string{"4000", "2000", "1000", "7777"} {
 			want = append(want, m+" mode "+b)

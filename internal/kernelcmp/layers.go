@@ -69,6 +69,9 @@ type Entry struct {
 	Major   uint32
 	Minor   uint32
 	Mtime   time.Time // zero: DefaultTime
+	// AUFS asks a whiteout or an opaque directory (OpaqueDir) to take an
+	// AUFS form (aufs.go) on the sides that read it; "": the kernel's.
+	AUFS string
 }
 
 // Layer is a layer tree. Parents are created implicitly (0755, root).
@@ -169,6 +172,9 @@ func (e Entry) defaultPerm() uint32 {
 	case KindSymlink:
 		return 0o777
 	case KindWhiteout:
+		if e.AUFS != "" {
+			return 0o644 // as layer tars carry them
+		}
 		return 0
 	default:
 		return 0o644
@@ -207,6 +213,9 @@ func Build(dir, prefix string, l Layer) error {
 			if os.IsExist(err) {
 				err = nil
 			}
+			if err == nil && e.AUFS != "" && isOpaque(e) {
+				err = aufsOpaque(p, prefix, e.AUFS)
+			}
 		case KindSymlink:
 			err = os.Symlink(e.Target, p)
 		case KindHardlink:
@@ -220,7 +229,12 @@ func Build(dir, prefix string, l Layer) error {
 		case KindBlock:
 			err = unix.Mknod(p, unix.S_IFBLK, int(unix.Mkdev(e.Major, e.Minor)))
 		case KindWhiteout:
-			err = unix.Mknod(p, unix.S_IFCHR, 0)
+			if e.AUFS != "" {
+				p = aufsPath(p, e)
+				err = writeFile(p, e)
+			} else {
+				err = unix.Mknod(p, unix.S_IFCHR, 0)
+			}
 		default:
 			err = fmt.Errorf("unknown kind %d", e.Kind)
 		}
@@ -247,6 +261,9 @@ func Build(dir, prefix string, l Layer) error {
 			return fmt.Errorf("build %s: chown: %w", e.Path, err)
 		}
 		for k, v := range e.Xattrs {
+			if k == "overlay.opaque" && e.AUFS != "" && isOpaque(e) {
+				continue // marked in its AUFS form
+			}
 			if err := unix.Lsetxattr(p, xattrName(k, prefix), []byte(v), 0); err != nil {
 				return fmt.Errorf("build %s: setxattr %s: %w", e.Path, k, err)
 			}

@@ -116,6 +116,7 @@ type Pair struct {
 	Cand  *Side
 	base  string
 	tmpfs bool
+	aufs  bool // the layers hold AUFS forms (aufs.go)
 }
 
 // NewPair builds the layers once, copies them with cp -a to both sides and
@@ -138,7 +139,7 @@ func NewPair(t testing.TB, cfg Config, layers Layers) *Pair {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p := &Pair{T: t, Cfg: cfg, base: base}
+	p := &Pair{T: t, Cfg: cfg, base: base, aufs: layers.HasAUFS()}
 	t.Cleanup(p.cleanup)
 	if cfg.Tmpfs || os.Getenv("KCMP_TMPFS") == "1" {
 		if err := unix.Mount("tmpfs", base, "tmpfs", 0, "mode=0755"); err != nil {
@@ -189,6 +190,16 @@ func NewPair(t testing.TB, cfg Config, layers Layers) *Pair {
 			}
 			if err := os.Mkdir(s.Layout.Work, 0o755); err != nil {
 				t.Fatal(err)
+			}
+		}
+		if p.aufs && !readsAUFS(m) {
+			for _, d := range append([]string{s.Layout.Upper}, s.Layout.Lowers...) {
+				if d == "" {
+					continue
+				}
+				if err := ToKernelForm(d, prefix); err != nil {
+					t.Fatalf("%s: kernel form: %v", s.Name, err)
+				}
 			}
 		}
 		if err := overlap(&s.Layout, cfg.Overlap); err != nil {
@@ -475,6 +486,7 @@ func (p *Pair) Uppers(label string) (ref, cand *Tree) {
 
 func (p *Pair) reportProblems(label, side string, t *Tree) {
 	p.T.Helper()
+	t.Problems = dropQuirks(side, t.Problems)
 	for _, pr := range t.Problems {
 		p.observe(Finding{Label: label, Side: side, Problem: pr})
 	}
@@ -504,6 +516,9 @@ func (p *Pair) Finish() {
 	p.Unmount()
 	if p.Cfg.Options.ReadOnly {
 		return
+	}
+	if err := p.KernelForm(); err != nil {
+		p.T.Fatal(err)
 	}
 	p.Uppers("final")
 	p.Interchange(ref, cand)

@@ -22,8 +22,12 @@ import (
 // names of 255 and 256 bytes and paths near PATH_MAX in every path-taking
 // op, O_RDONLY|O_TRUNC and the other open flag mixes, writes through held
 // fds, drop_caches mid-run, ops as unprivileged callers, and garbage
-// overlay xattrs in the layers.
-const Gen = 5
+// overlay xattrs in the layers. Gen 6 (issue 18) writes about half of the
+// whiteouts and opaque directories in an AUFS form for ovl (".wh.NAME",
+// sometimes not empty; ".wh..wh..opq" or user.fuseoverlayfs.opaque), the
+// kernel getting the kernel's form; the forms come from a stream of their
+// own (aufsForms), so a seed's layers and ops are otherwise those of gen 5.
+const Gen = 6
 
 // RandomCase draws the case of a seed: one to three lower layers and an
 // upper over a small name space, then nOps ops. Even seeds use userxattr,
@@ -37,6 +41,7 @@ func RandomCase(seed int64, nOps int) Case {
 		c.OvlOptions = []string{"passthrough=off"}
 	}
 	c.Layers = RandomLayers(rng, c.NLowers)
+	aufsForms(rand.New(rand.NewSource(seed^0x41554653)), &c.Layers)
 	c.Ops = RandomOps(rng, nOps, true)
 	if rng.Intn(12) == 0 {
 		c.Overlap = Overlaps[rng.Intn(len(Overlaps))]
@@ -215,6 +220,25 @@ func RandomLayers(rng *rand.Rand, nLowers int) Layers {
 	}
 	ls.Upper = gen(false, true)
 	return ls
+}
+
+// aufsForms writes about half of the whiteouts and opaque directories of
+// ls in an AUFS form (Entry.AUFS), for the sides that read it.
+func aufsForms(rng *rand.Rand, ls *Layers) {
+	for _, l := range append([]Layer{ls.Upper}, ls.Lowers...) {
+		for i, e := range l {
+			switch {
+			case e.Kind == KindWhiteout && rng.Intn(2) == 0:
+				e.AUFS = AUFSFile
+				if rng.Intn(6) == 0 {
+					e.Data = "any file is a whiteout"
+				}
+			case e.Kind == KindDir && isOpaque(e) && rng.Intn(2) == 0:
+				e.AUFS = AUFSForms[rng.Intn(len(AUFSForms))]
+			}
+			l[i] = e
+		}
+	}
 }
 
 // garbageXattrs gives one or two entries of l overlay xattrs that no

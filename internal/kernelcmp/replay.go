@@ -130,6 +130,7 @@ type entryJSON struct {
 	Major   uint32            `json:"major,omitempty"`
 	Minor   uint32            `json:"minor,omitempty"`
 	Mtime   int64             `json:"mtime,omitempty"` // ns; 0: DefaultTime
+	AUFS    string            `json:"aufs,omitempty"`
 }
 
 var kindNames = map[Kind]string{
@@ -142,7 +143,7 @@ func toJSON(l Layer) []entryJSON {
 	out := []entryJSON{}
 	for _, e := range l {
 		j := entryJSON{Path: e.Path, Kind: kindNames[e.Kind], Data: e.Data, Size: e.Size, Extents: e.Extents,
-			UID: e.UID, GID: e.GID, Xattrs: e.Xattrs, Target: e.Target, Major: e.Major, Minor: e.Minor}
+			UID: e.UID, GID: e.GID, Xattrs: e.Xattrs, Target: e.Target, Major: e.Major, Minor: e.Minor, AUFS: e.AUFS}
 		if e.PermSet {
 			j.Mode = fmt.Sprintf("%04o", e.Perm)
 		}
@@ -158,7 +159,7 @@ func fromJSON(js []entryJSON) (Layer, error) {
 	var l Layer
 	for _, j := range js {
 		e := Entry{Path: j.Path, Data: j.Data, Size: j.Size, Extents: j.Extents, UID: j.UID, GID: j.GID,
-			Xattrs: j.Xattrs, Target: j.Target, Major: j.Major, Minor: j.Minor}
+			Xattrs: j.Xattrs, Target: j.Target, Major: j.Major, Minor: j.Minor, AUFS: j.AUFS}
 		found := false
 		for k, n := range kindNames {
 			if n == j.Kind {

@@ -674,6 +674,10 @@ func (r *runner) finish() {
 	if r.p.Cfg.Options.ReadOnly {
 		return
 	}
+	if err := r.p.KernelForm(); err != nil {
+		r.fail(r.last, "harness: kernel form", err.Error())
+		return
+	}
 	var ups [2]*Tree
 	for j, s := range r.p.Sides() {
 		t, err := Snapshot(s.Layout.Upper, SnapOptions{Upper: true, Prefix: r.p.Cfg.Options.Prefix(), NoHash: r.p.Cfg.NoHash})
