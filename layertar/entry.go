@@ -29,8 +29,8 @@ type entry struct {
 
 // Whiteout names (image-spec layer.md).
 const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
+	whiteoutPrefix = format.AUFSPrefix
+	opaqueMarker   = format.AUFSOpaque
 )
 
 // write writes one entry: a hard link to the first name of its object if
