@@ -223,21 +223,30 @@ func kernelRootlessLinks(ref, got []view) []view {
 			}
 		}
 	}
-	out := make([]view, len(ref))
-	for i, v := range ref {
+	return mapListings(ref, func(name, l string) string {
+		f := strings.Fields(l)
+		if len(f) < 6 || f[5] == "1" || strings.Contains(l, " =./") {
+			return l
+		}
+		if m, ok := marked[name+"\x00"+l]; ok {
+			return m
+		}
+		return l
+	})
+}
+
+// mapListings returns views with each line of each listing replaced by
+// fn(view name, line); other views are kept as they are.
+func mapListings(views []view, fn func(name, line string) string) []view {
+	out := make([]view, len(views))
+	for i, v := range views {
 		out[i] = v
 		if !v.list {
 			continue
 		}
 		lines := strings.Split(v.text, "\n")
 		for j, l := range lines {
-			f := strings.Fields(l)
-			if len(f) < 6 || f[5] == "1" || strings.Contains(l, " =./") {
-				continue
-			}
-			if m, ok := marked[v.name+"\x00"+l]; ok {
-				lines[j] = m
-			}
+			lines[j] = fn(v.name, l)
 		}
 		out[i].text = strings.Join(lines, "\n")
 	}

@@ -490,23 +490,14 @@ func runForceMask(x *run) ([]view, error) {
 // for a 4755 file is "0:0:0755", checked on disk by runForceMask), so no
 // mount program can show them.
 func compareForceMask(_ string, ref, got []view) []string {
-	stripped := make([]view, len(ref))
-	for i, v := range ref {
-		stripped[i] = v
-		if !v.list {
-			continue
+	stripped := mapListings(ref, func(_, l string) string {
+		f := strings.Fields(l)
+		if len(f) < 3 || len(f[2]) != 4 || !strings.ContainsAny(f[2][:1], "1234567") {
+			return l
 		}
-		lines := strings.Split(v.text, "\n")
-		for j, l := range lines {
-			f := strings.Fields(l)
-			if len(f) < 3 || len(f[2]) != 4 || !strings.ContainsAny(f[2][:1], "1234567") {
-				continue
-			}
-			f[2] = f[2][1:]
-			lines[j] = strings.Join(f, " ")
-		}
-		stripped[i].text = strings.Join(lines, "\n")
-	}
+		f[2] = f[2][1:]
+		return strings.Join(f, " ")
+	})
 	return compareViews(stripped, got)
 }
 
