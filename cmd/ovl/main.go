@@ -25,8 +25,14 @@ func main() {
 	if filepath.Base(os.Args[0]) == helperName {
 		run = runHelper
 	}
-	if err := run(os.Args[1:]); err != nil {
+	err := run(os.Args[1:])
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "ovl: %s\n", oneLine(err.Error()))
+	}
+	if fsckExit >= 0 {
+		os.Exit(fsckExit) // e2fsck's statuses (fsck.go)
+	}
+	if err != nil {
 		os.Exit(1)
 	}
 }
@@ -90,6 +96,8 @@ Usage:
   ovl diff -o lowerdir=..,upperdir=U [--output F] [--compress gzip|zstd|none]
                                      write the upper layer U as an OCI layer tar
   ovl apply [--userxattr] LAYER DIR  unpack an OCI layer tar into DIR as an overlay layer
+  ovl fsck [-n|-p|-y] -o lowerdir=..,upperdir=U,workdir=W
+                                     check and repair an unmounted upper (exit 0/1/4/8)
   ovl --help | --version
   mount.fuse.ovl SOURCE MOUNTPOINT -o OPTIONS   as mount(8)'s helper for fuse.ovl
                                      (a symlink /sbin/mount.fuse.ovl -> ovl)
