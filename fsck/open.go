@@ -17,6 +17,7 @@ import (
 type layer struct {
 	path    string
 	root    int // O_PATH fd of the layer root (a detached clone as root)
+	mfd     int // the root opened for reading: open_by_handle_at's mount fd (O_PATH is EBADF there)
 	dev     uint64
 	uuid    [16]byte
 	hasUUID bool
@@ -44,6 +45,10 @@ type checker struct {
 	// links counts the upper names of each regular file with several
 	// links, for the index check.
 	links map[format.DirID]int
+	// redirects are the upper directories whose redirect the walk
+	// followed, for the check that their lower directory is hidden at its
+	// own path.
+	redirects []redirected
 
 	report Report
 }
@@ -124,8 +129,11 @@ func newChecker(opts Options) (*checker, error) {
 		if err != nil {
 			return nil, fmt.Errorf("lowerdir %s: %w", p, unwrap(err))
 		}
-		l := &layer{path: lp, root: fd}
+		l := &layer{path: lp, root: fd, mfd: -1}
 		c.lowers = append(c.lowers, l)
+		if l.mfd, err = unix.Open(format.ProcPath(fd), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return nil, fmt.Errorf("lowerdir %s: %w", p, err)
+		}
 		if err := unix.Fstat(fd, &st); err != nil {
 			return nil, fmt.Errorf("lowerdir %s: %w", p, err)
 		}
@@ -133,7 +141,7 @@ func newChecker(opts Options) (*checker, error) {
 		l.uuid, l.hasUUID = format.FSUUID(fd)
 		c.roots = append(c.roots, lowerDir{layer: i, fd: fd, path: "/"})
 	}
-	c.decode = canDecode(c.lowers[0].root)
+	c.decode = canDecode(c.lowers[0].mfd)
 	ok = true
 	return c, nil
 }
@@ -146,6 +154,9 @@ func (c *checker) close() {
 	}
 	for _, l := range c.lowers {
 		unix.Close(l.root)
+		if l.mfd >= 0 {
+			unix.Close(l.mfd)
+		}
 	}
 }
 

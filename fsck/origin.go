@@ -34,7 +34,7 @@ func (c *checker) decodeOrigin(v []byte) decoded {
 			continue
 		}
 		tried[l.dev] = true
-		fd, err := unix.OpenByHandleAt(l.root, unix.NewFileHandle(typ, handle), unix.O_PATH|unix.O_CLOEXEC)
+		fd, err := unix.OpenByHandleAt(l.mfd, unix.NewFileHandle(typ, handle), unix.O_PATH|unix.O_CLOEXEC)
 		if err != nil {
 			continue
 		}

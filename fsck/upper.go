@@ -22,6 +22,7 @@ func (c *checker) run() error {
 	if err := c.walk(c.upper, "/", c.roots, true, false); err != nil {
 		return err
 	}
+	c.checkRedirectSources()
 	if err := c.checkWork(); err != nil {
 		return err
 	}
@@ -81,8 +82,8 @@ func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool
 			if st.Nlink > 1 {
 				c.links[format.StatID(&st)]++
 			}
-			if c.checkMetacopy(d, name, where, &st) {
-				needImpure = true
+			if meta, need := c.checkMetacopy(d, name, where, &st); meta {
+				needImpure = needImpure || need
 				continue
 			}
 		}
@@ -160,16 +161,29 @@ func (c *checker) checkDir(d *dirState, name, where string, st *unix.Stat_t) (bo
 			}
 			what += " (the kernel fails the lookup)"
 			c.closeStack(res.dirs)
-			c.say(Finding{Kind: BadRedirect, Where: where, What: what,
-				Repair: "remove it and mark the directory opaque: it shows its upper entries only"},
+			shadow := true // where the parent's layers are unknown: hide what may be below
+			if known {
+				own := c.lookup(d.stack, name, "", true)
+				shadow = len(own.dirs) > 0
+				c.closeStack(own.dirs)
+			}
+			repair := "remove it: the directory shows its upper entries only"
+			if shadow {
+				repair = "mark the directory opaque and remove the redirect: it shows its upper entries only"
+			}
+			c.say(Finding{Kind: BadRedirect, Where: where, What: what, Repair: repair},
 				Yes, func() error {
-					if err := format.Setxattr(fd, opq, format.OpaqueValue(), 0); err != nil {
-						return err
+					if shadow {
+						if err := format.Setxattr(fd, opq, format.OpaqueValue(), 0); err != nil {
+							return err
+						}
 					}
 					return removexattrAt(fd, "", rdr)
 				})
 			if c.opts.Mode == Yes {
-				opaque = true
+				opaque = opaque || shadow
+				stack = nil
+				rv = nil
 			} else {
 				known = false
 			}
@@ -195,6 +209,7 @@ func (c *checker) checkDir(d *dirState, name, where string, st *unix.Stat_t) (bo
 			opaque = opaque || shadow && c.opts.Mode != Check
 		default:
 			stack = res.dirs
+			c.redirects = append(c.redirects, redirected{where: where, lower: res.dirs[0].path, layer: res.dirs[0].layer})
 		}
 	}
 	if known && !opaque && stack == nil {
@@ -242,19 +257,19 @@ func (c *checker) checkDir(d *dirState, name, where string, st *unix.Stat_t) (bo
 // checkMetacopy checks a regular file's overlay.metacopy: the data it
 // stands for must be in a lower layer. It reports whether the file has an
 // origin its parent needs impure for.
-func (c *checker) checkMetacopy(d *dirState, name, where string, st *unix.Stat_t) bool {
+func (c *checker) checkMetacopy(d *dirState, name, where string, st *unix.Stat_t) (meta, need bool) {
 	v, _ := format.GetxattrAt(d.fd, name, c.names.Name(format.Metacopy))
 	if v == nil {
-		return false
+		return false, false
 	}
 	if _, err := format.ParseMetacopy(v); err != nil {
 		c.say(Finding{Kind: MetacopyNoData, Where: where, What: fmt.Sprintf("overlay.metacopy has %d bytes: a corrupted layer (the kernel answers EIO)", len(v))}, Yes, nil)
-		return c.checkOrigin(d.fd, name, where, st, nil, true)
+		return true, c.checkOrigin(d.fd, name, where, st, nil, true)
 	}
 	if !c.meta {
 		c.say(Finding{Kind: MetacopyNoData, Where: where,
 			What: "metacopy file, but these options do not follow metacopy (the kernel answers EPERM): give metacopy=on"}, Yes, nil)
-		return c.checkOrigin(d.fd, name, where, st, nil, true)
+		return true, c.checkOrigin(d.fd, name, where, st, nil, true)
 	}
 	if d.known {
 		var r string
@@ -262,7 +277,7 @@ func (c *checker) checkMetacopy(d *dirState, name, where string, st *unix.Stat_t
 			var err error
 			if r, err = format.ParseRedirect(rv); err != nil {
 				c.say(Finding{Kind: BadRedirect, Where: where, What: fmt.Sprintf("metacopy file with an invalid overlay.redirect %q: its data cannot be found", rv)}, Yes, nil)
-				return c.checkOrigin(d.fd, name, where, st, nil, true)
+				return true, c.checkOrigin(d.fd, name, where, st, nil, true)
 			}
 		}
 		res := c.lookup(d.stack, name, r, false)
@@ -276,7 +291,7 @@ func (c *checker) checkMetacopy(d *dirState, name, where string, st *unix.Stat_t
 			unix.Close(res.dataFd)
 		}
 	}
-	return c.checkOrigin(d.fd, name, where, st, nil, true)
+	return true, c.checkOrigin(d.fd, name, where, st, nil, true)
 }
 
 // checkImpure compares a directory's overlay.impure with what its entries
@@ -401,4 +416,78 @@ func removeAll(dirfd int, name string) error {
 		return err
 	}
 	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}
+
+// redirected is an upper directory whose redirect names a lower directory.
+type redirected struct {
+	where string // the upper directory
+	lower string // the path of the lower directory in its layer
+	layer int
+}
+
+// checkRedirectSources checks that the lower directory each redirect
+// names does not show at its own path too: a rename leaves a whiteout
+// there (or a directory made over it, opaque, or renamed itself), so
+// that the directory shows once (kernel: ovl_rename with RENAME_WHITEOUT).
+func (c *checker) checkRedirectSources() {
+	for _, r := range c.redirects {
+		if c.upperCovers(r.lower) {
+			continue
+		}
+		res := c.lookup(c.roots, "", r.lower, true)
+		visible := false
+		for _, d := range res.dirs {
+			if d.layer == r.layer && d.path == r.lower {
+				visible = true
+			}
+		}
+		c.closeStack(res.dirs)
+		if visible {
+			c.say(Finding{Kind: DupRedirect, Where: r.where,
+				What: fmt.Sprintf("redirects to the lower directory %s (layer %d), which also shows at its own path: no whiteout covers it there (fsck cannot tell which one the user meant)", r.lower, r.layer+1)},
+				Yes, nil)
+		}
+	}
+}
+
+// upperCovers reports whether the upper hides the lower object at path
+// (absolute, in layer terms) from a lookup by name: a whiteout or a
+// non-directory on the way, an opaque directory, or a directory that
+// redirects elsewhere. A directory of the upper at path itself merges by
+// name and is left to the duplicate check of the walk.
+func (c *checker) upperCovers(path string) bool {
+	comps := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	cur := c.upper
+	defer func() {
+		if cur != c.upper {
+			unix.Close(cur)
+		}
+	}()
+	for i, cp := range comps {
+		var st unix.Stat_t
+		if err := format.Lstat(cur, cp, &st); err != nil {
+			return false // the upper lacks it: the lower shows through
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return true
+		}
+		fd, err := format.OpenAt(cur, cp, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return false
+		}
+		if cur != c.upper {
+			unix.Close(cur)
+		}
+		cur = fd
+		if v, _ := format.Getxattr(fd, c.names.Name(format.Opaque)); format.DirFlag(v) == format.OpaqueYes {
+			return true
+		}
+		if v, _ := format.Getxattr(fd, c.names.Name(format.Redirect)); v != nil {
+			return true
+		}
+		if i == len(comps)-1 {
+			return true // merged by name: the walk's duplicate check
+		}
+	}
+	return false
 }
