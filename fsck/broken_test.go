@@ -261,7 +261,7 @@ var brokenCases = []brokenCase{{
 		e.must(unix.Lsetxattr(e.p("w", "index/"+e.indexName(oo)), e.names.Name(format.Origin), oo, 0))
 		e.set("w", "index/"+e.indexName(oo), format.Nlink, "U-1")
 	},
-	kinds: []string{"index", "nlink"},
+	kinds: []string{"nlink", "note:index"},
 	mode:  fsck.Preen, want: fsck.ExitUncorrected,
 	again: []string{"nlink"},
 	check: func(e *env) {

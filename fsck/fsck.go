@@ -110,6 +110,8 @@ type Finding struct {
 	Repaired bool
 	// Err is set when the repair was tried and failed.
 	Err error
+
+	needs Mode // the mode that would repair it (not repaired)
 }
 
 func (f Finding) String() string {
@@ -123,8 +125,10 @@ func (f Finding) String() string {
 		fmt.Fprintf(&b, ": repair failed: %v", f.Err)
 	case f.Repaired:
 		fmt.Fprintf(&b, ": repaired: %s", f.Repair)
+	case f.Repair != "" && f.needs == Yes:
+		fmt.Fprintf(&b, ": not repaired: -y would %s", f.Repair)
 	case f.Repair != "":
-		fmt.Fprintf(&b, ": not repaired (would: %s)", f.Repair)
+		fmt.Fprintf(&b, ": not repaired: -p would %s", f.Repair)
 	default:
 		b.WriteString(": left as it is")
 	}

@@ -220,14 +220,17 @@ func canDecode(root int) bool {
 
 // say records a finding. fix, when the mode reaches level, repairs it.
 func (c *checker) say(f Finding, level Mode, fix func() error) {
-	if fix != nil && c.opts.Mode >= level && c.opts.Mode != Check {
+	switch {
+	case fix == nil:
+		f.Repair = ""
+	case c.opts.Mode >= level && c.opts.Mode != Check:
 		if err := fix(); err != nil {
 			f.Err = err
 		} else {
 			f.Repaired = true
 		}
-	} else if fix == nil {
-		f.Repair = ""
+	default:
+		f.needs = level
 	}
 	c.report.Findings = append(c.report.Findings, f)
 	if c.opts.Out != nil {

@@ -4,6 +4,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -65,7 +68,7 @@ func (c *checker) checkIncompat(wfd int, where string) bool {
 		}
 		c.say(Finding{Kind: VolatileMarker, Where: w,
 			What: "a volatile mount used this upper and did not stop cleanly: the upper may have lost writes; " +
-				"mount with the volatile recovery option, or discard the upper",
+				"mount with the volatile recovery option, or discard the upper" + volatileDetail(fd, name),
 			Repair: "remove the marker, accepting the upper as it is (written writes may be missing)"},
 			Yes, func() error { return removeAll(fd, name) })
 	}
@@ -135,7 +138,10 @@ func (c *checker) checkIndex() error {
 			count = n
 		}
 		if names == 0 && count <= 0 {
-			c.say(Finding{Kind: BadIndex, Where: where, What: "orphan index entry: no name uses it (the next mount removes it)", Repair: "remove it"},
+			// ovl leaves these until the next mount removes them
+			// (overlay/index.go, as the kernel's ovl_indexdir_cleanup):
+			// no problem, but the mount would remove it, so -p does.
+			c.say(Finding{Kind: BadIndex, Where: where, Note: true, What: "orphan index entry: no name uses it (the next mount removes it)", Repair: "remove it"},
 				Preen, func() error { return unix.Unlinkat(c.index, name, 0) })
 			continue
 		}
@@ -192,4 +198,30 @@ func (c *checker) checkIndexRoots() {
 			What: "the upper was made over other lower layers (its overlay.origin names another root): an index=on mount refuses it; give the layers it was made with"},
 			Yes, nil)
 	}
+}
+
+// volatileRecordName is the record an ovl volatile mount keeps of the
+// upper's filesystem next to the kernel's marker (boot id, device, mount
+// id, fsid, UUID), from which a later mount tells whether the upper can
+// have lost writes (the volatile_recovery= option).
+const volatileRecordName = "ovl-record"
+
+// volatileDetail says what the record in work/incompat/volatile tells:
+// whether ovl can check the upper at its next mount, or the machine
+// rebooted since, so that writes may be lost for sure.
+func volatileDetail(incompat int, name string) string {
+	fd, err := format.OpenAt(incompat, name+"/"+volatileRecordName, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return " (no ovl record: the kernel or an older ovl made the marker)"
+	}
+	f := os.NewFile(uintptr(fd), volatileRecordName)
+	defer f.Close()
+	data, _ := io.ReadAll(io.LimitReader(f, 1<<16))
+	now, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "boot_id "); ok && v != strings.TrimSpace(string(now)) {
+			return " (ovl's record: the machine rebooted since the mount, so writes may be lost)"
+		}
+	}
+	return " (ovl's record of the mount is there: a mount with volatile recovery can check it)"
 }
