@@ -12,6 +12,7 @@ import (
 	"github.com/ovl-project/ovl/format"
 	"github.com/ovl-project/ovl/fsck"
 	"github.com/ovl-project/ovl/internal/testutil"
+	"github.com/ovl-project/ovl/overlay"
 )
 
 // brokenCase is an upper broken on purpose in one way.
@@ -386,47 +387,71 @@ var brokenCases = []brokenCase{{
 func TestBroken(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, bc := range brokenCases {
-		t.Run(bc.name, func(t *testing.T) {
-			e := newEnv(t, 2)
-			bc.build(e)
-			before := e.dump()
-			rep := e.run(fsck.Check)
-			if got := kinds(rep); !reflect.DeepEqual(got, bc.kinds) {
-				t.Errorf("-n found %v, want %v", got, bc.kinds)
-			}
-			wantN := fsck.ExitUncorrected
-			if bc.kinds == nil || allNotes(bc.kinds) {
-				wantN = fsck.ExitClean
-			}
-			if rep.ExitCode() != wantN {
-				t.Errorf("-n: exit %d, want %d", rep.ExitCode(), wantN)
-			}
-			if after := e.dump(); after != before {
-				t.Fatalf("-n changed the layers:\nbefore:\n%s\nafter:\n%s", before, after)
-			}
-			rep = e.run(bc.mode)
-			if rep.ExitCode() != bc.want {
-				t.Errorf("mode %d: exit %d, want %d", bc.mode, rep.ExitCode(), bc.want)
-			}
-			for _, f := range rep.Findings {
-				if f.Err != nil {
-					t.Errorf("repair failed: %s", f)
-				}
-			}
-			rep = e.run(fsck.Check)
-			if got := kinds(rep); !reflect.DeepEqual(got, bc.again) {
-				t.Errorf("second run found %v, want %v", got, bc.again)
-			}
-			// Idempotent: the same mode again changes nothing more.
-			before = e.dump()
-			e.run(bc.mode)
-			if after := e.dump(); after != before {
-				t.Errorf("a second repair changed the layers again:\nbefore:\n%s\nafter:\n%s", before, after)
-			}
-			if bc.check != nil {
-				bc.check(e)
-			}
-		})
+		t.Run(bc.name, func(t *testing.T) { testBroken(t, bc, false) })
+	}
+}
+
+// TestBrokenUserxattr runs the cases that need no redirect, metacopy or
+// index on an overlay with userxattr (user.overlay.*), where overlay
+// xattrs in trusted.overlay.* mark nothing.
+func TestBrokenUserxattr(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, bc := range brokenCases {
+		switch bc.name {
+		case "orphan-whiteout", "useless-opaque", "impure", "work-leftovers", "volatile-yes", "aufs-preen", "aufs-yes":
+			t.Run(bc.name, func(t *testing.T) { testBroken(t, bc, true) })
+		}
+	}
+}
+
+func testBroken(t *testing.T, bc brokenCase, userxattr bool) {
+	e := newEnv(t, 2)
+	if userxattr {
+		e.names = format.NewNames(true)
+		e.cfg = overlay.Config{Lowers: e.lowers, Upper: e.upper, Work: e.work, UserXattr: true}
+		// Marks of the other namespace are no marks: fsck must
+		// not read them.
+		e.mkdir("u", "trusted-marks")
+		e.must(unix.Lsetxattr(e.p("u", "trusted-marks"), format.TrustedPrefix+format.Opaque, []byte("y"), 0))
+		e.must(unix.Lsetxattr(e.p("u", "trusted-marks"), format.TrustedPrefix+format.Redirect, []byte("/nothing"), 0))
+	}
+	bc.build(e)
+	before := e.dump()
+	rep := e.run(fsck.Check)
+	if got := kinds(rep); !reflect.DeepEqual(got, bc.kinds) {
+		t.Errorf("-n found %v, want %v", got, bc.kinds)
+	}
+	wantN := fsck.ExitUncorrected
+	if bc.kinds == nil || allNotes(bc.kinds) {
+		wantN = fsck.ExitClean
+	}
+	if rep.ExitCode() != wantN {
+		t.Errorf("-n: exit %d, want %d", rep.ExitCode(), wantN)
+	}
+	if after := e.dump(); after != before {
+		t.Fatalf("-n changed the layers:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	rep = e.run(bc.mode)
+	if rep.ExitCode() != bc.want {
+		t.Errorf("mode %d: exit %d, want %d", bc.mode, rep.ExitCode(), bc.want)
+	}
+	for _, f := range rep.Findings {
+		if f.Err != nil {
+			t.Errorf("repair failed: %s", f)
+		}
+	}
+	rep = e.run(fsck.Check)
+	if got := kinds(rep); !reflect.DeepEqual(got, bc.again) {
+		t.Errorf("second run found %v, want %v", got, bc.again)
+	}
+	// Idempotent: the same mode again changes nothing more.
+	before = e.dump()
+	e.run(bc.mode)
+	if after := e.dump(); after != before {
+		t.Errorf("a second repair changed the layers again:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if bc.check != nil {
+		bc.check(e)
 	}
 }
 

@@ -209,6 +209,9 @@ func (e *env) kernelList(dir string) []string {
 	mnt := filepath.Join(e.dir, "mnt")
 	e.must(os.MkdirAll(mnt, 0o755))
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,metacopy=on", strings.Join(e.lowers, ":"), e.upper, e.work)
+	if e.cfg.UserXattr {
+		opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", strings.Join(e.lowers, ":"), e.upper, e.work)
+	}
 	if err := unix.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
 		e.t.Fatalf("mount -t overlay -o %s: %v", opts, err)
 	}
