@@ -53,6 +53,7 @@ func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool
 	}
 	hidden := c.aufs(d, names)
 	needImpure := false
+	var needBy string // the first entry that needs impure
 	for _, name := range names {
 		if format.IsAUFSName(name) || hidden[name] {
 			continue
@@ -76,23 +77,27 @@ func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool
 			if err != nil {
 				return err
 			}
-			needImpure = needImpure || need
+			if need && !needImpure {
+				needImpure, needBy = true, name
+			}
 			continue
 		case unix.S_IFREG:
 			if st.Nlink > 1 {
 				c.links[format.StatID(&st)]++
 			}
 			if meta, need := c.checkMetacopy(d, name, where, &st); meta {
-				needImpure = needImpure || need
+				if need && !needImpure {
+					needImpure, needBy = true, name
+				}
 				continue
 			}
 		}
-		if c.checkOrigin(fd, name, where, &st, nil, false) {
-			needImpure = true
+		if c.checkOrigin(fd, name, where, &st, nil, false) && !needImpure {
+			needImpure, needBy = true, name
 		}
 	}
 	if path != "/" || needImpure {
-		c.checkImpure(d, needImpure)
+		c.checkImpure(d, needBy)
 	}
 	return nil
 }
@@ -298,7 +303,8 @@ func (c *checker) checkMetacopy(d *dirState, name, where string, st *unix.Stat_t
 // need: one whose origin the kernel uses needs it (readdir must then give
 // the overlay's inode numbers); one no entry needs is harmless, and the
 // kernel leaves such markers behind itself.
-func (c *checker) checkImpure(d *dirState, need bool) {
+func (c *checker) checkImpure(d *dirState, needBy string) {
+	need := needBy != ""
 	attr := c.names.Name(format.Impure)
 	v, _ := format.Getxattr(d.fd, attr)
 	has := format.ParseImpure(v)
@@ -306,7 +312,7 @@ func (c *checker) checkImpure(d *dirState, need bool) {
 	switch {
 	case need && !has:
 		c.say(Finding{Kind: MissingImpure, Where: where,
-			What: "directory holds copied-up entries but has no overlay.impure (readdir would give them the wrong inode numbers)", Repair: "set overlay.impure"},
+			What: fmt.Sprintf("directory holds copied-up entries (%s) but has no overlay.impure (readdir would give them the wrong inode numbers)", needBy), Repair: "set overlay.impure"},
 			Preen, func() error { return format.Setxattr(d.fd, attr, format.ImpureValue(), 0) })
 	case !need && v != nil:
 		c.say(Finding{Kind: StaleImpure, Where: where, Note: true, What: "overlay.impure, but no entry needs it", Repair: "remove overlay.impure"},

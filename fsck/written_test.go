@@ -112,7 +112,7 @@ func TestWrittenOps(t *testing.T) {
 	lower := k.Layer{
 		k.Dir("a"), k.File("a/f", "1"), k.Dir("a/b"), k.File("a/b/g", "2"), k.Dir("c"),
 		k.Hardlink("c/hl", "a/f"), k.Dir("e"), k.File("e/x", "3"), k.FIFO("p"), k.File("big", strings.Repeat("z", 1<<16)),
-		k.Dir("m"), k.Dir("m/n"), k.File("m/n/o", "4"),
+		k.Dir("m"), k.Dir("m/n"), k.File("m/n/o", "4"), k.Dir("q"), k.File("q/r", "5"), k.Dir("s"),
 	}
 	ops := []k.Op{
 		{Op: "rename", Path: "a", Path2: "a2"},
@@ -129,6 +129,15 @@ func TestWrittenOps(t *testing.T) {
 		{Op: "rename", Path: "m", Path2: "c/m"},
 		{Op: "create", Path: "m", Mode: 0o644},
 		{Op: "unlink", Path: "p"},
+		{Op: "append", Path: "q/r", Data: "+"},
+		{Op: "rename", Path: "q/r", Path2: "q/r2"},
+	}
+	// After a remount: the copied-up file moved within its directory
+	// moves to another one, which must become impure (found by fsck in
+	// ovl: the move of an object whose lower part the mount did not find
+	// left its new parent without overlay.impure).
+	again := []k.Op{
+		{Op: "rename", Path: "q/r2", Path2: "s/r2"},
 	}
 	for _, opt := range []k.Options{
 		{RedirectDir: "on", Metacopy: "on", Xino: "off", UUID: "off"},
@@ -141,14 +150,21 @@ func TestWrittenOps(t *testing.T) {
 				if err := writer.Mount(l, opt); err != nil {
 					t.Fatalf("%s: %v", writer.Name(), err)
 				}
-				for i, op := range ops {
-					if r := op.Apply(l.Mnt); r.Err != "" || r.Errno != 0 {
-						writer.Unmount(l.Mnt)
-						t.Fatalf("op %d %s: %s", i, op, r)
+				for phase, ops := range [][]k.Op{ops, again} {
+					if phase > 0 {
+						if err := writer.Mount(l, opt); err != nil {
+							t.Fatalf("%s: %v", writer.Name(), err)
+						}
 					}
-				}
-				if err := writer.Unmount(l.Mnt); err != nil {
-					t.Fatalf("%s: %v", writer.Name(), err)
+					for i, op := range ops {
+						if r := op.Apply(l.Mnt); r.Err != "" || r.Errno != 0 {
+							writer.Unmount(l.Mnt)
+							t.Fatalf("phase %d op %d %s: %s", phase, i, op, r)
+						}
+					}
+					if err := writer.Unmount(l.Mnt); err != nil {
+						t.Fatalf("%s: %v", writer.Name(), err)
+					}
 				}
 				expectClean(t, l, opt)
 			})

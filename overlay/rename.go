@@ -182,10 +182,13 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			return unix.EXDEV
 		}
 	}
-	if n != newParent && len(old.lowers) > 0 {
+	// As the kernel (ovl_type_origin in ovl_rename), by the origin the
+	// upper object records: a copied-up file that moved before, or that a
+	// later mount looked up, has no lower part here but keeps its origin.
+	if n != newParent && (len(old.lowers) > 0 || o.hasOrigin(ofd, name)) {
 		o.markImpure(newParent)
 	}
-	if exchange && n != newParent && len(target.lowers) > 0 {
+	if exchange && n != newParent && (len(target.lowers) > 0 || o.hasOrigin(nfd, newName)) {
 		o.markImpure(n)
 	}
 
@@ -238,6 +241,13 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		o.removeTemp(cleared)
 	}
 	return nil
+}
+
+// hasOrigin reports whether the upper object name in dirfd records a
+// known origin (a non-empty overlay.origin).
+func (o *Overlay) hasOrigin(dirfd int, name string) bool {
+	v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Origin))
+	return len(v) > 0
 }
 
 func (o *Overlay) markImpure(dir *Node) {
