@@ -350,7 +350,8 @@ var brokenCases = []brokenCase{{
 	mode:  fsck.Preen, want: fsck.ExitUncorrected,
 	again: []string{"aufs-whiteout"},
 	check: func(e *env) {
-		if !isWhiteout(e.p("u", "x")) || exists(e.p("u", ".wh.x")) || exists(e.p("u", ".wh.nothing")) || exists(e.p("u", "d/.wh..wh..opq")) {
+		if !isWhiteout(e.p("u", "x")) || exists(e.p("u", ".wh.x")) || exists(e.p("u", ".wh.nothing")) || exists(e.p("u", "nothing")) ||
+			exists(e.p("u", "d/.wh..wh..opq")) {
 			e.t.Error("AUFS entries not converted")
 		}
 		if v, _ := e.get("u", "d", format.Opaque); v != "y" {
