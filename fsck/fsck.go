@@ -90,7 +90,7 @@ const (
 	StaleImpure      Kind = "stale-impure"
 	BadIndex         Kind = "index"
 	BadNlink         Kind = "nlink"
-	MetacopyNoData   Kind = "metacopy-no-data"
+	MetacopyNoData   Kind = "metacopy"
 	WorkLeftover     Kind = "work-leftover"
 	VolatileMarker   Kind = "volatile-marker"
 	WrongLayers      Kind = "wrong-layers"

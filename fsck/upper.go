@@ -293,6 +293,7 @@ func (c *checker) checkMetacopy(d *dirState, name, where string, st *unix.Stat_t
 			}
 			c.say(Finding{Kind: MetacopyNoData, Where: where, What: what}, Yes, nil)
 		} else {
+			c.checkMetacopyData(d, name, where, st, res)
 			unix.Close(res.dataFd)
 		}
 	}
@@ -496,4 +497,31 @@ func (c *checker) upperCovers(path string) bool {
 		}
 	}
 	return false
+}
+
+// checkMetacopyData compares a metacopy file with the lower file that
+// holds its data now: a lower changed offline can leave it showing
+// another file's data (its origin names another file) or a size that is
+// not the data's. Nothing can be repaired: which data is right is the
+// user's to tell.
+func (c *checker) checkMetacopyData(d *dirState, name, where string, st *unix.Stat_t, res found) {
+	var dst unix.Stat_t
+	if unix.Fstat(res.dataFd, &dst) != nil {
+		return
+	}
+	if c.decode {
+		if v, _ := format.GetxattrAt(d.fd, name, c.names.Name(format.Origin)); len(v) > 0 {
+			if o := c.decodeOrigin(v); o.ok && (o.st.Dev != dst.Dev || o.st.Ino != dst.Ino) {
+				c.say(Finding{Kind: StaleOrigin, Where: where,
+					What: fmt.Sprintf("metacopy file shows the data of %s, but was copied up from another lower file (a lower layer changed offline)", res.dataPath)},
+					Yes, nil)
+				return
+			}
+		}
+	}
+	if dst.Size != st.Size {
+		c.say(Finding{Kind: MetacopyNoData, Where: where,
+			What: fmt.Sprintf("metacopy file of %d bytes over lower data of %d bytes at %s (a lower layer changed offline)", st.Size, dst.Size, res.dataPath)},
+			Yes, nil)
+	}
 }
