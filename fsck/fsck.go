@@ -9,19 +9,21 @@
 //     mean, fails (EIO, EINVAL, EPERM) on an object, or will be refused at
 //     mount. They decide the exit status.
 //   - Notes: metadata that has no effect, which the kernel's overlayfs
-//     leaves behind itself (an opaque directory that hides nothing, an
-//     impure marker no entry needs). They never change the exit status;
-//     only Yes removes them.
+//     or ovl leaves behind itself (an opaque directory that hides nothing,
+//     an impure marker no entry needs, an index entry no name uses, which
+//     the next mount removes). They never change the exit status; Yes
+//     removes them, Preen only the index entries, as a mount would.
 //
 // Repairs (Mode):
 //   - Check (-n) changes nothing.
 //   - Preen (-p) repairs what leaves the merged view as it is, or gives
 //     back access to what the upper holds: it removes whiteouts that hide
 //     nothing, temporaries and orphan index entries in the work directory
-//     (as the next mount would), stale origins of non-directories (the
-//     kernel ignores them), dangling redirects (replaced by an opaque
-//     marker where a lower directory has the name); it sets missing impure
-//     markers and turns AUFS whiteouts into the kernel's.
+//     (as the next mount would), origins of non-directories that the
+//     kernel ignores (stale) or fails on (another type: EIO), dangling
+//     redirects (replaced by an opaque marker where a lower directory has
+//     the name); it sets missing impure markers and turns AUFS whiteouts
+//     into the kernel's.
 //   - Yes (-y) also makes the repairs that need a decision, each explained
 //     as it is made: it removes a stale volatile marker (the upper may
 //     have lost writes), an invalid redirect (the directory then shows its
