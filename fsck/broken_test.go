@@ -129,8 +129,10 @@ var brokenCases = []brokenCase{{
 		e.set("u", "same", format.Redirect, "/gone")
 		e.mkdir("u", "other")
 		e.set("u", "other", format.Redirect, "gone2")
+		// The lower same/ is hidden: a whiteout in same/ hides nothing.
+		e.whiteout("u", "same/hidden")
 	},
-	kinds: []string{"dangling-redirect", "dangling-redirect"},
+	kinds: []string{"dangling-redirect", "dangling-redirect", "orphan-whiteout"},
 	mode:  fsck.Preen, want: fsck.ExitRepaired,
 	check: func(e *env) {
 		if _, ok := e.get("u", "same", format.Redirect); ok {

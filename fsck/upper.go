@@ -142,11 +142,13 @@ func (c *checker) checkDir(d *dirState, name, where string, st *unix.Stat_t) (bo
 	}
 	known := d.known
 	var stack []lowerDir
+	resolved := false // the redirect decided the stack: no lookup by name
 	rv, _ := format.Getxattr(fd, rdr)
 	switch {
 	case rv == nil:
 	case !c.follow:
-		if !opaque {
+		// The kernel refuses the lookup only where it would go on below.
+		if !opaque && (len(d.stack) > 0 || !known) {
 			c.say(Finding{Kind: IgnoredRedirect, Where: where,
 				What: fmt.Sprintf("directory has overlay.redirect %q, which these options do not follow (the kernel answers EPERM): give the options the upper was written with (redirect_dir=on, no userxattr)", rv)},
 				Yes, nil)
@@ -211,13 +213,16 @@ func (c *checker) checkDir(d *dirState, name, where string, st *unix.Stat_t) (bo
 					}
 					return removexattrAt(fd, "", rdr)
 				})
-			opaque = opaque || shadow && c.opts.Mode != Check
+			// Dangling, the redirect merges nothing, and the name's own
+			// lower directory stays hidden: as opaque, before and after.
+			resolved = true
 		default:
+			resolved = true
 			stack = res.dirs
 			c.redirects = append(c.redirects, redirected{where: where, lower: res.dirs[0].path, layer: res.dirs[0].layer})
 		}
 	}
-	if known && !opaque && stack == nil {
+	if known && !opaque && !resolved {
 		stack = c.lookup(d.stack, name, "", true).dirs
 	}
 	if opaque {
