@@ -112,7 +112,7 @@ func TestWrittenOps(t *testing.T) {
 	lower := k.Layer{
 		k.Dir("a"), k.File("a/f", "1"), k.Dir("a/b"), k.File("a/b/g", "2"), k.Dir("c"),
 		k.Hardlink("c/hl", "a/f"), k.Dir("e"), k.File("e/x", "3"), k.FIFO("p"), k.File("big", strings.Repeat("z", 1<<16)),
-		k.Dir("m"), k.Dir("m/n"), k.File("m/n/o", "4"), k.Dir("q"), k.File("q/r", "5"), k.Dir("s"),
+		k.Dir("m"), k.Dir("m/n"), k.File("m/n/o", "4"), k.Dir("q"), k.File("q/r", "5"), k.Dir("s"), k.Dir("m2"),
 	}
 	ops := []k.Op{
 		{Op: "rename", Path: "a", Path2: "a2"},
@@ -133,10 +133,12 @@ func TestWrittenOps(t *testing.T) {
 		{Op: "rename", Path: "q/r", Path2: "q/r2"},
 	}
 	// After a remount: the copied-up file moved within its directory
-	// moves to another one, which must become impure (found by fsck in
-	// ovl: the move of an object whose lower part the mount did not find
-	// left its new parent without overlay.impure).
+	// gets a link in another directory and moves to a third one, which
+	// must both become impure (found by fsck in ovl: a link or move of an
+	// object whose lower part the mount did not find left the new parent
+	// without overlay.impure).
 	again := []k.Op{
+		{Op: "link", Path: "q/r2", Path2: "m2/r3"},
 		{Op: "rename", Path: "q/r2", Path2: "s/r2"},
 	}
 	for _, opt := range []k.Options{

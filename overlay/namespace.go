@@ -362,6 +362,12 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	target.mu.Lock()
 	origin := len(target.lowers) > 0
 	target.mu.Unlock()
+	if !origin {
+		// Moved, or looked up by a later mount: no lower part found, but
+		// the upper object keeps its origin (kernel: ovl_type_origin).
+		v, _ := format.Getxattr(tfd, n.o.names.Name(format.Origin))
+		origin = len(v) > 0
+	}
 	if origin {
 		// The new name has an origin: its number comes from it, and only
 		// an impure directory's entries are looked up for one (kernel:
