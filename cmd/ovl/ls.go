@@ -63,11 +63,13 @@ func runLs(inv *invocation) error {
 			continue
 		}
 		fmt.Printf("  pid:      %d\n", e.Pid)
-		fmt.Printf("  lowers:   %s\n", strings.Join(e.Lowers, ":"))
-		if e.Upper != "" {
-			fmt.Printf("  upper:    %s\n  work:     %s\n", e.Upper, e.Work)
-		} else {
-			fmt.Printf("  upper:    none (read-only)\n")
+		switch {
+		case len(e.Lowers) == 0:
+			fmt.Printf("  layers:   not reported (the daemon of an older ovl)\n")
+		case e.Upper != "":
+			fmt.Printf("  lowers:   %s\n  upper:    %s\n  work:     %s\n", strings.Join(e.Lowers, ":"), e.Upper, e.Work)
+		default:
+			fmt.Printf("  lowers:   %s\n  upper:    none (read-only)\n", strings.Join(e.Lowers, ":"))
 		}
 		if len(e.Options) > 0 {
 			fmt.Printf("  options:  %s\n", strings.Join(e.Options, ","))
