@@ -7,6 +7,7 @@ import (
 	"log/syslog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -51,6 +52,7 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 			return report(fmt.Errorf("log file: %w", err))
 		}
 		log.SetOutput(f)
+		dl.file = true
 	} else if ready != nil {
 		dl.openSyslog()
 	}
@@ -101,7 +103,8 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 // file: the log package's lines at LOG_INFO, the error it exits with at
 // LOG_ERR.
 type daemonLog struct {
-	w *syslog.Writer // nil: no system log
+	w    *syslog.Writer // nil: no system log
+	file bool           // the log goes to a --log file
 }
 
 // openSyslog connects to the system log (/dev/log) if there is one.
@@ -117,13 +120,15 @@ func (d *daemonLog) openSyslog() {
 	log.SetOutput(w)
 }
 
-// fatal logs the error the daemon exits with.
+// fatal logs the error the daemon exits with. In the foreground without a
+// log file, main prints it.
 func (d *daemonLog) fatal(err error) {
-	if d.w != nil {
+	switch {
+	case d.w != nil:
 		d.w.Err("error: " + oneLine(err.Error()))
-		return
+	case d.file:
+		log.Printf("error: %v", err)
 	}
-	log.Printf("error: %v", err)
 }
 
 // mountWithFusermountReason mounts plan. Without root, go-fuse mounts with
@@ -146,6 +151,13 @@ func mountWithFusermountReason(plan *ovl.Plan) (*ovl.Server, error) {
 		w.Close()
 		return plan.Mount()
 	}
+	// The log package writes to stderr when there is no log file: keep
+	// its lines out of the pipe.
+	if log.Writer() == os.Stderr {
+		keep := os.NewFile(uintptr(saved), "stderr")
+		log.SetOutput(keep)
+		defer log.SetOutput(os.Stderr)
+	}
 	unix.Dup2(int(w.Fd()), 2)
 	w.Close()
 	out := make(chan string, 1)
@@ -156,15 +168,26 @@ func mountWithFusermountReason(plan *ovl.Plan) (*ovl.Server, error) {
 	}()
 	srv, err := plan.Mount()
 	unix.Dup2(saved, 2) // closes the pipe's last write end: the reader ends
-	unix.Close(saved)
 	said := strings.TrimSpace(<-out)
 	r.Close()
-	if said != "" {
-		// Whatever else was said belongs on stderr after all.
-		fmt.Fprintln(os.Stderr, said)
-	}
 	if err != nil && said != "" && strings.Contains(err.Error(), "fusermount") {
-		return nil, fmt.Errorf("mount %s: fusermount3 refused: %s", plan.Mountpoint, oneLine(strings.TrimPrefix(said, "fusermount3: ")))
+		return nil, fmt.Errorf("mount %s: fusermount3 refused it: %s", plan.Mountpoint, fusermountWords(said))
+	}
+	if said != "" {
+		fmt.Fprintln(os.Stderr, said) // not a refusal: stderr's after all
 	}
 	return srv, err
+}
+
+// fusermountWords drops the program name that fusermount3 puts before
+// each message ("/usr/bin/fusermount3: user has no write access ...").
+func fusermountWords(said string) string {
+	var lines []string
+	for _, l := range strings.Split(said, "\n") {
+		if name, msg, ok := strings.Cut(l, ": "); ok && strings.HasPrefix(filepath.Base(name), "fusermount") {
+			l = msg
+		}
+		lines = append(lines, l)
+	}
+	return oneLine(strings.Join(lines, "\n"))
 }
