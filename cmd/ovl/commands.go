@@ -123,13 +123,14 @@ SOURCE becomes the mount's source in /proc/mounts.`,
   ovl mount -o lowerdir=l1 -o lowerdir+=l2 ro-view      # read-only, two lowers
   ovl -o lowerdir=l,upperdir=u,workdir=w,volatile merged`,
 		Args: func(c *cobra.Command, args []string) error {
-			if err := operands(1, 2, "mountpoint")(c, args); err != nil {
-				return err
+			// A SOURCE comes first, with the options after both operands
+			// (mount.fuse3's form); the daemon gets it with --source.
+			if source != "" || optionsBeforeOperand(rawArgs) {
+				if len(args) > 1 {
+					return usagef("mount: too many arguments: %s (ovl mount takes one MOUNTPOINT; a SOURCE comes first, with the options after both: ovl SOURCE MOUNTPOINT -o OPTIONS)", strings.Join(args[1:], " "))
+				}
 			}
-			if len(args) == 2 && source == "" && optionsBeforeOperand(rawArgs) {
-				return usagef("mount: too many arguments: %s (ovl mount takes one MOUNTPOINT; a SOURCE comes first, with the options after both: ovl SOURCE MOUNTPOINT -o OPTIONS)", args[1])
-			}
-			return nil
+			return operands(1, 2, "mountpoint")(c, args)
 		},
 		RunE: func(c *cobra.Command, args []string) error {
 			inv.cmd = "mount"
@@ -162,8 +163,8 @@ func newUmountCommand(inv *invocation) *cobra.Command {
 		Aliases: []string{"unmount"},
 		Short:   "unmount an ovl mount and wait for its daemon to exit",
 		Long: `Unmounts the ovl mount at MOUNTPOINT and waits until its daemon has exited,
-so that the same upper can be mounted again at once. Refuses a mountpoint
-where no ovl mount is. A busy mount (a process inside it, a file open on it)
+so that the same upper can be mounted again at once. Refuses what is not an
+ovl mount (umount(8) unmounts those). A busy mount (a process inside it, a file open on it)
 is refused; -l detaches it at once, and its daemon exits once the last user is
 gone.`,
 		Args: operands(1, 1, "mountpoint"),

@@ -15,6 +15,12 @@ import (
 // install ...@v1.2.0), else "devel".
 var version string
 
+// commit is the commit, for builds that go build does not stamp with it
+// (outside a git checkout, or in a git worktree):
+//
+//	go build -ldflags "-X main.commit=$(git rev-parse HEAD)" ./cmd/ovl
+var commit string
+
 // versionText is what --version prints. podman shows it whole as the
 // mount program's version ("podman info"); the first line keeps the form
 // it always had, "ovl VERSION (GO VERSION)".
@@ -30,8 +36,12 @@ func versionText() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "ovl %s (%s)\n", rel, runtime.Version())
 	// The commit is stamped by go build in a git checkout (-buildvcs,
-	// the default there); a build without it says so.
+	// the default there), else given with -X main.commit; a build
+	// without either says so.
 	rev, modified, when := "unknown (built without VCS stamping)", "", ""
+	if commit != "" {
+		rev = commit
+	}
 	if ok {
 		for _, s := range bi.Settings {
 			switch s.Key {
