@@ -71,6 +71,10 @@ type Config struct {
 	Source string
 	// Debug logs every FUSE request to the log package's output.
 	Debug bool
+	// Daemon says that the process exits once the mount is gone, as the
+	// daemon of "ovl mount" does: Unmount by path then waits for that
+	// exit, not only for the serving to end.
+	Daemon bool
 }
 
 // options returns the Config as -o strings, the layers first.
@@ -117,7 +121,8 @@ type Plan struct {
 	// Ignored the options accepted without effect: lines for a log.
 	Notes, Ignored []string
 
-	res *mountopt.Result
+	res    *mountopt.Result
+	daemon bool
 }
 
 // Prepare parses and checks cfg without mounting: options, mountpoint,
@@ -140,7 +145,7 @@ func Prepare(cfg Config) (*Plan, error) {
 	if err := makeAbsolute(&res.Overlay); err != nil {
 		return nil, err
 	}
-	p := &Plan{res: res, Debug: res.FUSE.Debug, Ignored: res.Ignored}
+	p := &Plan{res: res, Debug: res.FUSE.Debug, Ignored: res.Ignored, daemon: cfg.Daemon}
 	note, err := chooseXattrNS(res)
 	if err != nil {
 		return nil, err
@@ -171,7 +176,8 @@ type Server struct {
 	ln   net.Listener
 
 	closeOnce sync.Once
-	closeErr  error // set by closeOnce
+	closeErr  error         // set by closeOnce
+	closed    chan struct{} // closed by closeOnce, once the layers are closed
 }
 
 // Mount mounts cfg and returns once the mount is ready to use.
@@ -198,7 +204,7 @@ func (p *Plan) Mount() (*Server, error) {
 		ov.Close()
 		return nil, mountHint(err) // fusefs.Mount names the mountpoint
 	}
-	s := &Server{plan: p, ov: ov, fs: fsrv}
+	s := &Server{plan: p, ov: ov, fs: fsrv, closed: make(chan struct{})}
 	m, err := mountinfo.Find(p.Mountpoint)
 	if err == nil {
 		s.ln, err = serveStats(m, s)
@@ -242,10 +248,11 @@ func (s *Server) Detach() error {
 func (s *Server) Wait() error {
 	s.fs.Wait()
 	s.closeOnce.Do(func() {
-		s.ln.Close()
 		if err := s.ov.Close(); err != nil {
 			s.closeErr = fmt.Errorf("closing the overlay: %w", err)
 		}
+		close(s.closed) // the upper is free: answer the waiting Unmounts
+		s.ln.Close()
 	})
 	return s.closeErr
 }

@@ -41,6 +41,9 @@ type Info struct {
 	Work       string   `json:"workdir,omitempty"`
 	// Options are the options given other than the layers.
 	Options []string `json:"options"`
+	// Daemon is set when the process exits once the mount is gone, as
+	// ovl's daemon does (Config.Daemon).
+	Daemon bool `json:"daemon"`
 }
 
 // Stats returns the mount's counters now; the heap figures are this
@@ -54,16 +57,20 @@ func (s *Server) info(gc bool) Info {
 		Mountpoint: s.plan.Mountpoint,
 		Lowers:     cfg.Lowers, Upper: cfg.Upper, Work: cfg.Work,
 		Options: append([]string{}, s.plan.res.Given...),
+		Daemon:  s.plan.daemon,
 	}
 }
 
 // A client sends a request line and half-closes; "gc" asks for a garbage
 // collection first, so that the heap figures show what is still reachable
 // (an idle daemon may otherwise not collect for two minutes); "info" asks
-// for Info instead of Stats. Any other line asks for Stats.
+// for Info instead of Stats; "wait" gets no reply, and the connection is
+// closed once the serving has ended and the layers are closed (Unmount).
+// Any other line asks for Stats.
 const (
 	gcRequest   = "gc\n"
 	infoRequest = "info\n"
+	waitRequest = "wait\n"
 )
 
 func newStats(ov *overlay.Overlay, gc bool) Stats {
@@ -142,9 +149,13 @@ func serveStats(m *mountinfo.Entry, s *Server) (net.Listener, error) {
 				req, _ := io.ReadAll(io.LimitReader(c, 64))
 				c.SetDeadline(time.Now().Add(statsIOWait))
 				var reply any
-				if string(req) == infoRequest {
+				switch string(req) {
+				case waitRequest:
+					<-s.closed
+					return
+				case infoRequest:
 					reply = s.info(false)
-				} else {
+				default:
 					reply = newStats(s.ov, string(req) == gcRequest)
 				}
 				if err := json.NewEncoder(c).Encode(reply); err != nil {
@@ -158,9 +169,7 @@ func serveStats(m *mountinfo.Entry, s *Server) (net.Listener, error) {
 
 // ReadStats asks the process serving the ovl mount at mountpoint for its
 // counters; gc asks it to collect garbage first, so that the heap figures
-// show only what is reachable. It checks that the socket belongs to root
-// or to the caller, so that another user squatting the name cannot pass
-// for the daemon.
+// show only what is reachable.
 func ReadStats(mountpoint string, gc bool) (*Stats, error) {
 	req := "\n"
 	if gc {
@@ -183,34 +192,50 @@ func ReadInfo(mountpoint string) (*Info, error) {
 	return &r, nil
 }
 
-func query(mnt, req string, reply any) error {
+// ask connects to the process serving the ovl mount at mnt, sends req and
+// half-closes. It checks that the socket belongs to root or to the
+// caller, so that another user squatting the name cannot pass for the
+// daemon.
+func ask(mnt, req string) (*net.UnixConn, *unix.Ucred, error) {
 	m, err := mountinfo.Find(mnt)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if !isOvl(m) {
-		return fmt.Errorf("%s is a %s mount, not an ovl mount", mnt, m.FSType)
+		return nil, nil, fmt.Errorf("%s is a %s mount, not an ovl mount", mnt, m.FSType)
 	}
 	name, _ := statsSocket(m)
-	conn, err := net.DialTimeout("unix", name, statsIOWait)
+	c, err := net.DialTimeout("unix", name, statsIOWait)
 	if err != nil {
-		return fmt.Errorf("no ovl daemon answers for %s: %w", mnt, err)
+		return nil, nil, fmt.Errorf("no ovl daemon answers for %s: %w", mnt, err)
 	}
-	defer conn.Close()
-	cred, err := peerCred(conn.(*net.UnixConn))
+	conn := c.(*net.UnixConn)
+	cred, err := peerCred(conn)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
+		conn.Close()
+		return nil, nil, fmt.Errorf("the stats socket of %s belongs to uid %d, not to root or you", mnt, cred.Uid)
+	}
+	conn.SetDeadline(time.Now().Add(statsIOWait))
+	if _, err := io.WriteString(conn, req); err == nil {
+		err = conn.CloseWrite()
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("asking the daemon of %s: %w", mnt, err)
+	}
+	return conn, cred, nil
+}
+
+func query(mnt, req string, reply any) error {
+	conn, cred, err := ask(mnt, req)
 	if err != nil {
 		return err
 	}
-	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
-		return fmt.Errorf("the stats socket of %s belongs to uid %d, not to root or you", mnt, cred.Uid)
-	}
-	conn.SetDeadline(time.Now().Add(statsIOWait))
-	if _, err := io.WriteString(conn, req); err != nil {
-		return fmt.Errorf("asking the daemon of %s: %w", mnt, err)
-	}
-	if err := conn.(*net.UnixConn).CloseWrite(); err != nil {
-		return fmt.Errorf("asking the daemon of %s: %w", mnt, err)
-	}
+	defer conn.Close()
 	data, err := io.ReadAll(conn)
 	if err != nil {
 		return fmt.Errorf("reading stats of %s: %w", mnt, err)

@@ -3,6 +3,8 @@ package ovl
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -26,15 +28,15 @@ func isOvl(m *mountinfo.Entry) bool { return m.FSType == FSType }
 // take seconds; failing then would make a successful unmount look failed.
 const daemonExitWait = 60 * time.Second
 
-// Unmount unmounts the ovl mount at mountpoint, made by this or another
-// process, and waits until the process that served it has exited: only
-// then has it released the upper, so that a new mount of it works. It
-// refuses a mountpoint where no ovl mount is (the topmost mount there is
-// of another type). lazy detaches a busy mount (MNT_DETACH) and does not
-// wait: the daemon exits once the mount's last user is gone.
+// Unmount unmounts the ovl mount at mountpoint, made by another process,
+// and waits until that process has released the layers: until ovl's
+// daemon has exited, or a program using this package has closed them
+// (Server.Wait returns then). Only then can the upper be mounted again.
+// It refuses a mountpoint where no ovl mount is (the topmost mount there
+// is of another type). lazy detaches a busy mount (MNT_DETACH) and does
+// not wait: the daemon exits once the mount's last user is gone.
 //
-// A process must not unmount with this a mount it serves itself: it would
-// wait for its own exit. It uses Server.Unmount instead.
+// A mount served by the calling process is unmounted with Server.Unmount.
 func Unmount(mountpoint string, lazy bool) error {
 	m, err := mountinfo.Find(mountpoint)
 	if err != nil {
@@ -43,12 +45,23 @@ func Unmount(mountpoint string, lazy bool) error {
 	if !isOvl(m) {
 		return fmt.Errorf("%s is a %s mount, not an ovl mount (umount(8) unmounts it)", mountpoint, m.FSType)
 	}
+	// What to wait for: the exit of a daemon, through a pidfd; the end of
+	// the serving in a process that goes on (a program using this
+	// package), through a "wait" request on its socket, which must be
+	// made while the mount is there to name the socket.
 	fd := -1
+	var waitConn net.Conn
 	if !lazy {
-		if r, err := ReadStats(mountpoint, false); err == nil {
-			if f, err := unix.PidfdOpen(r.Pid, 0); err == nil {
-				fd = f
-				defer unix.Close(fd)
+		if info, err := ReadInfo(mountpoint); err == nil {
+			// A daemon of an older ovl reports no layers, and is one.
+			if info.Daemon || len(info.Lowers) == 0 {
+				if f, err := unix.PidfdOpen(info.Pid, 0); err == nil {
+					fd = f
+					defer unix.Close(fd)
+				}
+			} else if c, _, err := ask(mountpoint, waitRequest); err == nil {
+				waitConn = c
+				defer c.Close()
 			}
 		}
 	}
@@ -58,12 +71,18 @@ func Unmount(mountpoint string, lazy bool) error {
 		}
 		return err
 	}
-	if fd < 0 {
-		return nil // lazy, or no daemon answered (it is gone already)
+	switch {
+	case fd >= 0:
+		if err := pidfd.Wait(fd, daemonExitWait); err != nil {
+			return fmt.Errorf("the ovl daemon of %s: %w", mountpoint, err)
+		}
+	case waitConn != nil:
+		waitConn.SetDeadline(time.Now().Add(daemonExitWait))
+		if _, err := io.Copy(io.Discard, waitConn); err != nil {
+			return fmt.Errorf("waiting for the process serving %s: %w", mountpoint, err)
+		}
 	}
-	if err := pidfd.Wait(fd, daemonExitWait); err != nil {
-		return fmt.Errorf("the ovl daemon of %s: %w", mountpoint, err)
-	}
+	// Else lazy, or nothing answered (the daemon is gone already).
 	return nil
 }
 

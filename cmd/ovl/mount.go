@@ -38,7 +38,7 @@ func prepareMount(inv *invocation) (*mountRequest, error) {
 	default:
 		return nil, usagef("too many arguments: %s", strings.Join(inv.positional, " "))
 	}
-	plan, err := ovl.Prepare(ovl.Config{Mountpoint: mnt, Options: inv.opts, Source: source, Debug: inv.debug})
+	plan, err := ovl.Prepare(ovl.Config{Mountpoint: mnt, Options: inv.opts, Source: source, Debug: inv.debug, Daemon: true})
 	if err != nil {
 		return nil, err
 	}
