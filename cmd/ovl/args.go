@@ -68,7 +68,8 @@ func parseHelperArgs(args []string) (*invocation, error) {
 // reads it. fuse-overlayfs is called "PROG -o OPTS MNT" and mount.fuse3
 // calls "PROG SOURCE MNT -o OPTS" with any word as SOURCE, so an argv with
 // -o is the mount form whatever its first word, unless that word is a
-// command that takes -o itself (mount, diff, ...). Otherwise the first
+// command that takes -o itself (mount, diff, ...; a layerTools command may:
+// it parses its own flags). Otherwise the first
 // word must be a command (or a flag of ovl itself: --help, --version).
 func route(root *cobra.Command, args []string) ([]string, error) {
 	if len(args) == 0 {
@@ -80,7 +81,7 @@ func route(root *cobra.Command, args []string) ([]string, error) {
 	}
 	hasO := hasOptionsFlag(args)
 	if c := subcommand(root, first); c != nil {
-		if !hasO || c.Flags().ShorthandLookup("o") != nil {
+		if !hasO || c.DisableFlagParsing || c.Flags().ShorthandLookup("o") != nil {
 			return args, nil
 		}
 		return append([]string{"mount"}, args...), nil

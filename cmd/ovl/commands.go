@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ovl-project/ovl"
+	"github.com/ovl-project/ovl/internal/mountinfo"
 	"github.com/ovl-project/ovl/internal/mountopt"
 )
 
@@ -21,6 +23,20 @@ import (
 var tools []func() *cobra.Command
 
 func addCommand(c func() *cobra.Command) { tools = append(tools, c) }
+
+// layerTools are commands that parse their own flags (with the flag
+// package), from before the command line was cobra's: each becomes a
+// command that gets its arguments as they are, -o and --help included.
+// New commands use addCommand.
+var layerTools = map[string]func(args []string) error{}
+
+func legacyCommand(name string, run func([]string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:                name,
+		DisableFlagParsing: true,
+		RunE:               func(c *cobra.Command, args []string) error { return run(args) },
+	}
+}
 
 // newRoot builds the command tree for one command line. The commands that
 // act on mounts record what they were asked in inv, and run once the
@@ -73,6 +89,9 @@ Mount forms (all the same mount; "ovl mount --help" lists every option):
 		newDemoCommand(inv), newVersionCommand(inv))
 	for _, t := range tools {
 		root.AddCommand(t())
+	}
+	for name, run := range layerTools {
+		root.AddCommand(legacyCommand(name, run))
 	}
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
@@ -150,6 +169,7 @@ SOURCE becomes the mount's source in /proc/mounts.`,
 	f.StringVar(&source, "source", "", "internal: the SOURCE operand, for the daemon")
 	f.MarkHidden("ready-fd")
 	f.MarkHidden("source")
+	c.RegisterFlagCompletionFunc("options", completeOptions)
 	c.SetHelpTemplate(c.HelpTemplate() + "\n" + mountopt.Help() + `
 As root the mount allows other users and keeps setuid and device files; ask
 for nosuid,nodev to turn them off. Unprivileged mounts get nosuid,nodev.
@@ -167,7 +187,8 @@ so that the same upper can be mounted again at once. Refuses what is not an
 ovl mount (umount(8) unmounts those). A busy mount (a process inside it, a file open on it)
 is refused; -l detaches it at once, and its daemon exits once the last user is
 gone.`,
-		Args: operands(1, 1, "mountpoint"),
+		Args:              operands(1, 1, "mountpoint"),
+		ValidArgsFunction: completeMounts,
 		RunE: func(c *cobra.Command, args []string) error {
 			inv.cmd, inv.positional = "umount", args
 			return nil
@@ -184,7 +205,8 @@ func newStatsCommand(inv *invocation) *cobra.Command {
 		Long: `Prints the counters of the daemon serving the ovl mount at MOUNTPOINT (pid,
 copy-ups, whiteouts, lookups, nodes, ...) and its Go heap, as one JSON
 object. "ovl ls" shows every mount with its layers.`,
-		Args: operands(1, 1, "mountpoint"),
+		Args:              operands(1, 1, "mountpoint"),
+		ValidArgsFunction: completeMounts,
 		RunE: func(c *cobra.Command, args []string) error {
 			inv.cmd, inv.positional = "stats", args
 			return nil
@@ -237,4 +259,38 @@ func newVersionCommand(inv *invocation) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// completeOptions completes the option being typed after -o, the ones
+// before its last comma kept: "lowerdir=a,up" offers "lowerdir=a,upperdir=".
+func completeOptions(c *cobra.Command, args []string, typed string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	done := ""
+	if i := strings.LastIndexByte(typed, ','); i >= 0 {
+		done = typed[:i+1]
+	}
+	var out []cobra.Completion
+	for _, n := range mountopt.Names() {
+		if strings.HasPrefix(done+n, typed) {
+			out = append(out, done+n)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoSpace
+}
+
+// completeMounts offers the ovl mounts of this mount namespace.
+func completeMounts(c *cobra.Command, args []string, typed string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	mounts, err := mountinfo.Read()
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveDefault
+	}
+	var out []cobra.Completion
+	for _, m := range mounts {
+		if m.FSType == ovl.FSType && strings.HasPrefix(m.MountPoint, typed) {
+			out = append(out, m.MountPoint)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
 }

@@ -342,6 +342,14 @@ func TestCompletionAndMan(t *testing.T) {
 	if r := runOvl(t, dir, "__complete", "mount", "-o", "x", "--"); !strings.Contains(r.stdout, "--foreground") {
 		t.Errorf("__complete mount -o x --: %q", r.stdout)
 	}
+	// The option after -o, from the option table, the ones before the
+	// last comma kept.
+	if r := runOvl(t, dir, "__complete", "mount", "-o", "lowerdir=a,up"); !strings.Contains(r.stdout, "lowerdir=a,upperdir=\n") {
+		t.Errorf("__complete mount -o lowerdir=a,up: %q", r.stdout)
+	}
+	if r := runOvl(t, dir, "__complete", "mount", "-o", "pass"); !strings.Contains(r.stdout, "passthrough=\n") {
+		t.Errorf("__complete mount -o pass: %q", r.stdout)
+	}
 	man := filepath.Join(dir, "man")
 	if r := runOvl(t, dir, "man", man); r.code != 0 {
 		t.Fatalf("man: exit %d: %s", r.code, r.stderr)
@@ -464,5 +472,20 @@ if "$OVL" mount -o lowerdir=l,upperdir=u,workdir=w2 m2 2> err.txt; then echo "th
 	}
 	if !has("<30>", "ignoring options: nofail") {
 		t.Errorf("no LOG_INFO message with the ignored options; got %q", msgs)
+	}
+}
+
+// A command registered in layerTools (parsing its own flags) gets its
+// arguments as they are, -o included: it is not read as a mount.
+func TestLegacyLayerTool(t *testing.T) {
+	var got []string
+	layerTools["legacytool"] = func(args []string) error { got = args; return nil }
+	defer delete(layerTools, "legacytool")
+	args := []string{"-o", "lowerdir=a", "--flag", "DIR", "--help"}
+	if _, err := parseArgs(append([]string{"legacytool"}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != strings.Join(args, " ") {
+		t.Errorf("the tool got %q, want %q", got, args)
 	}
 }

@@ -180,3 +180,20 @@ func checkHelp() error {
 	}
 	return nil
 }
+
+// Names lists the options as they are typed, for shell completion: "name="
+// for those that take a value, "name" for flags; the refused ones left out.
+func Names() []string {
+	var out []string
+	for name, o := range options {
+		switch {
+		case o.refused != "" || name == "x-*":
+		case o.values != nil || (o.free && name != "user"):
+			out = append(out, name+"=")
+		default:
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
