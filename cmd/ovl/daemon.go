@@ -153,10 +153,10 @@ func mountWithFusermountReason(plan *ovl.Plan) (*ovl.Server, error) {
 	}
 	// The log package writes to stderr when there is no log file: keep
 	// its lines out of the pipe.
+	var keep *os.File
 	if log.Writer() == os.Stderr {
-		keep := os.NewFile(uintptr(saved), "stderr")
+		keep = os.NewFile(uintptr(saved), "stderr")
 		log.SetOutput(keep)
-		defer log.SetOutput(os.Stderr)
 	}
 	unix.Dup2(int(w.Fd()), 2)
 	w.Close()
@@ -168,6 +168,12 @@ func mountWithFusermountReason(plan *ovl.Plan) (*ovl.Server, error) {
 	}()
 	srv, err := plan.Mount()
 	unix.Dup2(saved, 2) // closes the pipe's last write end: the reader ends
+	if keep != nil {
+		log.SetOutput(os.Stderr)
+		keep.Close()
+	} else {
+		unix.Close(saved)
+	}
 	said := strings.TrimSpace(<-out)
 	r.Close()
 	if err != nil && said != "" && strings.Contains(err.Error(), "fusermount") {
