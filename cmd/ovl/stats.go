@@ -28,6 +28,9 @@ type statsReply struct {
 	HeapLive    uint64 `json:"go_heap_live_bytes"`
 	HeapObjects uint64 `json:"go_heap_objects_bytes"`
 	GCCycles    uint64 `json:"go_gc_cycles"`
+	// Layers are the mount's layers and the options that change how they
+	// read, for "ovl explain" (explain.go).
+	Layers *layersReply `json:"layers,omitempty"`
 }
 
 // A client sends a request line and half-closes; "gc" asks for a garbage
@@ -45,7 +48,7 @@ func newStatsReply(ov *overlay.Overlay, gc bool) statsReply {
 		{Name: "/gc/cycles/total:gc-cycles"},
 	}
 	metrics.Read(m)
-	r := statsReply{Pid: os.Getpid(), Stats: ov.Stats()}
+	r := statsReply{Pid: os.Getpid(), Stats: ov.Stats(), Layers: newLayersReply(ov.Config())}
 	for i, p := range []*uint64{&r.HeapLive, &r.HeapObjects, &r.GCCycles} {
 		if m[i].Value.Kind() == metrics.KindUint64 {
 			*p = m[i].Value.Uint64()
