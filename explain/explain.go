@@ -372,6 +372,7 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 			return fail(err)
 		}
 		if en == nil {
+			say("not in %s", d.l.Layer)
 			continue
 		}
 		func() {
@@ -460,8 +461,10 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 	if needData {
 		return fail(errors.New("the data of the metacopy file is in no lower layer"))
 	}
-	if !s.Exists && len(s.Reasons) > 0 && strings.HasPrefix(s.Reasons[len(s.Reasons)-1], "not in") {
-		s.Reasons = append(s.Reasons, "no lower layer holds it")
+	if !s.Exists && len(lowers) == 0 && upper != nil && len(e.lowers) > 0 && !strings.HasPrefix(look, "/") {
+		s.Reasons = append(s.Reasons, "its parent directory merges no lower layer (see above), so no layer below counts")
+	} else if !s.Exists && len(s.Reasons) > 0 && strings.HasPrefix(s.Reasons[len(s.Reasons)-1], "not in") {
+		s.Reasons = append(s.Reasons, "no layer holds it")
 	} else if !s.Exists && len(s.Reasons) == 0 {
 		s.Reasons = append(s.Reasons, "no layer holds it")
 	}
