@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -89,6 +90,9 @@ func Layers(dst string, cfg overlay.Config, o Options) (*Result, error) {
 		defer os.RemoveAll(work)
 		cfg.Work = work
 	}
+	if err := outsideLayers(dst, cfg); err != nil {
+		return nil, fmt.Errorf("merge: %w", err)
+	}
 	if err := prepareTarget(dst); err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
 	}
@@ -129,6 +133,42 @@ func Layers(dst string, cfg overlay.Config, o Options) (*Result, error) {
 	m.res.Entries++
 	m.progress()
 	return m.res, nil
+}
+
+// outsideLayers refuses a target inside a layer or the work directory,
+// which the merge would read while it writes it, or one that holds a layer.
+func outsideLayers(dst string, cfg overlay.Config) error {
+	real := func(p string) (string, error) {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", err
+		}
+		// dst may not exist yet: resolve its parent.
+		dir, err := filepath.EvalSymlinks(filepath.Dir(abs))
+		if err != nil {
+			return "", err
+		}
+		return filepath.Join(dir, filepath.Base(abs)), nil
+	}
+	d, err := real(dst)
+	if err != nil {
+		return err
+	}
+	inside := func(a, b string) bool { return a == b || strings.HasPrefix(a, strings.TrimSuffix(b, "/")+"/") }
+	layers := append([]string{cfg.Upper, cfg.Work}, cfg.Lowers...)
+	for _, l := range layers {
+		if l == "" {
+			continue
+		}
+		r, err := real(l)
+		if err != nil {
+			return err
+		}
+		if inside(d, r) || inside(r, d) {
+			return fmt.Errorf("target %s and layer %s overlap: the target must be outside every layer", dst, l)
+		}
+	}
+	return nil
 }
 
 // prepareTarget makes dst, or checks that it is an empty directory.

@@ -431,3 +431,26 @@ func loopFS(t *testing.T, fsType string) string {
 	})
 	return mnt
 }
+
+// TestMergeRefuses: a target that is not empty, or inside a layer (which
+// the merge would read while writing it), is refused before anything is
+// written.
+func TestMergeRefuses(t *testing.T) {
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(filepath.Join(lower, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	full := filepath.Join(dir, "full")
+	if err := os.MkdirAll(filepath.Join(full, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{full, filepath.Join(lower, "out"), lower, dir} {
+		if _, err := merge.Layers(dst, overlay.Config{Lowers: []string{lower}}, merge.Options{}); err == nil {
+			t.Errorf("merge into %s: no error", dst)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(lower, "out")); !os.IsNotExist(err) {
+		t.Errorf("lower/out: %v, want nothing made", err)
+	}
+}
