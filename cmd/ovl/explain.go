@@ -5,8 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ovl-project/ovl/explain"
 	"github.com/ovl-project/ovl/internal/mountinfo"
@@ -29,6 +33,48 @@ Nothing is written.
 
 Flags:
 `
+
+// layersRequest asks a daemon on its stats socket (stats.go) for its
+// layers instead of its counters.
+const layersRequest = "layers\n"
+
+// queryLayers asks the daemon serving mnt for its layers, with the checks
+// of queryDaemon: the socket must belong to root or the caller.
+func queryLayers(mnt string) (*layersReply, error) {
+	m, err := findMount(mnt)
+	if err != nil {
+		return nil, err
+	}
+	name, _ := statsSocket(m)
+	conn, err := net.DialTimeout("unix", name, statsIOWait)
+	if err != nil {
+		return nil, fmt.Errorf("no ovl daemon answers for %s: %w", mnt, err)
+	}
+	defer conn.Close()
+	cred, err := peerCred(conn.(*net.UnixConn))
+	if err != nil {
+		return nil, err
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
+		return nil, fmt.Errorf("the stats socket of %s belongs to uid %d, not to root or you", mnt, cred.Uid)
+	}
+	conn.SetDeadline(time.Now().Add(statsIOWait))
+	if _, err := io.WriteString(conn, layersRequest); err != nil {
+		return nil, fmt.Errorf("asking the daemon of %s: %w", mnt, err)
+	}
+	if err := conn.(*net.UnixConn).CloseWrite(); err != nil {
+		return nil, fmt.Errorf("asking the daemon of %s: %w", mnt, err)
+	}
+	data, err := io.ReadAll(conn)
+	if err != nil {
+		return nil, fmt.Errorf("reading the layers of %s: %w", mnt, err)
+	}
+	var l layersReply
+	if err := json.Unmarshal(data, &l); err != nil || len(l.Lowers) == 0 {
+		return nil, fmt.Errorf("the daemon of %s does not tell its layers (an older ovl?): give them with -o", mnt)
+	}
+	return &l, nil
+}
 
 // layersReply is the part of a mount's configuration that explain needs.
 type layersReply struct {
@@ -86,14 +132,11 @@ func runExplain(args []string) error {
 		if err != nil {
 			return fmt.Errorf("explain: %w", err)
 		}
-		r, _, err := queryDaemon(mnt, false)
+		layers, err := queryLayers(mnt)
 		if err != nil {
 			return fmt.Errorf("explain: %w", err)
 		}
-		if r.Layers == nil {
-			return fmt.Errorf("explain: the daemon of %s does not tell its layers (an older ovl); give them with -o", mnt)
-		}
-		cfg, path = r.Layers.config(), rel
+		cfg, path = layers.config(), rel
 	}
 	ex, err := explain.Path(cfg, path)
 	if err != nil {

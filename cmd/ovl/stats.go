@@ -28,9 +28,6 @@ type statsReply struct {
 	HeapLive    uint64 `json:"go_heap_live_bytes"`
 	HeapObjects uint64 `json:"go_heap_objects_bytes"`
 	GCCycles    uint64 `json:"go_gc_cycles"`
-	// Layers are the mount's layers and the options that change how they
-	// read, for "ovl explain" (explain.go).
-	Layers *layersReply `json:"layers,omitempty"`
 }
 
 // A client sends a request line and half-closes; "gc" asks for a garbage
@@ -48,7 +45,7 @@ func newStatsReply(ov *overlay.Overlay, gc bool) statsReply {
 		{Name: "/gc/cycles/total:gc-cycles"},
 	}
 	metrics.Read(m)
-	r := statsReply{Pid: os.Getpid(), Stats: ov.Stats(), Layers: newLayersReply(ov.Config())}
+	r := statsReply{Pid: os.Getpid(), Stats: ov.Stats()}
 	for i, p := range []*uint64{&r.HeapLive, &r.HeapObjects, &r.GCCycles} {
 		if m[i].Value.Kind() == metrics.KindUint64 {
 			*p = m[i].Value.Uint64()
@@ -111,7 +108,11 @@ func serveStats(m *mountinfo.Entry, ov *overlay.Overlay) (net.Listener, error) {
 				c.SetReadDeadline(time.Now().Add(statsIOWait))
 				req, _ := io.ReadAll(io.LimitReader(c, 64))
 				c.SetDeadline(time.Now().Add(statsIOWait))
-				if err := json.NewEncoder(c).Encode(newStatsReply(ov, string(req) == gcRequest)); err != nil {
+				var reply any = newStatsReply(ov, string(req) == gcRequest)
+				if string(req) == layersRequest {
+					reply = newLayersReply(ov.Config()) // for ovl explain
+				}
+				if err := json.NewEncoder(c).Encode(reply); err != nil {
 					log.Printf("stats: %v", err)
 				}
 			}()
