@@ -320,6 +320,9 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 				if why := e.opaque(en, upper.l); why != "" {
 					say("%s", why)
 					merge = false
+				} else if !e.follow && len(lowers) == 0 {
+					// Not followed, a redirect is not even read where the
+					// parent has no lower part (kernel: d.last).
 				} else if r, ok, err := e.redirect(en); err != nil {
 					return fail(err)
 				} else if ok {
@@ -435,10 +438,22 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 				if why := e.opaque(en, d.l); why != "" {
 					say("%s", why)
 					merge = false
+				} else if e.lastLower(d.l, i, lowers) {
+					// Nothing below to follow a redirect into: not read.
 				} else if r, ok, rerr := e.redirect(en); rerr != nil {
 					err = rerr
-				} else if ok && e.follow {
-					look = r
+				} else if ok && !e.follow {
+					err = fmt.Errorf("in %s it carries %s=%q, which this mount does not follow (redirect_dir=%s): the overlay refuses it (EPERM)",
+						d.l.Layer, e.names.Name(format.Redirect), r, orDefault(e.cfg.RedirectDir, "nofollow"))
+				} else if ok {
+					switch {
+					case strings.HasPrefix(r, "/"):
+						look = r
+					case strings.HasPrefix(look, "/"):
+						look = look[:strings.LastIndexByte(look, '/')+1] + r
+					default:
+						look = r
+					}
 					if strings.HasPrefix(r, "/") && !fromRoot {
 						fromRoot = true
 						rest := []dirRef{}
@@ -469,6 +484,17 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 		s.Reasons = append(s.Reasons, "no layer holds it")
 	}
 	return s, nu, nl
+}
+
+// lastLower reports whether lookup ignores the redirect of a lower
+// directory in l, lowers[i]: without follow, in the parent's last lower
+// directory; with follow, only in the mount's bottom layer (kernel:
+// ovl_lookup, d.last).
+func (e *explainer) lastLower(l *layer, i int, lowers []dirRef) bool {
+	if !e.follow {
+		return i == len(lowers)-1
+	}
+	return l == e.lowers[len(e.lowers)-1]
 }
 
 func indexOf(ls []*layer, l *layer) int {

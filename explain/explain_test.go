@@ -2,7 +2,9 @@ package explain_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -305,4 +307,155 @@ func TestExplainMounted(t *testing.T) {
 	if out, err := exec.Command(bin, "explain", dir).CombinedOutput(); err == nil {
 		t.Errorf("ovl explain %s (no ovl mount): %s, want a refusal", dir, out)
 	}
+}
+
+// TestExplainRandom: random layers and ops (the differential tester's
+// generator) on the kernel's overlayfs; then every object of the kernel's
+// view is explained: it must exist, with the type the kernel shows, and
+// the layer the explanation names must hold the kernel's owner, mode and
+// mtime (metadata) and content (data).
+func TestExplainRandom(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := k.Helper(); err != nil {
+		t.Fatal(err)
+	}
+	for _, seed := range explainSeeds() {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			c := k.RandomCase(seed, 200)
+			c.Overlap = ""
+			c.Layers = c.Layers.WithoutAUFS()
+			o := c.Options()
+			switch {
+			case c.UserXattr:
+			case seed%4 == 1:
+				o.Metacopy = "on"
+			case seed%4 == 3:
+				o.Index = "on"
+			}
+			dir := t.TempDir()
+			os.Chmod(dir, 0o755)
+			var l k.Layout
+			for i, layer := range c.Layers.Lowers {
+				d := filepath.Join(dir, fmt.Sprintf("l%d", i))
+				if err := k.Build(d, o.Prefix(), layer); err != nil {
+					t.Fatal(err)
+				}
+				l.Lowers = append(l.Lowers, d)
+			}
+			l.Upper, l.Work, l.Mnt = filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "mnt")
+			if err := k.Build(l.Upper, o.Prefix(), c.Layers.Upper); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{l.Work, l.Mnt} {
+				if err := os.Mkdir(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m := k.Kernel{}
+			if err := m.Mount(l, o); err != nil {
+				t.Fatal(err)
+			}
+			runOps(t, l.Mnt, c.Ops)
+			if err := m.Unmount(l.Mnt); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Mount(l, o); err != nil {
+				t.Fatal(err)
+			}
+			view, err := k.Snapshot(l.Mnt, k.SnapOptions{})
+			if uerr := m.Unmount(l.Mnt); uerr != nil {
+				t.Error(uerr)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := overlay.Config{Lowers: l.Lowers, Upper: l.Upper, Work: l.Work, UserXattr: o.UserXattr,
+				RedirectDir: o.RedirectDir, Metacopy: o.Metacopy, Index: o.Index}
+			checked := 0
+			for p, n := range view.Nodes {
+				if p == "" || strings.HasPrefix(n.Type, "error:") || strings.HasPrefix(n.Hash, "<") {
+					continue
+				}
+				ex, err := explain.Path(cfg, p)
+				if err != nil {
+					t.Fatalf("explain %s: %v", p, err)
+				}
+				last := ex.Steps[len(ex.Steps)-1]
+				if !last.Exists || last.Error != "" || last.Meta == nil {
+					t.Errorf("/%s: the kernel shows a %s; explained as absent:\n%s", p, n.Type, ex.Text())
+					continue
+				}
+				var st unix.Stat_t
+				meta := filepath.Join(last.Meta.Dir, last.Meta.Path)
+				if err := unix.Lstat(meta, &st); err != nil {
+					t.Errorf("/%s: %v\n%s", p, err, ex.Text())
+					continue
+				}
+				if st.Mode&0o7777 != n.Perm || st.Uid != n.UID || st.Gid != n.GID || (n.Type != "dir" && unix.TimespecToNsec(st.Mtim) != n.Mtime) {
+					t.Errorf("/%s: the kernel shows %o %d:%d mtime %d; %s has %o %d:%d mtime %d\n%s", p, n.Perm, n.UID, n.GID, n.Mtime,
+						meta, st.Mode&0o7777, st.Uid, st.Gid, unix.TimespecToNsec(st.Mtim), ex.Text())
+				}
+				if n.Type == "file" {
+					data := meta
+					if last.Data != nil {
+						data = filepath.Join(last.Data.Dir, last.Data.Path)
+					}
+					b, err := os.ReadFile(data)
+					if err != nil || fmt.Sprintf("%x", sha256.Sum256(b)) != n.Hash {
+						t.Errorf("/%s: %s does not hold the kernel's content (%v)\n%s", p, data, err, ex.Text())
+					}
+				}
+				checked++
+			}
+			t.Logf("%s: %d objects explained", c, checked)
+		})
+	}
+}
+
+// runOps applies ops on mnt as the random tester does.
+func runOps(t *testing.T, mnt string, ops []k.Op) {
+	t.Helper()
+	umask := unix.Umask(0o022)
+	defer unix.Umask(umask)
+	var fds k.FDs
+	defer fds.Close()
+	inProcess := func(op k.Op) bool {
+		switch op.Op {
+		case "hold", "readheld", "writeheld", "unhold", "dropcaches", "umask":
+			return true
+		}
+		return op.As == nil
+	}
+	for i := 0; i < len(ops); {
+		op := ops[i]
+		if inProcess(op) {
+			if r := op.ApplyFDs(mnt, &fds); r.Err != "" {
+				t.Fatalf("op %d %s: harness error: %s", i, op, r.Err)
+			}
+			i++
+			continue
+		}
+		n := 1
+		for i+n < len(ops) && !inProcess(ops[i+n]) && fmt.Sprint(*ops[i+n].As) == fmt.Sprint(*op.As) {
+			n++
+		}
+		if _, err := k.RunOps(mnt, op.As, ops[i:i+n]); err != nil {
+			t.Fatalf("ops %d-%d as %d: %v", i, i+n-1, op.As.UID, err)
+		}
+		i += n
+	}
+}
+
+// explainSeeds are the seeds of TestExplainRandom: 1 to 16, or
+// EXPLAIN_SEEDS="A-B".
+func explainSeeds() []int64 {
+	lo, hi := int64(1), int64(16)
+	if v := os.Getenv("EXPLAIN_SEEDS"); v != "" {
+		fmt.Sscanf(v, "%d-%d", &lo, &hi)
+	}
+	var s []int64
+	for i := lo; i <= hi; i++ {
+		s = append(s, i)
+	}
+	return s
 }
