@@ -336,17 +336,23 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 				}
 			} else {
 				merge = false
-				if e.metacopy && s.Type == "file" {
+				if s.Type == "file" {
 					if v := en.xattr(e.names.Name(format.Metacopy)); v != nil {
-						if ok, err := format.ParseMetacopy(v); err != nil {
-							return fail(fmt.Errorf("damaged %s on the upper file: %w", e.names.Name(format.Metacopy), err))
-						} else if ok {
-							needData, merge = true, true
-							say("the upper layer holds its metadata only (%s, a metadata-only copy-up): the data is below", e.names.Name(format.Metacopy))
-							if r, ok, err := e.redirect(en); err == nil && ok {
-								look, fromRoot = r, strings.HasPrefix(r, "/")
-								say("its %s=%q says the data is %s", e.names.Name(format.Redirect), r, redirectWhere(r))
-							}
+						if _, err := format.ParseMetacopy(v); err != nil {
+							return fail(fmt.Errorf("damaged %s on the upper file: the overlay refuses it (%w)", e.names.Name(format.Metacopy), err))
+						}
+						r, ok, err := e.redirect(en)
+						if err != nil {
+							return fail(err)
+						}
+						if err := e.metacopyOff("the upper layer"); err != nil {
+							return fail(err)
+						}
+						needData, merge = true, true
+						say("the upper layer holds its metadata only (%s, a metadata-only copy-up): the data is below", e.names.Name(format.Metacopy))
+						if ok {
+							look, fromRoot = r, strings.HasPrefix(r, "/")
+							say("its %s=%q says the data is %s", e.names.Name(format.Redirect), r, redirectWhere(r))
 						}
 					}
 				}
@@ -415,7 +421,14 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 				topLayerIndex = i
 				if t != "directory" {
 					merge = false
-					if e.metacopy && t == "file" && en.xattr(e.names.Name(format.Metacopy)) != nil {
+					if v := en.xattr(e.names.Name(format.Metacopy)); t == "file" && v != nil {
+						if _, perr := format.ParseMetacopy(v); perr != nil {
+							err = fmt.Errorf("damaged %s in %s: the overlay refuses it (%w)", e.names.Name(format.Metacopy), d.l.Layer, perr)
+							return
+						}
+						if err = e.metacopyOff(d.l.Layer); err != nil {
+							return
+						}
 						say("%s holds its metadata only (%s): the data is below", d.l.Layer, e.names.Name(format.Metacopy))
 						needData, merge = true, true
 						if r, ok, _ := e.redirect(en); ok {
@@ -484,6 +497,16 @@ func (e *explainer) lookup(upper *dirRef, lowers []dirRef, name string) (Step, *
 		s.Reasons = append(s.Reasons, "no layer holds it")
 	}
 	return s, nu, nl
+}
+
+// metacopyOff refuses a metacopy file in layer where metacopy is off, as
+// the kernel does (EPERM, "refusing to follow metacopy origin").
+func (e *explainer) metacopyOff(layer string) error {
+	if e.metacopy {
+		return nil
+	}
+	return fmt.Errorf("it is a metacopy file in %s (%s), and this mount has metacopy=off: the overlay refuses it (EPERM)",
+		layer, e.names.Name(format.Metacopy))
 }
 
 // lastLower reports whether lookup ignores the redirect of a lower

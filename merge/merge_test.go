@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -171,7 +172,7 @@ func refusedToo(t *testing.T, err error, l k.Layout, o k.Options) {
 		t.Fatalf("merge: %v (names no object)", err)
 	}
 	m := k.Kernel{}
-	if err := m.Mount(l, o); err != nil {
+	if err := mountBusy(m, l, o); err != nil {
 		t.Fatal(err)
 	}
 	defer m.Unmount(l.Mnt)
@@ -216,7 +217,7 @@ func layout(t *testing.T, c k.Case, prefix string) k.Layout {
 
 func mountView(t *testing.T, m k.Mounter, l k.Layout, o k.Options) *k.Tree {
 	t.Helper()
-	if err := m.Mount(l, o); err != nil {
+	if err := mountBusy(m, l, o); err != nil {
 		t.Fatalf("%s: %v", m.Name(), err)
 	}
 	view, err := k.Snapshot(l.Mnt, k.SnapOptions{})
@@ -453,4 +454,19 @@ func TestMergeRefuses(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(lower, "out")); !os.IsNotExist(err) {
 		t.Errorf("lower/out: %v, want nothing made", err)
 	}
+}
+
+// mountBusy mounts l with m, again while the kernel answers EBUSY: an
+// upper or work directory stays "in use" (index=on) until the superblock
+// of its last mount is gone, which may come a moment after umount
+// returns. Bounded by count (300 tries, 100 ms apart).
+func mountBusy(m k.Mounter, l k.Layout, o k.Options) error {
+	var err error
+	for range 300 {
+		if err = m.Mount(l, o); err == nil || !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
 }
