@@ -91,6 +91,11 @@ func TestMergeRandom(t *testing.T) {
 }
 
 func mergeCase(t *testing.T, c k.Case, o k.Options, writer k.Mounter) {
+	mergeCaseRef(t, c, o, writer, k.Kernel{})
+}
+
+// mergeCaseRef is mergeCase with the view of the stack taken by ref.
+func mergeCaseRef(t *testing.T, c k.Case, o k.Options, writer, ref k.Mounter) {
 	l := layout(t, c, o.Prefix())
 	if err := writer.Mount(l, o); err != nil {
 		t.Fatalf("%s: %v", writer.Name(), err)
@@ -99,8 +104,8 @@ func mergeCase(t *testing.T, c k.Case, o k.Options, writer k.Mounter) {
 	if err := writer.Unmount(l.Mnt); err != nil {
 		t.Fatal(err)
 	}
-	// The reference: the kernel's view of the stack the ops left.
-	orig := mountView(t, k.Kernel{}, l, o)
+	// The reference: the view of the stack the ops left.
+	orig := mountView(t, ref, l, o)
 
 	cfg := overlay.Config{Lowers: l.Lowers, Upper: l.Upper, UserXattr: o.UserXattr, RedirectDir: o.RedirectDir,
 		Metacopy: o.Metacopy, Index: o.Index}
@@ -113,7 +118,7 @@ func mergeCase(t *testing.T, c k.Case, o k.Options, writer k.Mounter) {
 		t.Fatal(err)
 	}
 	for _, err := range res.Refused {
-		refusedToo(t, err, l, o)
+		refusedToo(t, err, ref, l, o)
 	}
 	t.Logf("%s: %+v", c, *res)
 	checkPlain(t, dst)
@@ -140,6 +145,34 @@ func mergeCase(t *testing.T, c k.Case, o k.Options, writer k.Mounter) {
 	}
 }
 
+// TestMergeRandomAUFS: the generator's stacks that hold AUFS whiteouts
+// and opaque markers (.wh.NAME, .wh..wh..opq), which ovl reads in every
+// layer and the kernel does not: the reference is ovl's view of the stack,
+// and the kernel's view of the merged directory must equal it (the result
+// holds no AUFS name either).
+func TestMergeRandomAUFS(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.Binary(t)
+	if _, err := k.Helper(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, seed := range mergeSeeds(t) {
+		c := k.RandomCase(seed, 200)
+		c.Overlap = ""
+		if !c.Layers.HasAUFS() {
+			continue
+		}
+		n++
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			mergeCaseRef(t, c, caseOptions(c), k.Ovl{Bin: bin}, k.Ovl{Bin: bin})
+		})
+	}
+	if n == 0 {
+		t.Fatal("no seed made AUFS layers: the test checks nothing")
+	}
+}
+
 // checkPlain checks that dir holds no whiteout and no overlay xattr.
 func checkPlain(t *testing.T, dir string) {
 	t.Helper()
@@ -149,7 +182,7 @@ func checkPlain(t *testing.T, dir string) {
 			t.Fatalf("snapshot %s: %v", dir, err)
 		}
 		for p, n := range tree.Nodes {
-			if n.Type == "whiteout" {
+			if n.Type == "whiteout" || strings.HasPrefix(filepath.Base(p), ".wh.") {
 				t.Errorf("merged %s: a whiteout", p)
 			}
 			for name, v := range n.Ovl {
@@ -165,13 +198,12 @@ func checkPlain(t *testing.T, dir string) {
 
 // refusedToo checks that the object merge refused is refused by the
 // kernel's mount of the stack too.
-func refusedToo(t *testing.T, err error, l k.Layout, o k.Options) {
+func refusedToo(t *testing.T, err error, m k.Mounter, l k.Layout, o k.Options) {
 	t.Helper()
 	var pe *fs.PathError
 	if !errors.As(err, &pe) {
 		t.Fatalf("merge: %v (names no object)", err)
 	}
-	m := k.Kernel{}
 	if err := mountBusy(m, l, o); err != nil {
 		t.Fatal(err)
 	}
@@ -186,9 +218,9 @@ func refusedToo(t *testing.T, err error, l k.Layout, o k.Options) {
 		_, serr = os.ReadFile(p)
 	}
 	if serr == nil {
-		t.Errorf("merge refused %s, which the kernel serves: %v", pe.Path, err)
+		t.Errorf("merge refused %s, which %s serves: %v", pe.Path, m.Name(), err)
 	}
-	t.Logf("merge refuses what the kernel refuses: %v (kernel: %v)", err, serr)
+	t.Logf("merge refuses what %s refuses: %v (%s: %v)", m.Name(), err, m.Name(), serr)
 }
 
 func layout(t *testing.T, c k.Case, prefix string) k.Layout {
