@@ -90,6 +90,9 @@ Usage:
   ovl diff -o lowerdir=..,upperdir=U [--output F] [--compress gzip|zstd|none]
                                      write the upper layer U as an OCI layer tar
   ovl apply [--userxattr] LAYER DIR  unpack an OCI layer tar into DIR as an overlay layer
+  ovl merge -o lowerdir=..[,upperdir=U] DIR   flatten the stack into DIR, one plain lower layer
+  ovl explain [--json] MOUNTPOINT/PATH | -o lowerdir=.. PATH
+                                     which layer each part of PATH comes from, and why
   ovl --help | --version
   mount.fuse.ovl SOURCE MOUNTPOINT -o OPTIONS   as mount(8)'s helper for fuse.ovl
                                      (a symlink /sbin/mount.fuse.ovl -> ovl)
