@@ -41,6 +41,12 @@ type Info struct {
 	Work       string   `json:"workdir,omitempty"`
 	// Options are the options given other than the layers.
 	Options []string `json:"options"`
+	// The options in effect that change how the layers read (defaults
+	// and the xattr namespace ovl chose included), for "ovl explain".
+	UserXattr   bool   `json:"userxattr"`
+	RedirectDir string `json:"redirect_dir,omitempty"`
+	Metacopy    string `json:"metacopy,omitempty"`
+	Index       string `json:"index,omitempty"`
 	// Daemon is set when the process exits once the mount is gone, as
 	// ovl's daemon does (Config.Daemon).
 	Daemon bool `json:"daemon"`
@@ -56,8 +62,9 @@ func (s *Server) info(gc bool) Info {
 		Stats:      newStats(s.ov, gc),
 		Mountpoint: s.plan.Mountpoint,
 		Lowers:     cfg.Lowers, Upper: cfg.Upper, Work: cfg.Work,
-		Options: append([]string{}, s.plan.res.Given...),
-		Daemon:  s.plan.daemon,
+		Options:   append([]string{}, s.plan.res.Given...),
+		UserXattr: cfg.UserXattr, RedirectDir: cfg.RedirectDir, Metacopy: cfg.Metacopy, Index: cfg.Index,
+		Daemon: s.plan.daemon,
 	}
 }
 

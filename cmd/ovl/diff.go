@@ -104,8 +104,12 @@ func newProgress(what string) *progress {
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetDescription(what),
 		progressbar.OptionShowBytes(true),
+		// The count is the bytes so far: without it a bar of unknown
+		// length shows bytes only in its rate, which needs a second draw.
+		progressbar.OptionShowCount(),
 		progressbar.OptionSpinnerType(14),
-		progressbar.OptionThrottle(100*time.Millisecond),
+		// No throttle of its own: update draws at most ten times a
+		// second, and each draw it asks for must show.
 		progressbar.OptionClearOnFinish(),
 	)}
 }
@@ -117,8 +121,8 @@ func (p *progress) update(bytes int64, entries int) {
 	// Describe redraws: at most ten times a second.
 	if now := time.Now(); now.Sub(p.last) >= 100*time.Millisecond {
 		p.last = now
-		p.bar.Describe(fmt.Sprintf("%d entries", entries))
 		p.bar.Set64(bytes)
+		p.bar.Describe(fmt.Sprintf("%d entries", entries))
 	}
 }
 
