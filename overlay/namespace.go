@@ -164,11 +164,12 @@ func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 			unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
 			return err
 		}
-		if isDir && o.followRedirects && len(n.lowers) > 0 {
-			// With redirects followed, a lower directory may later be
-			// found under this name; a new directory must not merge with
-			// it. The kernel sets this where it forbids offline changes
-			// to the lower layers (ovl_create_upper); failure is harmless.
+		if isDir && !o.offlineChanges() && len(n.lowers) > 0 {
+			// A lower directory may later be found under this name (a
+			// redirect, a changed lower); a new directory must not merge
+			// with it. The kernel sets this where it forbids offline
+			// changes to the lower layers (ovl_create_upper); failure is
+			// harmless.
 			o.setOpaque(pfd, name)
 		}
 		return nil
@@ -457,4 +458,11 @@ func (n *Node) remove(name string, isDir bool) error {
 		o.addNlink(child, -1)
 	}
 	return nil
+}
+
+// offlineChanges reports whether the lower layers may change while the
+// overlay is not mounted (kernel: ovl_allow_offline_changes): not once a
+// feature that records lower identities or paths in the upper is on.
+func (o *Overlay) offlineChanges() bool {
+	return !o.indexOn && !o.metacopyOn && !o.createRedirects
 }
