@@ -68,7 +68,7 @@ func (c *checker) checkIncompat(wfd int, where string) bool {
 		}
 		c.say(Finding{Kind: VolatileMarker, Where: w,
 			What: "a volatile mount used this upper and did not stop cleanly: the upper may have lost writes; " +
-				"mount with the volatile recovery option, or discard the upper" + volatileDetail(fd, name),
+				"let an ovl mount check it (volatile_recovery=), or discard the upper" + volatileDetail(fd, name),
 			Repair: "remove the marker, accepting the upper as it is (writes made before the stop may be missing)"},
 			Yes, func() error { return removeAll(fd, name) })
 	}
