@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -500,4 +501,34 @@ func TestInUse(t *testing.T) {
 	} else {
 		t.Logf("refused: %v", err)
 	}
+}
+
+// TestVolatileRecord: the volatile marker's finding says what ovl's record
+// of the mount tells (written by a volatile ovl mount next to the kernel's
+// marker): a boot id other than this boot's means writes may be lost.
+func TestVolatileRecord(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, c := range []struct{ record, want string }{
+		{"", "no ovl record"},
+		{"ovl-volatile-record 1\nboot_id 00000000-0000-0000-0000-000000000000\n", "rebooted since"},
+		{"ovl-volatile-record 1\nboot_id " + bootID(t) + "\n", "can check it"},
+	} {
+		e := newEnv(t, 1)
+		e.file("w", "work/incompat/volatile/dirty", "")
+		if c.record != "" {
+			e.file("w", "work/incompat/volatile/ovl-record", c.record)
+		}
+		rep := e.run(fsck.Check)
+		if len(rep.Findings) != 1 || !strings.Contains(rep.Findings[0].What, c.want) {
+			t.Errorf("record %q: findings %v, want one saying %q", c.record, rep.Findings, c.want)
+		}
+	}
+}
+
+func bootID(t *testing.T) string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
