@@ -33,7 +33,10 @@ func writtenSeeds(t *testing.T) (seeds []int64, ops int) {
 	}
 	spec := os.Getenv("FSCK_SEEDS")
 	if spec == "" {
-		spec = "1-8"
+		// 11: ovl leaves an index entry no name uses (a note); 66, 80,
+		// 109: a copied-up file moved after a remount, 135: linked after
+		// one (ovl left the new parent without overlay.impure).
+		spec = "1-8,11,66,80,109,135"
 	}
 	for _, f := range strings.Split(spec, ",") {
 		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
