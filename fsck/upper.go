@@ -38,9 +38,8 @@ type dirState struct {
 }
 
 // walk checks the entries of the upper directory fd at path, whose lower
-// stack is stack (known: the stack could be found), and reports whether
-// the directory needs overlay.impure (an entry has an origin the kernel
-// uses).
+// stack is stack (known: the stack could be found), and then its
+// overlay.impure against what the entries need.
 func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool) error {
 	names, err := readNames(fd)
 	if err != nil {
@@ -52,8 +51,7 @@ func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool
 		d.stack = nil
 	}
 	hidden := c.aufs(d, names)
-	needImpure := false
-	var needBy string // the first entry that needs impure
+	var needBy string // the first entry with an origin the kernel uses: it needs impure
 	for _, name := range names {
 		if format.IsAUFSName(name) || hidden[name] {
 			continue
@@ -77,8 +75,8 @@ func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool
 			if err != nil {
 				return err
 			}
-			if need && !needImpure {
-				needImpure, needBy = true, name
+			if need && needBy == "" {
+				needBy = name
 			}
 			continue
 		case unix.S_IFREG:
@@ -86,17 +84,19 @@ func (c *checker) walk(fd int, path string, stack []lowerDir, known, opaque bool
 				c.links[format.StatID(&st)]++
 			}
 			if meta, need := c.checkMetacopy(d, name, where, &st); meta {
-				if need && !needImpure {
-					needImpure, needBy = true, name
+				if need && needBy == "" {
+					needBy = name
 				}
 				continue
 			}
 		}
-		if c.checkOrigin(fd, name, where, &st, nil, false) && !needImpure {
-			needImpure, needBy = true, name
+		if c.checkOrigin(fd, name, where, &st, nil, false) && needBy == "" {
+			needBy = name
 		}
 	}
-	if path != "/" || needImpure {
+	// The root's impure marker also tells uuid=auto that the upper is
+	// not new: never report it as stale.
+	if path != "/" || needBy != "" {
 		c.checkImpure(d, needBy)
 	}
 	return nil
