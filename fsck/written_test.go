@@ -251,3 +251,89 @@ func runOps(t *testing.T, mnt string, ops []k.Op) {
 		i += n
 	}
 }
+
+// TestFuseOverlayfsAUFS: fuse-overlayfs, where it may not mknod, writes
+// AUFS whiteouts (.wh.NAME) and opaque markers (.wh..wh..opq) into the
+// upper, which the kernel shows as files. fsck -p turns them into the
+// kernel's forms (exit 1, a second run clean), and the kernel's overlayfs
+// then shows what fuse-overlayfs showed.
+func TestFuseOverlayfsAUFS(t *testing.T) {
+	testutil.RequireRoot(t)
+	c := k.Case{NLowers: 1, Layers: k.Layers{Lowers: []k.Layer{{
+		k.File("f", "1"), k.File("g", "2"), k.Dir("d"), k.File("d/x", "3"), k.File("d/y", "4"),
+		k.Dir("e"), k.File("e/z", "5"), k.Symlink("s", "f"),
+	}}}}
+	o := k.Options{RedirectDir: "off", Metacopy: "off", Xino: "off", UUID: "off"}
+	l := layout(t, c, o.Prefix())
+	m := k.FuseOverlayfs{NoMknod: true}
+	if err := m.Mount(l, o); err != nil {
+		testutil.Skip(t, "fuse-overlayfs: %v", err)
+	}
+	ops := []k.Op{
+		{Op: "unlink", Path: "f"},
+		{Op: "unlink", Path: "d/x"},
+		{Op: "rmrf", Path: "e"},
+		{Op: "mkdir", Path: "e", Mode: 0o755},
+		{Op: "create", Path: "e/new", Mode: 0o644},
+		{Op: "unlink", Path: "s"},
+		{Op: "create", Path: "h", Mode: 0o644},
+		{Op: "unlink", Path: "h"},
+	}
+	for i, op := range ops {
+		if r := op.Apply(l.Mnt); r.Err != "" || r.Errno != 0 {
+			m.Unmount(l.Mnt)
+			t.Fatalf("op %d %s: %s", i, op, r)
+		}
+	}
+	want, err := k.Snapshot(l.Mnt, k.SnapOptions{})
+	if uerr := m.Unmount(l.Mnt); uerr != nil {
+		t.Fatal(uerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var aufs []string
+	filepath.Walk(l.Upper, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && strings.HasPrefix(fi.Name(), ".wh.") {
+			aufs = append(aufs, p)
+		}
+		return nil
+	})
+	if len(aufs) == 0 {
+		t.Fatal("fuse-overlayfs wrote no AUFS entry: the test proves nothing")
+	}
+	t.Logf("AUFS entries in the upper: %v", aufs)
+	cfg := overlay.Config{Lowers: l.Lowers, Upper: l.Upper, Work: l.Work}
+	var out strings.Builder
+	rep, err := fsck.Run(fsck.Options{Config: cfg, Mode: fsck.Preen, Out: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("fsck -p:\n%s", out.String())
+	if rep.ExitCode() != fsck.ExitRepaired {
+		t.Errorf("fsck -p: exit %d, want 1", rep.ExitCode())
+	}
+	out.Reset()
+	if rep, err = fsck.Run(fsck.Options{Config: cfg, Mode: fsck.Check, Out: &out}); err != nil || rep.ExitCode() != fsck.ExitClean {
+		t.Errorf("second run: exit %d, %v:\n%s", rep.ExitCode(), err, out.String())
+	}
+	// fuse-overlayfs's work directory holds its own entries; the
+	// kernel gets a fresh one.
+	l.Work = filepath.Join(filepath.Dir(l.Work), "work2")
+	if err := os.Mkdir(l.Work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := (k.Kernel{}).Mount(l, o); err != nil {
+		t.Fatal(err)
+	}
+	got, err := k.Snapshot(l.Mnt, k.SnapOptions{})
+	if uerr := (k.Kernel{}).Unmount(l.Mnt); uerr != nil {
+		t.Fatal(uerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds := k.Compare(want, got, k.CompareOptions{Scope: k.ScopeMerged}); len(ds) > 0 {
+		t.Errorf("after fsck -p the kernel shows another view than fuse-overlayfs did:\n%s", k.FormatDiffs("fuse-overlayfs", "kernel", ds))
+	}
+}
