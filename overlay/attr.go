@@ -271,6 +271,7 @@ func (n *Node) Setattr(a SetAttr, fd int) error {
 		return err
 	}
 	defer done()
+	n.noteUpper(pathFd)
 	p := format.ProcPath(pathFd)
 	if n.o.owners && (a.Uid != nil || a.Gid != nil || a.Mode != nil) {
 		if err := n.setOwner(pathFd, a); err != nil {
@@ -404,6 +405,11 @@ func (n *Node) Open(flags int) (int, error) {
 	// Reopen the very inode the node holds: no name is resolved again, so
 	// a rename or unlink in the layer cannot make this open another file.
 	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_NOFOLLOW
+	if write {
+		// Written through this descriptor, or through passthrough
+		// without the daemon seeing each write: recorded now.
+		n.noteUpper(pfd)
+	}
 	return unix.Open(format.ProcPath(pfd), flags|unix.O_CLOEXEC, 0)
 }
 
@@ -508,6 +514,7 @@ func (n *Node) onUpper(f func(fd int) error) error {
 		return err
 	}
 	defer done()
+	n.noteUpper(fd)
 	return f(fd)
 }
 

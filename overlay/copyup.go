@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -107,6 +108,14 @@ func (n *Node) copyUp(mode copyMode) error {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
+	if o.cfg.FsyncStrict && (n.kind == unix.S_IFREG || n.kind == unix.S_IFDIR) {
+		// fsync=strict: data and metadata on disk before the name
+		// (kernel: ctx.metadata_fsync in ovl_copy_up_one).
+		if err := fsyncAt(o.work, tmp); err != nil {
+			cleanup()
+			return fmt.Errorf("copy up %s: fsync: %w", name, err)
+		}
+	}
 	if o.indexOn && !n.IsDir() && n.indexName != "" {
 		return o.copyUpIndexed(n, parent, name, tmp, &st, copied)
 	}
@@ -134,6 +143,13 @@ func (n *Node) copyUp(mode copyMode) error {
 		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
 		o.markImpure(parent)
 	}
+	parent.noteUpper(pfd)
+	if o.cfg.FsyncStrict {
+		// fsync=strict: the new name is on disk when the copy-up returns.
+		if err := fsyncAt(pfd, "."); err != nil {
+			return fmt.Errorf("copy up %s: fsync parent: %w", name, err)
+		}
+	}
 	if n.IsDir() {
 		// The lower descriptor stays open until the node is forgotten:
 		// another thread may be using it right now.
@@ -142,7 +158,10 @@ func (n *Node) copyUp(mode copyMode) error {
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
 		n.upperFd, n.upperAufs = fd, emptyAufsDir()
+		n.noteUpper(fd)
 	} else {
+		o.noteAt(pfd, name)
+		n.noted.Store(o.syncs != nil)
 		lowerLinks := st.Nlink
 		if err := format.Lstat(pfd, name, &st); err != nil {
 			return fmt.Errorf("copy up %s: %w", name, err)
@@ -202,9 +221,10 @@ func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (i
 				return 0, err
 			}
 		}
-		if !o.cfg.Volatile {
+		if !o.cfg.Volatile && !o.cfg.FsyncStrict {
 			// Data reaches the disk before the name does (the kernel's
-			// default fsync=ordered).
+			// default fsync=auto; fsync=strict syncs the copy once its
+			// metadata is done too).
 			if err := unix.Fsync(dst); err != nil {
 				return 0, err
 			}
@@ -358,6 +378,17 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origi
 	return nil
 }
 
+// fsyncAt fsyncs name in dirfd ("." for dirfd itself), a regular file or
+// a directory.
+func fsyncAt(dirfd int, name string) error {
+	fd, err := format.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fsync(fd)
+}
+
 func mustCopyXattr(name string) bool {
 	return name == "system.posix_acl_access" || name == "system.posix_acl_default" ||
 		len(name) >= 9 && name[:9] == "security."
@@ -401,6 +432,7 @@ func (o *Overlay) copyUpIndexed(n, parent *Node, name, tmp string, lst *unix.Sta
 	} else {
 		o.stats.copyUps.Add(1)
 		o.stats.copyUpBytes.Add(uint64(copied))
+		o.note(o.index)
 	}
 	var ist unix.Stat_t
 	if err := format.Lstat(o.index, n.indexName, &ist); err != nil {
@@ -436,6 +468,13 @@ func (o *Overlay) linkUp(n, parent *Node, name string) error {
 	o.setNlink(n.indexName, cur) // one more upper link, no new overlay name
 	if !impure {
 		o.markImpure(parent)
+	}
+	parent.noteUpper(pfd)
+	o.noteAt(o.index, n.indexName)
+	if o.cfg.FsyncStrict {
+		if err := errors.Join(fsyncAt(o.index, "."), fsyncAt(o.index, n.indexName), fsyncAt(pfd, ".")); err != nil {
+			return fmt.Errorf("link up %s: fsync: %w", name, err)
+		}
 	}
 	n.inUpper, n.realIno = true, ist.Ino
 	return nil

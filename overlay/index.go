@@ -120,6 +120,7 @@ func (o *Overlay) setNlink(name string, n int64) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
+	o.note(fd)
 	return format.Setxattr(fd, o.names.Name(format.Nlink), fmt.Appendf(nil, "U%+d", n-int64(st.Nlink)), 0)
 }
 

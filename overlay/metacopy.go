@@ -110,6 +110,7 @@ func (n *Node) copyUpData(truncate bool) error {
 		return fmt.Errorf("copy up data: %w", err)
 	}
 	defer unix.Close(dst)
+	o.note(dst)
 	var copied int64
 	if !truncate {
 		var st unix.Stat_t

@@ -45,6 +45,8 @@ func (n *Node) upperDir() (int, error) {
 			return -1, unix.ESTALE
 		}
 	}
+	// Every caller changes the directory's entries.
+	n.noteUpper(fd)
 	return fd, nil
 }
 
@@ -258,6 +260,7 @@ func (o *Overlay) setOpaque(dirfd int, name string) error {
 		return err
 	}
 	defer unix.Close(fd)
+	o.note(fd)
 	if err := format.Setxattr(fd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
 		return fmt.Errorf("mark %s opaque: %w", name, err)
 	}
@@ -273,7 +276,9 @@ func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 	if err := format.Lstat(n.upperFd, name, &st); err != nil {
 		return nil, err
 	}
+	o.noteAt(n.upperFd, name)
 	child := &Node{o: o, kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name}
+	child.noted.Store(o.syncs != nil)
 	child.setIno(o.inoFor(o.upper, st.Ino))
 	o.born(child)
 	if child.kind == unix.S_IFDIR {

@@ -82,6 +82,10 @@ type Node struct {
 	name   string
 
 	keptAs uint64 // the upper inode number under which o.kept holds n, or 0; guarded by Overlay.keptMu
+
+	// noted: the upper object is in the volatile sync set already
+	// (volatile.go), so a change costs no system call to record.
+	noted atomic.Bool
 }
 
 // lowerRef is an object's presence in one lower layer.

@@ -81,8 +81,24 @@ type Config struct {
 	Work string
 	// UserXattr stores overlay xattrs under user.overlay.* instead of trusted.overlay.*.
 	UserXattr bool
-	// Volatile skips every fsync of the upper, as the kernel's "volatile" option.
+	// Volatile skips every fsync of the upper while mounted, as the
+	// kernel's "volatile" option (fsync=volatile); ovl records what it
+	// changes and makes that durable at a clean Close (volatile.go).
 	Volatile bool
+	// FsyncStrict is the kernel's fsync=strict: a copy-up, metadata-only
+	// ones included, completes only once the upper object and its parent
+	// directory are synced. Without it (fsync=auto) only the data of a
+	// copied-up regular file is synced before it is renamed into place.
+	FsyncStrict bool
+	// VolatileRecovery says what to do with an upper that a volatile
+	// mount left after an unclean stop and that cannot be proven durable
+	// (volatile.go): RecoveryCheck refuses it, RecoveryAccept uses it as
+	// it is, RecoveryDiscard empties it first.
+	VolatileRecovery string
+	// VolatileBound is how many changed objects a volatile mount syncs
+	// one by one at unmount before it falls back to syncfs of the upper
+	// filesystem; 0 means DefaultVolatileBound.
+	VolatileBound int
 	// RedirectDir is the kernel's redirect_dir=: "on" renames directories
 	// that have a lower part by writing overlay.redirect, and follows
 	// redirects; "follow" and "off" follow them but rename such
@@ -175,6 +191,10 @@ type Overlay struct {
 	lockWorkFd int      // flock'ed workdir, -1 when read-only
 
 	root *Node
+
+	// syncs records what a volatile mount changed (volatile.go); nil
+	// otherwise. Set by New, cleared by Close.
+	syncs *syncSet
 
 	renameMu sync.Mutex
 	treeMu   sync.RWMutex
@@ -417,6 +437,12 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 	if err != nil {
 		return fmt.Errorf("open %s/%s: %w", work, format.WorkDirName, err)
 	}
+	if o.cfg.Volatile && o.cfg.FsyncStrict {
+		return errors.New("fsync=strict conflicts with volatile (fsync=volatile)")
+	}
+	if err := o.recoverVolatile(wfd, work); err != nil {
+		return err
+	}
 	if err := checkIncompat(o.work, work); err != nil {
 		return err
 	}
@@ -442,7 +468,7 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 		return fmt.Errorf("upperdir %s: filesystem does not support %s xattrs: %v%s", upper, o.names.Prefix(), err, hint)
 	}
 	if o.cfg.Volatile {
-		if err := makeVolatileMarker(o.work, workMode); err != nil {
+		if err := o.startVolatile(workMode); err != nil {
 			return fmt.Errorf("workdir %s: create the volatile marker %s/%s/%s/%s: %w", work,
 				format.WorkDirName, format.IncompatDirName, format.VolatileDirName, format.DirtyName, err)
 		}
@@ -484,8 +510,9 @@ func checkIncompat(workFd int, workdir string) error {
 // makeVolatileMarker creates work/incompat/volatile/dirty, as the kernel
 // does at a volatile mount (ovl_create_volatile_dirty): until someone
 // removes it, no mount takes this upper, which skipped every fsync. mode
-// is work/'s; the kernel makes them all mode 0. Unmounting leaves it, as
-// the kernel does.
+// is work/'s; the kernel makes them all mode 0. Unlike the kernel, ovl
+// removes it at a clean unmount, once what the mount changed is synced
+// (volatile.go).
 func makeVolatileMarker(workFd int, mode uint32) error {
 	dir := workFd
 	defer func() {
@@ -562,8 +589,14 @@ func raiseFileLimit() {
 	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 }
 
-// Close releases the layers and the lock on the work directory.
+// Close releases the layers and the lock on the work directory. A volatile
+// mount's changes are made durable first, and its marker removed if they
+// could be (volatile.go); the error says when not.
 func (o *Overlay) Close() error {
+	var err error
+	if o.syncs != nil {
+		err = o.finishVolatile()
+	}
 	if o.root != nil {
 		o.root.Forget()
 		o.root = nil
@@ -593,7 +626,7 @@ func (o *Overlay) Close() error {
 			*fd = -1
 		}
 	}
-	return nil
+	return err
 }
 
 // Stats returns the counters.

@@ -175,6 +175,7 @@ func (o *Overlay) setRedirect(d *Node, samedir bool) error {
 		defer done()
 		fd = rfd
 	}
+	d.noteUpper(fd)
 	if err := format.Setxattr(fd, o.names.Name(format.Redirect), []byte(r), 0); err != nil {
 		return unix.EXDEV
 	}

@@ -173,11 +173,13 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	// merging with what the lower layers hold there.
 	// (kernel: ovl_set_opaque_xerr in ovl_rename, whenever the new parent merges).
 	if old.IsDir() && !old.mergeOrLower() && len(newParent.lowers) > 0 && !o.dirOpaque(old.upperFd) {
+		old.noteUpper(old.upperFd)
 		if err := format.Setxattr(old.upperFd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
 			return unix.EXDEV
 		}
 	}
 	if exchange && target.IsDir() && !target.mergeOrLower() && len(n.lowers) > 0 && !o.dirOpaque(target.upperFd) {
+		target.noteUpper(target.upperFd)
 		if err := format.Setxattr(target.upperFd, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
 			return unix.EXDEV
 		}
@@ -256,6 +258,7 @@ func (o *Overlay) markImpure(dir *Node) {
 	if dir.impure || dir.upperFd < 0 {
 		return
 	}
+	dir.noteUpper(dir.upperFd)
 	if format.Setxattr(dir.upperFd, o.names.Name(format.Impure), format.ImpureValue(), 0) == nil {
 		dir.impure = true
 	}

@@ -149,6 +149,33 @@ func TestParseOverlayFlags(t *testing.T) {
 	}
 }
 
+// fsync= takes the kernel's auto, strict and volatile (ordered is auto's
+// alias), and the last of fsync= and volatile wins, as in the kernel.
+func TestParseFsync(t *testing.T) {
+	base := "lowerdir=/a,upperdir=/u,workdir=/w,"
+	for opt, want := range map[string][2]bool{ // [Volatile, FsyncStrict]
+		"":                      {false, false},
+		"fsync=auto":            {false, false},
+		"fsync=ordered":         {false, false},
+		"fsync=strict":          {false, true},
+		"fsync=volatile":        {true, false},
+		"volatile":              {true, false},
+		"fsync=strict,volatile": {true, false},
+		"volatile,fsync=strict": {false, true},
+		"fsync=strict,fsync=1":  {false, false},
+	} {
+		r := mustParse(t, true, base+opt)
+		if got := [2]bool{r.Overlay.Volatile, r.Overlay.FsyncStrict}; got != want {
+			t.Errorf("%q: [volatile strict] = %v, want %v", opt, got, want)
+		}
+	}
+	for opt, want := range map[string]string{"": "", "volatile_recovery=check": "", "volatile_recovery=accept": "accept", "volatile_recovery=discard": "discard"} {
+		if got := mustParse(t, true, base+opt).Overlay.VolatileRecovery; got != want {
+			t.Errorf("%q: VolatileRecovery = %q, want %q", opt, got, want)
+		}
+	}
+}
+
 // userxattr and nouserxattr are the caller's choice of xattr namespace,
 // the last one winning; without either the mount program chooses.
 func TestParseXattrNamespace(t *testing.T) {
@@ -245,7 +272,8 @@ func TestParseErrors(t *testing.T) {
 		{"lowerdir=/a,verity=on", `option "verity=on" is not supported yet`},
 		{"lowerdir=/a,verity=require", `option "verity=require" is not supported yet`},
 		{"lowerdir=/a,xino=on", `option "xino=on" is not supported yet`},
-		{"lowerdir=/a,fsync=strict", `option "fsync=strict" is not supported yet`},
+		{"lowerdir=/a,fsync=sometimes", `option "fsync" has an invalid value "sometimes"`},
+		{"lowerdir=/a,volatile_recovery=maybe", `option "volatile_recovery" has an invalid value "maybe"`},
 		{"lowerdir=/a,noxattrs=1", `option "noxattrs=1" is not supported yet`},
 		{"lowerdir=/a,xattr_permissions=3", `option "xattr_permissions" has an invalid value "3" (want one of 0, 1, 2)`},
 		{"lowerdir=/a,xattr_permissions", `option "xattr_permissions" needs a value`},

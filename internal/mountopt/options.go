@@ -138,6 +138,12 @@ func lookup(name string) (option, bool) {
 }
 
 // setXattrNS records an explicit userxattr (user) or nouserxattr.
+// setFsync applies fsync=v (or volatile, as "volatile").
+func (s *state) setFsync(v string) {
+	s.res.Overlay.Volatile = v == "volatile" || v == "0"
+	s.res.Overlay.FsyncStrict = v == "strict"
+}
+
 func (s *state) setXattrNS(user bool) {
 	s.res.Overlay.UserXattr = user
 	s.res.XattrChosen = true

@@ -73,14 +73,24 @@ var options = map[string]option{
 	// either the mount program chooses by privilege (Result.XattrChosen).
 	"userxattr":   {set: func(s *state, _ string) error { s.setXattrNS(true); return nil }},
 	"nouserxattr": {set: func(s *state, _ string) error { s.setXattrNS(false); return nil }},
-	"volatile":    {set: func(s *state, _ string) error { s.res.Overlay.Volatile = true; return nil }},
-	// fsync= is the kernel's (ordered, strict, volatile) and fuse-overlayfs's
-	// (1 = sync as usual, 0 = volatile) at once.
+	"volatile": {set: func(s *state, _ string) error { s.setFsync("volatile"); return nil }},
+	// fsync= is the kernel's (auto, strict, volatile; "ordered" is auto's
+	// name in an unmerged revision of that patch, kept as an alias) and
+	// fuse-overlayfs's (1 = sync as usual, 0 = volatile) at once. The last
+	// of volatile and fsync= wins, as in the kernel.
 	"fsync": {
-		values: map[string]bool{"ordered": true, "volatile": true, "strict": false, "1": true, "0": true},
-		lacks:  "ovl does not fsync parent directories on copy-up", use: "fsync=ordered",
+		values: map[string]bool{"auto": true, "ordered": true, "strict": true, "volatile": true, "1": true, "0": true},
+		set:    func(s *state, v string) error { s.setFsync(v); return nil },
+	},
+	// What to do with an upper that a volatile mount left after an unclean
+	// stop and that cannot be proven durable (overlay/volatile.go).
+	"volatile_recovery": {
+		values: map[string]bool{"check": true, "accept": true, "discard": true},
 		set: func(s *state, v string) error {
-			s.res.Overlay.Volatile = v == "volatile" || v == "0"
+			s.res.Overlay.VolatileRecovery = v
+			if v == "check" {
+				s.res.Overlay.VolatileRecovery = ""
+			}
 			return nil
 		},
 	},
