@@ -73,7 +73,7 @@ var options = map[string]option{
 	// either the mount program chooses by privilege (Result.XattrChosen).
 	"userxattr":   {set: func(s *state, _ string) error { s.setXattrNS(true); return nil }},
 	"nouserxattr": {set: func(s *state, _ string) error { s.setXattrNS(false); return nil }},
-	"volatile": {set: func(s *state, _ string) error { s.setFsync("volatile"); return nil }},
+	"volatile":    {set: func(s *state, _ string) error { s.setFsync("volatile"); return nil }},
 	// fsync= is the kernel's (auto, strict, volatile; "ordered" is auto's
 	// name in an unmerged revision of that patch, kept as an alias) and
 	// fuse-overlayfs's (1 = sync as usual, 0 = volatile) at once. The last
