@@ -121,4 +121,6 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	return 0
 }
 
-func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno { return 0 }
+func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	return fs.ToErrno(d.n.FsyncDir())
+}
