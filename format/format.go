@@ -24,6 +24,14 @@
 //     index/; nothing else of ours goes there. A volatile mount leaves
 //     work/incompat/volatile/dirty, and a work/incompat/ that holds any entry
 //     refuses the mount: the upper may be inconsistent after a crash.
+//   - ovl's own addition, next to that marker: a volatile ovl mount writes
+//     work/incompat/volatile/ovl-record (the identity of the upper's
+//     filesystem: boot id, st_dev, mount id, fsid, UUID) and ovl-journal
+//     (file handles of the upper objects it changed), and removes
+//     work/incompat/volatile at a clean unmount once those are synced.
+//     VolatileRecord, ReadVolatileRecord, ReadVolatileJournal,
+//     VolatileIdentity and VolatileRecord.Mismatch read and judge them
+//     (volatile.go); a stale marker is one whose record does not match.
 package format
 
 import (

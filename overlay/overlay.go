@@ -15,6 +15,11 @@
 //     the upper included (aufs.go); their names are never objects. ovl
 //     writes only the kernel's whiteouts: an AUFS whiteout in the upper
 //     becomes one before a name it hides is made again.
+//   - A volatile mount never fsyncs the upper while mounted, records every
+//     upper object it changes, and at a clean Close syncs exactly those and
+//     only then removes the kernel's work/incompat/volatile marker; a
+//     marker left by an unclean stop is accepted only when proven durable
+//     (volatile.go).
 //   - Overlapping layers are refused at mount, as by the kernel, and no
 //     lookup through the overlay reaches a layer root or work directory
 //     that an allowed overlap (an upper inside a lower) puts in a layer: it
