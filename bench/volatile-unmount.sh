@@ -8,9 +8,15 @@
 #           upper reusable takes without ovl (the seed thread's option 2),
 # starting when the other writer has written 256 MiB. It prints the time
 # of each, and the other writer's longest single 1 MiB write() during it
-# (its stall) against its longest one with nothing else going on.
+# (its stall); "none" is the same writer alone (its longest write over the
+# whole GiB; the volatile mount is unmounted after it).
 #
-#   sudo unshare -m --propagation private bench/volatile-unmount.sh [OVL] [RUNS] [DIR]
+#   sudo unshare -m --propagation private bench/volatile-unmount.sh [OVL] [RUNS] [DIR] [GAP]
+#
+# GAP is the writer's least time between two 1 MiB writes, in ms (default
+# 4: about 4 s for the GiB, so it still writes during what is measured; 0:
+# as fast as it can, so that up to the whole GiB is dirty when it starts).
+# "sync" is the part of the unmount the daemon spent syncing, from its log.
 #
 # DIR (default: a new directory under /var/tmp) is on the filesystem under
 # test. A private mount namespace: a namespace that another process copies
@@ -19,46 +25,61 @@ set -euo pipefail
 ovl=${1:-ovl}
 runs=${2:-3}
 base=${3:-/var/tmp}
+gap=${4:-4}
 dir=$(mktemp -d "$base/volatile-unmount.XXXXXX")
 trap 'umount "$dir/m" 2>/dev/null || true; rm -rf "$dir"' EXIT
 cd "$dir"
 
-# writer FILE LOG GO: writes 1 GiB to FILE in 1 MiB write()s, logging
-# "start end" (monotonic seconds) per write to LOG; creates GO after 256 MiB.
-cat >writer.py <<'EOF'
+# writer.py FILE LOG GO GAP: writes 1 GiB to FILE in 1 MiB write()s, at
+# most one every GAP ms, logging "start end" (epoch seconds) per write to
+# LOG; creates GO after 256 MiB.
+cat >writer.py <<'PY'
 import os, sys, time
 path, logp, go = sys.argv[1:4]
+gap = float(sys.argv[4]) / 1000
 buf = b"\1" * (1 << 20)
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 out = []
+t0 = time.time()
 for i in range(1024):
-    s = time.monotonic()
+    d = t0 + i * gap - time.time()
+    if d > 0:
+        time.sleep(d)
+    s = time.time()
     os.write(fd, buf)
-    out.append((s, time.monotonic()))
+    out.append((s, time.time()))
     if i == 255:
         open(go, "w").close()
 os.close(fd)
 with open(logp, "w") as f:
     for s, e in out:
         f.write(f"{s} {e}\n")
-EOF
+PY
+
+# files.py DIR: 1000 files of 100 KiB in DIR, from one process.
+cat >files.py <<'PY'
+import os, sys
+blk = os.urandom(100 << 10)
+for i in range(1000):
+    with open(os.path.join(sys.argv[1], "f%03d" % i), "wb") as f:
+        f.write(blk)
+PY
 
 # maxstall LOG FROM TO: longest write (ms) that overlaps [FROM, TO].
 maxstall() {
 	awk -v a="$2" -v b="$3" '$2 >= a && $1 <= b { d = ($2 - $1) * 1000; if (d > m) m = d } END { printf "%.1f", m }' "$1"
 }
-now() { python3 -c 'import time; print(time.monotonic())'; }
+now() { date +%s.%N; }
 
 run() { # run MODE
-	local mode=$1 s e
-	rm -rf L U W m other go log
+	local mode=$1 s e stall
+	rm -rf L U W m other go log dlog
 	mkdir -p L U W m
 	echo lower >L/f
-	"$ovl" mount -o lowerdir=L,upperdir=U,workdir=W,volatile m
-	head -c $((100 << 10)) /dev/urandom >blk
-	for i in $(seq -w 0 999); do cp blk "m/f$i"; done
+	"$ovl" mount -o lowerdir=L,upperdir=U,workdir=W,volatile --log dlog m
+	python3 files.py m
 	sync -f . # earlier runs' dirty data out of the way (not timed)
-	python3 writer.py other log go &
+	python3 writer.py other log go "$gap" &
 	local wpid=$!
 	while [ ! -e go ]; do sleep 0.01; done
 	s=$(now)
@@ -71,17 +92,22 @@ run() { # run MODE
 	wait $wpid
 	[ "$mode" = umount ] || "$ovl" umount m
 	if [ -e W/work/incompat ]; then
-		[ "$mode" = umount ] && { echo "umount left the marker" >&2; exit 1; }
+		echo "$mode: the unmount left the volatile marker" >&2
+		exit 1
 	fi
-	local stall
 	if [ "$mode" = none ]; then
-		stall=$(maxstall log 0 1e18) # the whole GiB, nothing else going on
+		stall=$(maxstall log 0 1e18)
 	else
 		stall=$(maxstall log "$s" "$e")
 	fi
-	printf '%-7s %8.3f s   longest 1 MiB write of the other writer meanwhile: %8s ms\n' "$mode" "$(echo "$e - $s" | bc)" "$stall"
+	local synced
+	synced=$(sed -n 's/.*changed objects in \([0-9.]*\) s.*/\1/p' dlog)
+	printf '%-7s %7.3f s   longest 1 MiB write of the other writer meanwhile: %7s ms' "$mode" "$(echo "$e - $s" | bc)" "$stall"
+	[ "$mode" = umount ] && printf '   (sync %s s)' "$synced"
+	echo
+
 }
-echo "filesystem: $(findmnt -n -o SOURCE,FSTYPE -T .)  ovl: $("$ovl" --version)"
+echo "filesystem: $(findmnt -n -o SOURCE,FSTYPE -T .)  ovl: $("$ovl" --version)  writer gap: $gap ms"
 for r in $(seq "$runs"); do
 	run none
 	run umount
