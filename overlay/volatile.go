@@ -445,6 +445,15 @@ func (o *Overlay) volatileDurable(vol int) string {
 		if err == unix.ESTALE || err == unix.ENOENT {
 			continue // removed since: its directory's entry is what counts, and that is recorded
 		}
+		if err == unix.EPERM || err == unix.EACCES {
+			// No CAP_DAC_READ_SEARCH (rootless): a syncfs covers every
+			// recorded object, and reports the same unseen errors.
+			if err := unix.Syncfs(mnt); err != nil {
+				return fmt.Sprintf("the syncfs of the upper failed (%v)", err)
+			}
+			log.Printf("volatile: cannot open file handles without CAP_DAC_READ_SEARCH; synced the whole upper filesystem instead")
+			return ""
+		}
 		if err != nil {
 			return fmt.Sprintf("a recorded change cannot be reopened to sync it (%v)", err)
 		}
