@@ -161,7 +161,7 @@ func (n *Node) copyUp(mode copyMode) error {
 		n.noteUpper(fd)
 	} else {
 		o.noteAt(pfd, name)
-		n.noted.Store(o.syncs != nil)
+		n.noted.Store(o.syncs != nil && n.kind == unix.S_IFREG) // see adopt
 		lowerLinks := st.Nlink
 		if err := format.Lstat(pfd, name, &st); err != nil {
 			return fmt.Errorf("copy up %s: %w", name, err)

@@ -278,7 +278,9 @@ func (n *Node) adopt(name string, kind uint32) (*Node, error) {
 	}
 	o.noteAt(n.upperFd, name)
 	child := &Node{o: o, kind: st.Mode & unix.S_IFMT, upperFd: -1, realIno: st.Ino, inUpper: true, parent: n, name: name}
-	child.noted.Store(o.syncs != nil)
+	// A new symlink or special file is made durable by its directory's
+	// fsync; a later change of its metadata is not (syncSet.add).
+	child.noted.Store(o.syncs != nil && (child.kind == unix.S_IFREG || child.kind == unix.S_IFDIR))
 	child.setIno(o.inoFor(o.upper, st.Ino))
 	o.born(child)
 	if child.kind == unix.S_IFDIR {
