@@ -317,6 +317,9 @@ func (o *Overlay) finishVolatile() error {
 	if err := removeVolatileMarker(o.work); err != nil {
 		return fmt.Errorf("volatile upper %s is durable, but removing its marker failed: %w", o.cfg.Upper, err)
 	}
+	// Best effort: a removal lost to a crash of the machine only makes the
+	// next boot refuse the upper (its boot id differs).
+	fsyncAt(o.work, ".")
 	log.Printf("volatile: upper %s made durable by %s of %d changed objects in %.3f s; marker removed",
 		o.cfg.Upper, mode, n, time.Since(start).Seconds())
 	return nil
