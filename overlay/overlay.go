@@ -415,12 +415,17 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 		}
 		*d.lock = lfd
 		// A daemon that was just unmounted may still be closing: wait a
-		// little before calling the directory busy.
+		// little before calling the directory busy, longer while a
+		// volatile mount's end syncs its changes (volatile.go).
 		deadline := time.Now().Add(2 * time.Second)
 		for {
 			err = unix.Flock(lfd, unix.LOCK_EX|unix.LOCK_NB)
 			if err == nil {
 				break
+			}
+			if err == unix.EWOULDBLOCK && time.Now().After(deadline) && volatileClosing(wfd) && time.Now().Before(deadline.Add(volatileCloseWait)) {
+				time.Sleep(100 * time.Millisecond)
+				continue
 			}
 			if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
 				return fmt.Errorf("%s %s is in use by another ovl mount", d.kind, d.path)

@@ -300,18 +300,42 @@ func (o *Overlay) startVolatile(mode uint32) error {
 	return nil
 }
 
+// volatileClosingName, in work/incompat/volatile/, says that a volatile
+// mount's daemon is syncing at its end: a new mount of the upper waits for
+// its lock up to volatileCloseWait instead of calling it busy at once.
+const volatileClosingName = "ovl-closing"
+
+const volatileCloseWait = 5 * time.Minute
+
+// volatileClosing reports whether the workdir wfd has a volatile mount
+// syncing at its end.
+func volatileClosing(wfd int) bool {
+	p := filepath.Join(format.WorkDirName, format.IncompatDirName, format.VolatileDirName, volatileClosingName)
+	fd, err := format.OpenAt(wfd, p, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
 // finishVolatile ends a volatile mount cleanly: sync what it changed, and
 // only then remove the marker. On failure the marker stays, and the error
 // says why.
 func (o *Overlay) finishVolatile() error {
 	s := o.syncs
 	o.syncs = nil
+	if fd, err := format.OpenAt(o.work, filepath.Join(format.IncompatDirName, format.VolatileDirName, volatileClosingName),
+		unix.O_CREAT|unix.O_WRONLY|unix.O_NOFOLLOW, 0o600); err == nil {
+		unix.Close(fd)
+	}
 	start := time.Now()
 	n, mode := s.len(), "fsync of each"
 	if s.syncfs != "" {
 		mode = "syncfs (" + s.syncfs + ")"
 	}
 	if err := s.finish(); err != nil {
+		unix.Unlinkat(o.work, filepath.Join(format.IncompatDirName, format.VolatileDirName, volatileClosingName), 0)
 		return fmt.Errorf("volatile upper %s not made durable, the marker stays: %w", o.cfg.Upper, err)
 	}
 	if err := removeVolatileMarker(o.work); err != nil {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -225,4 +226,38 @@ func BenchmarkVolatileNote(b *testing.B) {
 			unix.Close(fd)
 		}
 	})
+}
+
+// A mount of an upper whose volatile mount is still syncing at its end
+// (its daemon holds the workdir's lock and has made ovl-closing) waits for
+// it past the usual two seconds, instead of calling the upper busy.
+func TestVolatileWaitsForClosing(t *testing.T) {
+	cfg, _ := layers(t)
+	vol := filepath.Join(cfg.Work, "work/incompat/volatile")
+	if err := os.MkdirAll(vol, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(vol, volatileClosingName), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := unix.Open(cfg.Work, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(lock, unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(3 * time.Second) // past the two seconds a busy workdir gets
+		os.RemoveAll(filepath.Join(cfg.Work, "work/incompat"))
+		close(released)
+		unix.Close(lock)
+	}()
+	o, err := New(cfg)
+	<-released
+	if err != nil {
+		t.Fatalf("mount while a volatile mount was closing: %v", err)
+	}
+	o.Close()
 }
