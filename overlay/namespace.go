@@ -367,6 +367,7 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
 		return nil, err
 	}
+	target.noteUpper(tfd) // its link count changed
 	target.mu.Lock()
 	origin := len(target.lowers) > 0
 	target.mu.Unlock()

@@ -94,6 +94,21 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	if err != nil {
 		return err
 	}
+	if n != newParent {
+		// A directory moved to another parent changes its ".." entry.
+		moved := []*Node{old}
+		if exchange {
+			moved = append(moved, target)
+		}
+		for _, d := range moved {
+			if d.IsDir() {
+				d.mu.Lock()
+				fd := d.upperFd
+				d.mu.Unlock()
+				d.noteUpper(fd)
+			}
+		}
+	}
 	if exchange {
 		if err := target.copyUp(copyMeta); err != nil {
 			return err
