@@ -504,23 +504,40 @@ func TestInUse(t *testing.T) {
 }
 
 // TestVolatileRecord: the volatile marker's finding says what ovl's record
-// of the mount tells (written by a volatile ovl mount next to the kernel's
-// marker): a boot id other than this boot's means writes may be lost.
+// of the mount tells (format.VolatileRecord, written by a volatile ovl
+// mount next to the kernel's marker): another boot, device, mount or
+// filesystem means writes may be lost; a record that matches this
+// filesystem can be checked by a mount.
 func TestVolatileRecord(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, c := range []struct{ record, want string }{
-		{"", "no ovl record"},
-		{"ovl-volatile-record 1\nboot_id 00000000-0000-0000-0000-000000000000\n", "rebooted since"},
-		{"ovl-volatile-record 1\nboot_id " + bootID(t) + "\n", "can check it"},
+	for _, c := range []struct {
+		name   string
+		change func(*format.VolatileRecord) // nil: no record
+		want   string
+	}{
+		{"none", nil, "no ovl record"},
+		{"rebooted", func(r *format.VolatileRecord) { r.BootID = "00000000-0000-0000-0000-000000000000" }, "rebooted since"},
+		{"remounted", func(r *format.VolatileRecord) { r.MountID++ }, "mounted again since"},
+		{"same", func(*format.VolatileRecord) {}, "volatile_recovery=check checks it"},
 	} {
 		e := newEnv(t, 1)
 		e.file("w", "work/incompat/volatile/dirty", "")
-		if c.record != "" {
-			e.file("w", "work/incompat/volatile/ovl-record", c.record)
+		if c.change != nil {
+			fd, err := unix.Open(e.upper, unix.O_PATH|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, err := format.VolatileIdentity(e.upper, fd)
+			unix.Close(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.change(&rec)
+			e.file("w", "work/incompat/volatile/"+format.VolatileRecordName, string(rec.Marshal()))
 		}
 		rep := e.run(fsck.Check)
 		if len(rep.Findings) != 1 || !strings.Contains(rep.Findings[0].What, c.want) {
-			t.Errorf("record %q: findings %v, want one saying %q", c.record, rep.Findings, c.want)
+			t.Errorf("%s: findings %v, want one saying %q", c.name, rep.Findings, c.want)
 		}
 	}
 }

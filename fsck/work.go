@@ -4,9 +4,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -68,7 +65,7 @@ func (c *checker) checkIncompat(wfd int, where string) bool {
 		}
 		c.say(Finding{Kind: VolatileMarker, Where: w,
 			What: "a volatile mount used this upper and did not stop cleanly: the upper may have lost writes; " +
-				"let an ovl mount check it (volatile_recovery=), or discard the upper" + volatileDetail(fd, name),
+				"let an ovl mount check it (volatile_recovery=), or discard the upper" + c.volatileDetail(fd, name),
 			Repair: "remove the marker, accepting the upper as it is (writes made before the stop may be missing)"},
 			Yes, func() error { return removeAll(fd, name) })
 	}
@@ -200,28 +197,26 @@ func (c *checker) checkIndexRoots() {
 	}
 }
 
-// volatileRecordName is the record an ovl volatile mount keeps of the
-// upper's filesystem next to the kernel's marker (boot id, device, mount
-// id, fsid, UUID), from which a later mount tells whether the upper can
-// have lost writes (the volatile_recovery= option).
-const volatileRecordName = "ovl-record"
-
-// volatileDetail says what the record in work/incompat/volatile tells:
-// whether ovl can check the upper at its next mount, or the machine
-// rebooted since, so that writes may be lost for sure.
-func volatileDetail(incompat int, name string) string {
-	fd, err := format.OpenAt(incompat, name+"/"+volatileRecordName, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+// volatileDetail says what ovl's record in work/incompat/volatile
+// (format.VolatileRecord) tells: whether the upper's filesystem is still
+// the one the mount wrote to, so that an ovl mount can check it
+// (volatile_recovery=check), or not, so that writes may be lost for sure.
+func (c *checker) volatileDetail(incompat int, name string) string {
+	vfd, err := format.OpenAt(incompat, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(vfd)
+	rec, err := format.ReadVolatileRecord(vfd)
 	if err != nil {
 		return " (no ovl record: the kernel or an older ovl made the marker)"
 	}
-	f := os.NewFile(uintptr(fd), volatileRecordName)
-	defer f.Close()
-	data, _ := io.ReadAll(io.LimitReader(f, 1<<16))
-	now, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "boot_id "); ok && v != strings.TrimSpace(string(now)) {
-			return " (ovl's record: the machine rebooted since the mount, so writes may be lost)"
-		}
+	cur, err := format.VolatileIdentity(c.opts.Config.Upper, c.upper)
+	if err != nil {
+		return fmt.Sprintf(" (ovl's record of the mount is there, but the upper's identity cannot be read: %v)", err)
 	}
-	return " (ovl's record of the mount is there: a mount with volatile recovery can check it)"
+	if why := rec.Mismatch(cur); why != "" {
+		return " (ovl's record: " + why + ", so writes may be lost)"
+	}
+	return " (ovl's record of the mount matches this filesystem: a mount with volatile_recovery=check checks it)"
 }
