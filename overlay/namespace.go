@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // Cred is who asks for a new object: its owner, and a umask to apply.
@@ -182,7 +183,11 @@ func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 		err = o.setOpaque(o.work, tmp)
 	}
 	if err == nil {
+		fault.Hit("create.temp")
 		err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE)
+	}
+	if err == nil {
+		fault.Hit("create.exchanged")
 	}
 	o.removeTemp(tmp) // on success, the whiteout
 	return err
@@ -425,6 +430,7 @@ func (n *Node) remove(name string, isDir bool) error {
 			if err := unix.Renameat2(pfd, name, o.work, tmp, unix.RENAME_NOREPLACE); err != nil {
 				return err
 			}
+			fault.Hit("rmdir.aside")
 			o.removeTemp(tmp)
 			return nil
 		}
@@ -434,11 +440,13 @@ func (n *Node) remove(name string, isDir bool) error {
 	if err != nil {
 		return err
 	}
+	fault.Hit("whiteout.temp")
 	if child.inUpper {
 		if err := unix.Renameat2(o.work, wh, pfd, name, unix.RENAME_EXCHANGE); err != nil {
 			o.removeTemp(wh)
 			return fmt.Errorf("whiteout %s: %w", name, err)
 		}
+		fault.Hit("whiteout.placed")
 		o.removeTemp(wh) // now the removed object
 		return nil
 	}

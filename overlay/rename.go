@@ -4,6 +4,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // mergeOrLower reports whether a directory has a lower part: renaming it
@@ -110,6 +111,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			return err
 		}
 	}
+	fault.Hit("rename.redirect")
 
 	// Lock the directories in a fixed order.
 	if n == newParent {
@@ -148,6 +150,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 				if err := unix.Renameat2(nfd, newName, o.work, cleared, unix.RENAME_NOREPLACE); err != nil {
 					return err
 				}
+				fault.Hit("rename.cleared")
 				newKind = entryNone
 			} else if err != nil {
 				return err
@@ -182,22 +185,30 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			return unix.EXDEV
 		}
 	}
+	fault.Hit("rename.opaque")
 	if n != newParent && len(old.lowers) > 0 {
 		o.markImpure(newParent)
 	}
 	if exchange && n != newParent && len(target.lowers) > 0 {
 		o.markImpure(n)
 	}
+	fault.Hit("rename.impure")
 
 	if lateNotEmpty {
 		return unix.ENOTEMPTY
 	}
 	o.treeMu.Lock()
-	err = unix.Renameat2(ofd, name, nfd, newName, rflags)
+	if rflags&unix.RENAME_WHITEOUT != 0 {
+		err = fault.Hit("rename.whiteout")
+	}
+	if err == nil {
+		err = unix.Renameat2(ofd, name, nfd, newName, rflags)
+	}
 	if err == unix.EINVAL && rflags&unix.RENAME_WHITEOUT != 0 {
 		// A filesystem without RENAME_WHITEOUT: rename, then whiteout.
 		err = unix.Renameat2(ofd, name, nfd, newName, rflags&^unix.RENAME_WHITEOUT)
 		if err == nil {
+			fault.Hit("rename.fallback")
 			err = format.MakeWhiteout(ofd, name)
 		}
 	}
