@@ -87,7 +87,9 @@ func crashScenarios() []crashScenario {
 	}
 	rename := func(a, b string) func(string) error {
 		// unix.Rename: os.Rename refuses a directory target itself.
-		return func(root string) error { return in(root, func(p ...string) error { return unix.Rename(p[0], p[1]) }, a, b) }
+		return func(root string) error {
+			return in(root, func(p ...string) error { return unix.Rename(p[0], p[1]) }, a, b)
+		}
 	}
 	remove := func(p string) func(string) error {
 		return func(root string) error { return os.Remove(filepath.Join(root, p)) }
@@ -116,7 +118,7 @@ func crashScenarios() []crashScenario {
 		{name: "mv-file", opts: def, op: rename("d/a", "e/a2"),
 			needs: []string{"rename.redirect", "rename.opaque", "rename.impure", "rename.whiteout"}},
 		{name: "mv-file-fallback", opts: def, op: rename("d/a", "e/a2"), env: []string{"OVL_FAULT=rename.whiteout:EINVAL"},
-			needs: []string{"rename.fallback"},
+			needs:   []string{"rename.fallback"},
 			windows: map[string]string{"rename.fallback": "an upper without RENAME_WHITEOUT: the lower object shows at the old name until the whiteout is made"}},
 		{name: "mv-dir", opts: def, op: rename("d", "e/d2")},
 		{name: "mv-upper-dir", opts: def, prep: mkdir("n"), op: rename("n", "e/n")},
