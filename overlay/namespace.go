@@ -98,9 +98,11 @@ func (o *Overlay) tempWhiteout() (string, error) {
 	if err == nil {
 		return tmp, nil
 	}
-	if err != unix.EMLINK {
+	if err != unix.EMLINK && err != unix.ENOSPC && err != unix.EDQUOT {
 		// Not EMLINK (the inode's link count is full; a fresh one follows
-		// next time): this upper cannot link whiteouts at all.
+		// next time) nor a lack of space (tmpfs counts links as inodes; a
+		// full directory block fails a link too): this upper cannot link
+		// whiteouts at all.
 		o.whNoShare = true
 	}
 	// The shared whiteout itself becomes this one.

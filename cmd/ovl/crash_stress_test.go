@@ -221,7 +221,7 @@ func stressOp(r *rand.Rand, mnt, id string, inCopy *atomic.Int32) error {
 	dir := filepath.Join(mnt, fmt.Sprintf("d%d", r.IntN(6)))
 	file := filepath.Join(dir, fmt.Sprintf("f%d", r.IntN(stressFiles)))
 	var err error
-	switch r.IntN(8) {
+	switch r.IntN(9) {
 	case 0, 1: // copy-up without changing the data
 		var fd int
 		inCopy.Add(1)
@@ -253,8 +253,20 @@ func stressOp(r *rand.Rand, mnt, id string, inCopy *atomic.Int32) error {
 	case 7: // a directory renamed (a redirect), or made again
 		t := filepath.Join(dir, fmt.Sprintf("t%d", r.IntN(3)))
 		if err = unix.Rename(t, t+"-"+id); err != nil {
+			// Written aside and renamed, as every file of the load.
+			tmp := filepath.Join(dir, "g-"+id+".tmp")
 			if err = os.MkdirAll(filepath.Join(t, "s"), 0o755); err == nil {
-				err = os.WriteFile(filepath.Join(t, "s", "g"), selfChecked(r, 100), 0o644)
+				if err = os.WriteFile(tmp, selfChecked(r, 100), 0o644); err == nil {
+					err = unix.Rename(tmp, filepath.Join(t, "s", "g"))
+				}
+			}
+		}
+	case 8: // a new directory renamed over one that holds whiteouts
+		t := filepath.Join(dir, fmt.Sprintf("t%d", r.IntN(3)), "s")
+		nd := filepath.Join(dir, "n-dir-"+id)
+		if err = os.RemoveAll(filepath.Join(t, "g")); err == nil {
+			if err = os.Mkdir(nd, 0o755); err == nil {
+				err = unix.Rename(nd, t)
 			}
 		}
 	}
