@@ -126,6 +126,12 @@ func (n *Node) copyUp(mode copyMode) error {
 	parent.mu.Lock()
 	pfd, impure := parent.upperFd, parent.impure
 	parent.mu.Unlock()
+	if !impure {
+		// The parent is about to hold an entry with an origin; marked
+		// first, as by the kernel (ovl_do_copy_up), so that no crash
+		// leaves one in a directory whose listing does not look it up.
+		o.markImpure(parent)
+	}
 	err = fault.Hit("copyup.rename")
 	if err == nil {
 		err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_NOREPLACE)
@@ -139,10 +145,6 @@ func (n *Node) copyUp(mode copyMode) error {
 		return fmt.Errorf("copy up %s: rename into upper: %w", name, err)
 	}
 	fault.Hit("copyup.renamed")
-	if !impure {
-		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
-		o.markImpure(parent)
-	}
 	if n.IsDir() {
 		// The lower descriptor stays open until the node is forgotten:
 		// another thread may be using it right now.
@@ -440,6 +442,9 @@ func (o *Overlay) linkUp(n, parent *Node, name string) error {
 		return fmt.Errorf("link up %s: %w", name, err)
 	}
 	cur := int64(o.overlayNlinkAt(o.index, n.indexName, &ist))
+	if !impure {
+		o.markImpure(parent) // before the link: see copyUp
+	}
 	if err := unix.Linkat(o.index, n.indexName, pfd, name, 0); err != nil {
 		if err == unix.EEXIST {
 			return unix.ENOENT // the name was removed or replaced meanwhile
@@ -448,9 +453,6 @@ func (o *Overlay) linkUp(n, parent *Node, name string) error {
 	}
 	fault.Hit("linkup.linked")
 	o.setNlink(n.indexName, cur) // one more upper link, no new overlay name
-	if !impure {
-		o.markImpure(parent)
-	}
 	n.inUpper, n.realIno = true, ist.Ino
 	return nil
 }

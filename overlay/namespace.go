@@ -363,17 +363,21 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	link := func(dirfd int, nm string) error {
 		return unix.Linkat(unix.AT_FDCWD, format.ProcPath(tfd), dirfd, nm, unix.AT_SYMLINK_FOLLOW)
 	}
-	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
-		return nil, err
-	}
 	target.mu.Lock()
 	origin := len(target.lowers) > 0
 	target.mu.Unlock()
 	if origin {
 		// The new name has an origin: its number comes from it, and only
-		// an impure directory's entries are looked up for one (kernel:
-		// ovl_create_or_link marks the new parent impure).
+		// an impure directory's entries are looked up for one. Marked
+		// before the link, so that no crash leaves it unmarked (kernel:
+		// ovl_create_or_link marks the new parent impure first).
+		if _, err := n.upperDir(); err != nil {
+			return nil, err
+		}
 		n.o.markImpure(n)
+	}
+	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
+		return nil, err
 	}
 	return target, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -405,8 +406,31 @@ func crashView(t *testing.T, label, mnt string) map[string]string {
 	v := map[string]string{}
 	for p, n := range tr.Nodes {
 		v[p] = crashSig(n)
+		if n.Type == "dir" && n.ReadDir == "" {
+			crashCheckDino(t, label, mnt, p, tr)
+		}
 	}
 	return v
+}
+
+// crashCheckDino checks that readdir gives each entry of the directory rel
+// the inode number lstat gives it (an impure marker lost to a crash would
+// leave a copied-up file's d_ino the upper's).
+func crashCheckDino(t *testing.T, label, mnt, rel string, tr *k.Tree) {
+	t.Helper()
+	ents, err := k.ReadDir(filepath.Join(mnt, rel))
+	if err != nil {
+		t.Errorf("%s: readdir /%s: %v", label, rel, err)
+		return
+	}
+	for _, e := range ents {
+		if e.Name == "." || e.Name == ".." {
+			continue
+		}
+		if n := tr.Nodes[path.Join(rel, e.Name)]; n != nil && n.Ino != e.Ino {
+			t.Errorf("%s: /%s: readdir gives inode %d, lstat %d", label, path.Join(rel, e.Name), e.Ino, n.Ino)
+		}
+	}
 }
 
 // crashSig is what the matrix compares of one object: type, mode, owner,
