@@ -98,19 +98,21 @@ func (n *Node) copyUp(mode copyMode) error {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
-	origin := o.encodeOrigin(src.layer, src.fd)
-	if err := o.copyMeta(src.fd, &st, ow, tmp, origin); err != nil {
-		cleanup()
-		return fmt.Errorf("copy up %s: %w", name, err)
-	}
-	fault.Hit("copyup.attrs")
 	if meta {
+		// Before copyMeta: the truncate to the lower's size sets mtime,
+		// which copyMeta then puts back to the lower's.
 		if err := o.markMetacopy(tmp, st.Size); err != nil {
 			cleanup()
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
 		fault.Hit("copyup.metacopy")
 	}
+	origin := o.encodeOrigin(src.layer, src.fd)
+	if err := o.copyMeta(src.fd, &st, ow, tmp, origin); err != nil {
+		cleanup()
+		return fmt.Errorf("copy up %s: %w", name, err)
+	}
+	fault.Hit("copyup.attrs")
 	if o.indexOn && !n.IsDir() && n.indexName != "" {
 		return o.copyUpIndexed(n, parent, name, tmp, &st, copied)
 	}

@@ -167,11 +167,12 @@ func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 			unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
 			return err
 		}
-		if isDir && o.followRedirects && len(n.lowers) > 0 {
-			// With redirects followed, a lower directory may later be
-			// found under this name; a new directory must not merge with
-			// it. The kernel sets this where it forbids offline changes
-			// to the lower layers (ovl_create_upper); failure is harmless.
+		if isDir && !o.offlineChanges() && len(n.lowers) > 0 {
+			// A lower directory may later be found under this name (a
+			// redirect, a changed lower); a new directory must not merge
+			// with it. The kernel sets this where it forbids offline
+			// changes to the lower layers (ovl_create_upper); failure is
+			// harmless.
 			o.setOpaque(pfd, name)
 		}
 		return nil
@@ -366,6 +367,12 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	target.mu.Lock()
 	origin := len(target.lowers) > 0
 	target.mu.Unlock()
+	if !origin {
+		// Moved, or looked up by a later mount: no lower part found, but
+		// the upper object keeps its origin (kernel: ovl_type_origin).
+		v, _ := format.Getxattr(tfd, n.o.names.Name(format.Origin))
+		origin = len(v) > 0
+	}
 	if origin {
 		// The new name has an origin: its number comes from it, and only
 		// an impure directory's entries are looked up for one. Marked
@@ -465,4 +472,11 @@ func (n *Node) remove(name string, isDir bool) error {
 		o.addNlink(child, -1)
 	}
 	return nil
+}
+
+// offlineChanges reports whether the lower layers may change while the
+// overlay is not mounted (kernel: ovl_allow_offline_changes): not once a
+// feature that records lower identities or paths in the upper is on.
+func (o *Overlay) offlineChanges() bool {
+	return !o.indexOn && !o.metacopyOn && !o.createRedirects
 }

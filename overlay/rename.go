@@ -195,10 +195,13 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		}
 	}
 	fault.Hit("rename.opaque")
-	if n != newParent && len(old.lowers) > 0 {
+	// As the kernel (ovl_type_origin in ovl_rename), by the origin the
+	// upper object records: a copied-up file that moved before, or that a
+	// later mount looked up, has no lower part here but keeps its origin.
+	if n != newParent && (len(old.lowers) > 0 || o.hasOrigin(ofd, name)) {
 		o.markImpure(newParent)
 	}
-	if exchange && n != newParent && len(target.lowers) > 0 {
+	if exchange && n != newParent && (len(target.lowers) > 0 || o.hasOrigin(nfd, newName)) {
 		o.markImpure(n)
 	}
 	fault.Hit("rename.impure")
@@ -310,6 +313,13 @@ func (o *Overlay) emptyLike(dirfd int, name, tmp string) error {
 		return err
 	}
 	return unix.UtimesNanoAt(o.work, tmp, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// hasOrigin reports whether the upper object name in dirfd records a
+// known origin (a non-empty overlay.origin).
+func (o *Overlay) hasOrigin(dirfd int, name string) bool {
+	v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Origin))
+	return len(v) > 0
 }
 
 func (o *Overlay) markImpure(dir *Node) {

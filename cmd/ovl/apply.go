@@ -1,45 +1,40 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/ovl-project/ovl/layertar"
 )
 
-const applyUsage = `Usage: ovl apply [--userxattr] LAYER.tar[.gz|.zst] DIR
+func init() { addCommand(newApplyCommand) }
 
-Unpacks an OCI image layer (LAYER, or "-" for standard input; gzip and zstd
+func newApplyCommand() *cobra.Command {
+	var userxattr bool
+	c := &cobra.Command{
+		Use:   "apply [--userxattr] LAYER.tar[.gz|.zst] DIR",
+		Short: "unpack an OCI layer tar into a directory as an overlay layer",
+		Long: `Unpacks an OCI image layer (LAYER, or "-" for standard input; gzip and zstd
 are told by their first bytes) into the directory DIR in the kernel's
 overlay format, so that the kernel and ovl mount it as a layer: whiteouts
 become character devices 0/0, opaque directories get overlay.opaque
 (trusted.overlay.*, or user.overlay.* with --userxattr or without the
 privilege for trusted.* xattrs, as ovl mount chooses).
-Entries that would reach outside DIR are refused.
+Entries that would reach outside DIR are refused.`,
+		Example: `  ovl apply layer.tar.gz newlayer`,
+		Args:    operands(2, 2, "LAYER and DIR"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return runApply(args, userxattr)
+		},
+	}
+	c.Flags().BoolVar(&userxattr, "userxattr", false, "write overlay markers as user.overlay.* (for mounts with userxattr; the default without the privilege for trusted.* xattrs)")
+	return c
+}
 
-Flags:
-`
-
-func runApply(args []string) error {
-	fs := flag.NewFlagSet("ovl apply", flag.ContinueOnError)
-	userxattr := fs.Bool("userxattr", false, "write overlay markers as user.overlay.* (for mounts with userxattr; the default without the privilege for trusted.* xattrs)")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), applyUsage)
-		fs.PrintDefaults()
-	}
-	operands, err := parseTool(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
-	}
-	if len(operands) != 2 {
-		return fmt.Errorf("apply: want LAYER and DIR, got %d arguments (see ovl apply --help)", len(operands))
-	}
+func runApply(operands []string, userxattr bool) error {
 	var in io.Reader = os.Stdin
 	if operands[0] != "-" {
 		f, err := os.Open(operands[0])
@@ -54,7 +49,7 @@ func runApply(args []string) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	defer tr.Close()
-	res, err := layertar.Apply(tr, operands[1], layertar.ApplyOptions{UserXattr: *userxattr || !privileged()})
+	res, err := layertar.Apply(tr, operands[1], layertar.ApplyOptions{UserXattr: userxattr || !privileged()})
 	if err != nil {
 		return err
 	}

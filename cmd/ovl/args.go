@@ -2,13 +2,14 @@ package main
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
+
+	"github.com/spf13/cobra"
 )
 
 // invocation is a parsed command line.
 type invocation struct {
-	cmd        string   // mount, umount, stats, demo, help, version
+	cmd        string   // mount, umount, stats, ls, demo, help, usage, version
 	opts       []string // each -o value, in order
 	foreground bool     // -f: serve in this process
 	debug      bool     // -d: log every FUSE request
@@ -16,6 +17,8 @@ type invocation struct {
 	readyFD    int      // internal: the pipe on which a daemon reports readiness
 	gc         bool     // stats --gc: collect garbage before reporting the heap
 	fake       bool     // mount helper -f: check everything, mount nothing
+	lazy       bool     // umount -l: detach a busy mount
+	json       bool     // ls --json
 	positional []string
 }
 
@@ -61,86 +64,154 @@ func parseHelperArgs(args []string) (*invocation, error) {
 	return inv, nil
 }
 
-var commands = map[string]bool{
-	"mount": true, "umount": true, "unmount": true, "stats": true,
-	"demo": true, "help": true, "version": true,
+// route settles what the first word of a command line is, before cobra
+// reads it. fuse-overlayfs is called "PROG -o OPTS MNT" and mount.fuse3
+// calls "PROG SOURCE MNT -o OPTS" with any word as SOURCE, so an argv with
+// -o is the mount form whatever its first word, unless that word is a
+// command that takes -o itself (mount, diff, ...; a layerTools command may:
+// it parses its own flags). Otherwise the first
+// word must be a command (or a flag of ovl itself: --help, --version).
+func route(root *cobra.Command, args []string) ([]string, error) {
+	if len(args) == 0 {
+		return args, nil
+	}
+	first := args[0]
+	if first == cobra.ShellCompRequestCmd || first == cobra.ShellCompNoDescRequestCmd {
+		return args, nil // completion asks about the words after it
+	}
+	hasO := hasOptionsFlag(args)
+	if c := subcommand(root, first); c != nil {
+		if !hasO || c.DisableFlagParsing || c.Flags().ShorthandLookup("o") != nil {
+			return args, nil
+		}
+		return append([]string{"mount"}, args...), nil
+	}
+	if hasO {
+		return append([]string{"mount"}, args...), nil
+	}
+	if strings.HasPrefix(first, "-") {
+		return args, nil
+	}
+	msg := fmt.Sprintf("unknown command %q", first)
+	if s := closest(first, root.SuggestionsFor(first)); s != "" {
+		msg += fmt.Sprintf(": did you mean %q?", s)
+	}
+	return nil, usagef("%s (ovl --help lists the commands; the mount form is ovl -o OPTIONS MOUNTPOINT)", msg)
 }
 
-// parseArgs reads the command line by hand: flags and operands may come in
-// any order (fuse-overlayfs is called as "PROG -o OPTS MNT", mount.fuse3 as
-// "PROG SOURCE MNT -o OPTS"), which the flag package does not allow.
-func parseArgs(args []string) (*invocation, error) {
-	inv := &invocation{cmd: "mount", readyFD: -1}
-	if len(args) > 0 && commands[args[0]] {
-		inv.cmd = args[0]
-		if inv.cmd == "unmount" {
-			inv.cmd = "umount"
+// closest returns the candidate nearest to typed by edit distance (the
+// first of equals), or "".
+func closest(typed string, candidates []string) string {
+	best, bestD := "", -1
+	for _, c := range candidates {
+		if d := editDistance(typed, c); bestD < 0 || d < bestD {
+			best, bestD = c, d
 		}
-		args = args[1:]
 	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// subcommand returns the command of root named (or aliased) name.
+func subcommand(root *cobra.Command, name string) *cobra.Command {
+	for _, c := range root.Commands() {
+		if c.Name() == name || c.HasAlias(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+// hasOptionsFlag reports whether args hold -o ("-o V", "-oV") or
+// --options before a "--".
+func hasOptionsFlag(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if strings.HasPrefix(a, "-o") || a == "--options" || strings.HasPrefix(a, "--options=") {
+			return true
+		}
+	}
+	return false
+}
+
+// optionsBeforeOperand reports whether an -o comes before the first
+// operand of "ovl mount ARGS": then the operands are MOUNTPOINT alone, and
+// only the mount.fuse3 form, with the options after both, has a SOURCE.
+func optionsBeforeOperand(args []string) bool {
+	seen := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		// value returns the argument of a flag given as "--flag=V", "-oV" or "--flag V".
-		value := func(flag string) (string, error) {
-			if v, ok := strings.CutPrefix(a, flag+"="); ok {
-				return v, nil
-			}
-			if len(flag) == 2 && len(a) > 2 && strings.HasPrefix(a, flag) {
-				return a[2:], nil
-			}
-			if i+1 >= len(args) {
-				return "", fmt.Errorf("%s needs a value", flag)
-			}
-			i++
-			return args[i], nil
-		}
-		var err error
-		var v string
 		switch {
 		case a == "--":
-			inv.positional = append(inv.positional, args[i+1:]...)
-			i = len(args)
-		case a == "-h" || a == "--help":
-			inv.cmd = "help"
-		case a == "-V" || a == "--version":
-			inv.cmd = "version"
-		case a == "-f" || a == "--foreground":
-			inv.foreground = true
-		case a == "-d" || a == "--debug":
-			inv.debug = true
-		case a == "--gc" && inv.cmd == "stats":
-			inv.gc = true
-		case takes(a, "-o"):
-			v, err = value("-o")
-			inv.opts = append(inv.opts, v)
-		case takes(a, "--options"):
-			v, err = value("--options")
-			inv.opts = append(inv.opts, v)
-		case takes(a, "--log"):
-			v, err = value("--log")
-			inv.log = v
-		case takes(a, "--ready-fd"):
-			v, err = value("--ready-fd")
-			if err == nil {
-				inv.readyFD, err = strconv.Atoi(v)
-			}
-		case len(a) > 1 && a[0] == '-':
-			return nil, fmt.Errorf("unknown flag %q (see ovl --help)", a)
+			return seen
+		case a == "-o" || a == "--options":
+			seen = true
+			i++
+		case strings.HasPrefix(a, "-o") || strings.HasPrefix(a, "--options="):
+			seen = true
+		case a == "--log" || a == "--ready-fd" || a == "--source":
+			i++
+		case strings.HasPrefix(a, "-"):
 		default:
-			inv.positional = append(inv.positional, a)
-		}
-		if err != nil {
-			return nil, err
+			return seen
 		}
 	}
-	return inv, nil
+	return seen
 }
 
-// takes reports whether argument a is flag, given alone ("-o"), with "="
-// ("--log=F"), or, for a one-letter flag, with the value attached ("-oOPTS").
-func takes(a, flag string) bool {
-	if a == flag || strings.HasPrefix(a, flag+"=") {
-		return true
+// parse reads a command line into an invocation. The layer tools and
+// other self-contained commands run here; the rest are left to run with
+// the invocation. help is the command whose help to print for the
+// invocations "help" and "usage".
+func parse(args []string) (inv *invocation, help *cobra.Command, err error) {
+	inv = &invocation{readyFD: -1}
+	// The tree is built twice: route needs the command names, and the
+	// mount command the arguments route settled on.
+	routed, err := route(newRoot(&invocation{}, &help, nil), args)
+	if err != nil {
+		return nil, nil, err
 	}
-	return len(flag) == 2 && strings.HasPrefix(a, flag)
+	var mountArgs []string
+	if len(routed) > 0 && routed[0] == "mount" {
+		mountArgs = routed[1:]
+	}
+	root := newRoot(inv, &help, mountArgs)
+	root.SetArgs(routed)
+	err = root.Execute()
+	root.SetHelpFunc(nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if inv.cmd == "usage" {
+		help = root
+	}
+	return inv, help, nil
+}
+
+// parseArgs reads a command line into an invocation.
+func parseArgs(args []string) (*invocation, error) {
+	inv, _, err := parse(args)
+	return inv, err
 }

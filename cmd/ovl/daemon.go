@@ -1,28 +1,35 @@
 package main
 
 import (
-	"errors"
 	"fmt"
+	"io"
 	"log"
-	"net"
+	"log/syslog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ovl-project/ovl/fusefs"
-	"github.com/ovl-project/ovl/internal/privilege"
-	"github.com/ovl-project/ovl/overlay"
+	"github.com/ovl-project/ovl"
 )
 
 // runDaemon mounts and serves until the filesystem is unmounted: by
 // "ovl umount", by umount(8), or by this process on SIGTERM or SIGINT.
 // ready, when not nil, is the pipe to the parent "ovl mount": it gets
 // "ready" once the mount is usable, or "error MESSAGE".
+//
+// Its log goes to the --log file; a daemon in the background without one
+// logs to the system log (syslog, which journald serves where it runs), so
+// that a failure after the parent has returned is found somewhere.
 func runDaemon(req *mountRequest, ready *os.File) error {
+	dl := &daemonLog{}
 	report := func(err error) error {
+		if err != nil {
+			dl.fatal(err)
+		}
 		if ready != nil {
 			if err != nil {
 				fmt.Fprintf(ready, "error %s\n", oneLine(err.Error()))
@@ -45,6 +52,9 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 			return report(fmt.Errorf("log file: %w", err))
 		}
 		log.SetOutput(f)
+		dl.file = true
+	} else if ready != nil {
+		dl.openSyslog()
 	}
 	if ready != nil {
 		// A daemon must not keep a directory busy: it would block the
@@ -53,84 +63,137 @@ func runDaemon(req *mountRequest, ready *os.File) error {
 			return report(err)
 		}
 	}
-	for _, n := range req.notes {
+	for _, n := range req.plan.Notes {
 		log.Print(n)
 	}
-	if len(req.res.Ignored) > 0 {
-		log.Printf("ignoring options: %s", strings.Join(req.res.Ignored, ","))
+	if len(req.plan.Ignored) > 0 {
+		log.Printf("ignoring options: %s", strings.Join(req.plan.Ignored, ","))
 	}
 
-	ov, err := overlay.New(req.res.Overlay)
+	srv, err := mountWithFusermountReason(req.plan)
 	if err != nil {
 		return report(err)
 	}
-	if ls := ov.MappedLowers(); len(ls) > 0 {
-		log.Printf("lower layers on idmapped mounts show their owners as the kernel maps them, not mapped again: %s", strings.Join(ls, ":"))
-	}
-	srv, err := fusefs.Mount(req.mnt, ov, req.res.FUSE)
-	if err != nil {
-		ov.Close()
-		return report(mountHint(err)) // fusefs.Mount names the mountpoint
-	}
-
-	m, err := findMount(req.mnt)
-	var ln net.Listener
-	if err == nil {
-		ln, err = serveStats(m, ov)
-	}
-	if err != nil {
-		// Fatal: "ovl stats" and the wait of "ovl umount" need it.
-		if uerr := srv.Unmount(); uerr != nil {
-			log.Printf("unmount: %v", uerr)
-		} else {
-			srv.Wait()
-		}
-		ov.Close()
-		return report(fmt.Errorf("mount %s: %w", req.mnt, err))
-	}
-	defer ln.Close()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	go func() {
 		sig := <-sigs
-		log.Printf("%v: unmounting %s", sig, req.mnt)
+		log.Printf("%v: unmounting %s", sig, srv.Mountpoint())
 		if err := srv.Unmount(); err != nil {
 			// Busy: detach it, so new users cannot enter; the daemon
 			// exits once the last open file is closed.
-			log.Printf("unmount: %v; detaching", err)
-			if err := unmount(req.mnt, true); err != nil {
+			log.Printf("%v; detaching", err)
+			if err := srv.Detach(); err != nil {
 				log.Printf("detach: %v", err)
 			}
 		}
 	}()
 
 	report(nil)
-	srv.Wait()
+	err = srv.Wait()
 	signal.Stop(sigs)
-	if err := ov.Close(); err != nil {
-		return fmt.Errorf("closing the overlay: %w", err)
+	if err != nil {
+		dl.fatal(err)
 	}
-	return nil
+	return err
 }
 
-// mountHint adds the likely cause to a mount that the kernel refused to
-// root in a user namespace: FUSE may be mounted there only in a mount
-// namespace that the user namespace owns (podman makes one; "unshare -U"
-// alone does not), and fusermount3 is no help, as its setuid bit means
-// nothing inside the namespace.
-func mountHint(err error) error {
-	if !errors.Is(err, syscall.EPERM) || os.Geteuid() != 0 {
-		return err
-	}
-	if userns, nserr := privilege.InUserNamespace(); nserr != nil || !userns {
-		return err
-	}
-	return fmt.Errorf("%w (in a user namespace a FUSE mount needs a mount namespace of that user namespace, as unshare -Um makes)", err)
+// daemonLog sends the daemon's log to the system log when it has no log
+// file: the log package's lines at LOG_INFO, the error it exits with at
+// LOG_ERR.
+type daemonLog struct {
+	w    *syslog.Writer // nil: no system log
+	file bool           // the log goes to a --log file
 }
 
-// oneLine folds a message onto one line for the pipe and for stderr.
-func oneLine(s string) string {
-	lines := strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' })
-	return strings.Join(lines, "; ")
+// openSyslog connects to the system log (/dev/log) if there is one.
+// Without one the log goes nowhere, as before.
+func (d *daemonLog) openSyslog() {
+	w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "ovl")
+	if err != nil {
+		return
+	}
+	d.w = w
+	log.SetPrefix("") // syslog adds "ovl[PID]: "
+	log.SetFlags(0)
+	log.SetOutput(w)
+}
+
+// fatal logs the error the daemon exits with. In the foreground without a
+// log file, main prints it.
+func (d *daemonLog) fatal(err error) {
+	switch {
+	case d.w != nil:
+		d.w.Err("error: " + oneLine(err.Error()))
+	case d.file:
+		log.Printf("error: %v", err)
+	}
+}
+
+// mountWithFusermountReason mounts plan. Without root, go-fuse mounts with
+// fusermount3, which prints why it refuses on its stderr (this process's)
+// and exits 1, and go-fuse reports only the exit status. So the daemon's
+// stderr is a pipe during the mount, and fusermount3's words become the
+// error. Nothing else writes to stderr meanwhile: the log package writes to
+// the log file or the system log.
+func mountWithFusermountReason(plan *ovl.Plan) (*ovl.Server, error) {
+	if os.Geteuid() == 0 {
+		return plan.Mount()
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return plan.Mount()
+	}
+	saved, err := unix.Dup(2)
+	if err != nil {
+		r.Close()
+		w.Close()
+		return plan.Mount()
+	}
+	// The log package writes to stderr when there is no log file: keep
+	// its lines out of the pipe.
+	var keep *os.File
+	if log.Writer() == os.Stderr {
+		keep = os.NewFile(uintptr(saved), "stderr")
+		log.SetOutput(keep)
+	}
+	unix.Dup2(int(w.Fd()), 2)
+	w.Close()
+	out := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(r, 64<<10))
+		io.Copy(io.Discard, r)
+		out <- string(b)
+	}()
+	srv, err := plan.Mount()
+	unix.Dup2(saved, 2) // closes the pipe's last write end: the reader ends
+	if keep != nil {
+		log.SetOutput(os.Stderr)
+		keep.Close()
+	} else {
+		unix.Close(saved)
+	}
+	said := strings.TrimSpace(<-out)
+	r.Close()
+	if err != nil && said != "" && strings.Contains(err.Error(), "fusermount") {
+		return nil, fmt.Errorf("mount %s: fusermount3 refused it: %s", plan.Mountpoint, fusermountWords(said))
+	}
+	if said != "" {
+		fmt.Fprintln(os.Stderr, said) // not a refusal: stderr's after all
+	}
+	return srv, err
+}
+
+// fusermountWords drops the program name that fusermount3 puts before
+// each message ("/usr/bin/fusermount3: user has no write access ...").
+func fusermountWords(said string) string {
+	var lines []string
+	for _, l := range strings.Split(said, "\n") {
+		if name, msg, ok := strings.Cut(l, ": "); ok && strings.HasPrefix(filepath.Base(name), "fusermount") {
+			l = msg
+		}
+		lines = append(lines, l)
+	}
+	return oneLine(strings.Join(lines, "\n"))
 }

@@ -483,7 +483,8 @@ const (
 )
 
 // TestKernelRandomCISeedsCover checks that the CI seeds generate every
-// class of input of issue 17 with the default options (passthrough on),
+// class of input of issues 17 and 18 with the default options (passthrough
+// on), and the kernel's index and metacopy features (gen 7),
 // so that a generator change cannot silently drop one from CI.
 func TestKernelRandomCISeedsCover(t *testing.T) {
 	have := map[string]bool{}
@@ -493,6 +494,17 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 			have["layers "+c.Overlap] = true
 		}
 		passthrough := len(c.OvlOptions) == 0
+		// Gen 7: the kernel's index and metacopy features, with each
+		// xattr namespace and with passthrough on.
+		if c.Index == "on" {
+			have[fmt.Sprintf("index=on, userxattr=%v", c.UserXattr)] = true
+		}
+		if c.Metacopy == "on" && passthrough {
+			have["metacopy=on, passthrough on"] = true
+		}
+		if c.Metacopy == "on" && c.Index == "on" {
+			have["index=on and metacopy=on"] = true
+		}
 		for i, l := range append(append([]k.Layer{}, c.Layers.Lowers...), c.Layers.Upper) {
 			for _, e := range l {
 				if e.AUFS != "" {
@@ -568,7 +580,8 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 		"open O_RDONLY|O_TRUNC", "open O_APPEND", "create mode 0", "mkdir mode 0", "name of 256 bytes",
 		"rename to a name of 256 bytes", "path near PATH_MAX", "lower or upper file of mode 0", "layer name of 255 bytes",
 		"garbage overlay.opaque", "garbage overlay.redirect", "garbage overlay.metacopy", "garbage overlay.origin",
-		"AUFS whiteout not empty"}
+		"AUFS whiteout not empty", "index=on, userxattr=true", "index=on, userxattr=false",
+		"metacopy=on, passthrough on", "index=on and metacopy=on"}
 	for _, f := range k.AUFSForms {
 		want = append(want, "AUFS "+f+" in the lower", "AUFS "+f+" in the upper")
 	}

@@ -1,15 +1,20 @@
 // Command ovl mounts an overlay filesystem with the Linux kernel's overlayfs
 // format and behaviour, served through FUSE. It takes the kernel's -o
 // options, and can be used as containers-storage's mount_program in place of
-// fuse-overlayfs.
+// fuse-overlayfs. It also turns layers into OCI layer tars and back.
+//
+// The command line is a cobra command tree (commands.go); the mount form
+// of fuse-overlayfs and mount.fuse3 ("ovl -o OPTS MNT", "ovl SOURCE MNT -o
+// OPTS") is routed to "ovl mount" before cobra sees it (route), and
+// mount(8)'s helper form (mount.fuse.ovl) is parsed by hand (args.go).
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
+	"strings"
 )
 
 // stdPath is the search path when the environment has none: mount(8)
@@ -26,35 +31,81 @@ func main() {
 		run = runHelper
 	}
 	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "ovl: %s\n", oneLine(err.Error()))
-		os.Exit(1)
+		if msg := oneLine(err.Error()); msg != "" {
+			fmt.Fprintf(os.Stderr, "ovl: %s\n", msg)
+		}
+		os.Exit(exitCode(err))
 	}
 }
 
-func run(args []string) error {
-	if len(args) > 0 && layerTools[args[0]] != nil {
-		return layerTools[args[0]](args[1:])
+// usageError is a command line that ovl cannot read: exit code 2, as
+// getopt-style tools use for usage errors (podman, like ovl, prints the
+// usage and fails when given no command; it exits 125, its code for its
+// own errors, which ovl does not have).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+func exitCode(err error) int {
+	var u *usageError
+	var s *statusError
+	switch {
+	case errors.As(err, &s):
+		return s.code
+	case errors.As(err, &u):
+		return 2
 	}
-	inv, err := parseArgs(args)
+	return 1
+}
+
+// statusError is a command's own exit status (ovl fsck's, as e2fsck's),
+// with an error to print or none.
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e *statusError) Error() string {
+	if e.err == nil {
+		return ""
+	}
+	return e.err.Error()
+}
+
+func (e *statusError) Unwrap() error { return e.err }
+
+// run parses the command line and runs the command it names.
+func run(args []string) error {
+	inv, help, err := parse(args)
 	if err != nil {
 		return err
 	}
 	switch inv.cmd {
 	case "help":
-		fmt.Print(usage)
-		return nil
+		return help.Help()
+	case "usage":
+		help.SetOut(os.Stdout)
+		help.Help()
+		return usagef("missing command (see the list above; the mount form is ovl -o OPTIONS MOUNTPOINT)")
 	case "version":
-		fmt.Printf("ovl %s (%s)\n", version(), runtime.Version())
+		fmt.Print(versionText())
 		return nil
 	case "umount":
 		return runUmount(inv)
 	case "stats":
 		return runStats(inv)
+	case "ls":
+		return runLs(inv)
 	case "demo":
 		return runDemo(inv)
-	default:
+	case "mount":
 		return runMount(inv)
 	}
+	return nil // a command that ran inside parse (the layer tools, completion, man)
 }
 
 // runHelper serves mount(8) as /sbin/mount.fuse.ovl.
@@ -70,53 +121,8 @@ func runHelper(args []string) error {
 	return runMount(inv)
 }
 
-// version is the module version when built from a tagged module, else "devel".
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
+// oneLine folds a message onto one line for the pipe and for stderr.
+func oneLine(s string) string {
+	lines := strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' })
+	return strings.Join(lines, "; ")
 }
-
-const usage = `ovl - the Linux kernel's overlay filesystem, served through FUSE
-
-Usage:
-  ovl mount -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTIONS] [-f] [-d] [--log FILE] MOUNTPOINT
-  ovl -o OPTIONS MOUNTPOINT          same as "ovl mount" (fuse-overlayfs style)
-  ovl umount MOUNTPOINT              unmount and wait for the daemon to exit
-  ovl stats [--gc] MOUNTPOINT        print the daemon's counters and Go heap as JSON
-                                     (--gc: after a garbage collection)
-  ovl demo                           show what ovl does, in a temporary directory
-  ovl diff -o lowerdir=..,upperdir=U [--output F] [--compress gzip|zstd|none]
-                                     write the upper layer U as an OCI layer tar
-  ovl apply [--userxattr] LAYER DIR  unpack an OCI layer tar into DIR as an overlay layer
-  ovl --help | --version
-  mount.fuse.ovl SOURCE MOUNTPOINT -o OPTIONS   as mount(8)'s helper for fuse.ovl
-                                     (a symlink /sbin/mount.fuse.ovl -> ovl)
-
-Mount flags:
-  -o OPTIONS        comma-separated options; may be given several times
-  -f, --foreground  serve in this process instead of starting a daemon
-  -d, --debug       log every FUSE request (stays in the foreground unless --log is given)
-  --log FILE        the daemon's log (default: none)
-
-Options (as the kernel's overlayfs; "\" escapes "," and ":"):
-  lowerdir=L1:L2    lower layers, topmost first (one lower alone gives a read-only view)
-  upperdir=U, workdir=W   the writable layer and its work directory (same filesystem)
-  userxattr         keep overlay xattrs in user.overlay.* (the default without
-                    CAP_SYS_ADMIN in the initial user namespace)
-  nouserxattr       keep them in trusted.overlay.* (the default as root)
-  volatile, fsync=ordered|volatile   skip or keep fsync on the upper
-  redirect_dir=on|follow|nofollow|off   directory renames by redirect (default on;
-                    nofollow with userxattr)
-  index=on|off      keep lower hard links one object across copy-up (default off)
-  metacopy=on|off   copy up metadata only for chmod/chown/... (default off)
-  nfs_export=off, uuid=null|off, verity=off,
-  xino=off|auto     accepted; other values are not supported yet
-  ro, rw, nosuid, suid, nodev, dev, noexec, exec, allow_other, allow_root,
-  default_permissions, fsname=NAME, debug, log=FILE
-  defaults, auto, noauto, nofail, _netdev, user, users, x-*, ...: for mount(8),
-                    fstab and systemd; ignored
-  As root the mount allows other users and keeps setuid and device files;
-  ask for nosuid,nodev to turn them off. See README.md for the full table.
-`

@@ -11,17 +11,14 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ovl-project/ovl/internal/mountopt"
+	"github.com/ovl-project/ovl"
 )
 
 // mountRequest is a checked mount: what to mount where.
 type mountRequest struct {
-	mnt    string // absolute
+	plan   *ovl.Plan
 	source string // the SOURCE of mount.fuse3's and mount(8)'s call forms, or ""
-	res    *mountopt.Result
 	log    string // absolute, or ""
-	// notes are choices ovl made for the caller, for the daemon's log.
-	notes []string
 }
 
 // prepareMount parses and checks a mount command line.
@@ -37,45 +34,19 @@ func prepareMount(inv *invocation) (*mountRequest, error) {
 		// line is mounted.
 		source, mnt = inv.positional[0], inv.positional[1]
 	case 0:
-		return nil, errors.New("no mountpoint given (usage: ovl mount -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR] MOUNTPOINT)")
+		return nil, usagef("no mountpoint given (usage: ovl mount -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR] MOUNTPOINT)")
 	default:
-		return nil, fmt.Errorf("too many arguments: %s", strings.Join(inv.positional, " "))
+		return nil, usagef("too many arguments: %s", strings.Join(inv.positional, " "))
 	}
-	res, err := mountopt.Parse(inv.opts, os.Geteuid() == 0)
+	plan, err := ovl.Prepare(ovl.Config{Mountpoint: mnt, Options: inv.opts, Source: source, Debug: inv.debug, Daemon: true})
 	if err != nil {
 		return nil, err
 	}
-	if inv.debug {
-		res.FUSE.Debug = true
-	}
-	if res.FUSE.FsName == "" {
-		res.FUSE.FsName = source
-	}
-	if err := makeAbsolute(&res.Overlay); err != nil {
-		return nil, err
-	}
-	req := &mountRequest{res: res, source: source}
-	note, err := chooseXattrNS(res)
-	if err != nil {
-		return nil, err
-	}
-	if note != "" {
-		req.notes = append(req.notes, note)
-	}
-	if req.mnt, err = filepath.Abs(mnt); err != nil {
-		return nil, err
-	}
-	req.log = res.Log
+	req := &mountRequest{plan: plan, source: source, log: plan.Log}
 	if inv.log != "" {
-		req.log = inv.log
-	}
-	if req.log != "" {
-		if req.log, err = filepath.Abs(req.log); err != nil {
+		if req.log, err = filepath.Abs(inv.log); err != nil {
 			return nil, err
 		}
-	}
-	if req.mnt, err = preflight(req.mnt, &res.Overlay); err != nil {
-		return nil, err
 	}
 	return req, nil
 }
@@ -103,7 +74,7 @@ func runMount(inv *invocation) error {
 	}
 	// -d without a log file keeps the daemon in the foreground, so that
 	// the debug output has somewhere to go, as libfuse's -d does.
-	if inv.foreground || (req.res.FUSE.Debug && req.log == "") {
+	if inv.foreground || (req.plan.Debug && req.log == "") {
 		return runDaemon(req, nil)
 	}
 	return startDaemon(inv, req)
@@ -124,11 +95,13 @@ func startDaemon(inv *invocation, req *mountRequest) error {
 	if inv.debug {
 		args = append(args, "-d")
 	}
-	args = append(args, "--")
-	if req.source != "" {
-		args = append(args, req.source)
+	if inv.log != "" {
+		args = append(args, "--log", req.log)
 	}
-	args = append(args, req.mnt)
+	if req.source != "" {
+		args = append(args, "--source", req.source)
+	}
+	args = append(args, "--", req.plan.Mountpoint)
 
 	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
@@ -173,7 +146,7 @@ func startDaemon(inv *invocation, req *mountRequest) error {
 		return fmt.Errorf("reading from the daemon: %w", err)
 	}
 	werr := cmd.Wait()
-	hint := " (give --log FILE to see why)"
+	hint := " (see the system log, or give --log FILE)"
 	if req.log != "" {
 		hint = " (see " + req.log + ")"
 	}

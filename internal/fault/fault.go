@@ -20,9 +20,10 @@
 //	copyup.create     copy-up: the temporary exists in work/, empty
 //	copyup.data       copy-up: its data is copied (a fault here is an I/O
 //	                  error of the data copy)
+//	copyup.metacopy   copy-up: marked metacopy (metacopy=on), before
+//	                  its metadata (the truncate to size sets mtime)
 //	copyup.xattrs     copy-up: xattrs and origin are set
 //	copyup.attrs      copy-up: owner, mode and times are set
-//	copyup.metacopy   copy-up: marked metacopy (metacopy=on)
 //	copyup.rename     copy-up: about to rename into place (a fault here is
 //	                  a failed rename)
 //	copyup.renamed    copy-up: renamed into place, parent not yet impure

@@ -27,7 +27,11 @@ import (
 // sometimes not empty; ".wh..wh..opq" or user.fuseoverlayfs.opaque), the
 // kernel getting the kernel's form; the forms come from a stream of their
 // own (aufsForms), so a seed's layers and ops are otherwise those of gen 5.
-const Gen = 6
+// Gen 7 mounts both sides with index=on for about a quarter of the seeds
+// and metacopy=on for about a quarter of the trusted ones (the kernel
+// refuses metacopy with userxattr), drawn from a stream of their own
+// (featureOptions), so the layers and ops are those of gen 6.
+const Gen = 7
 
 // RandomCase draws the case of a seed: one to three lower layers and an
 // upper over a small name space, then nOps ops. Even seeds use userxattr,
@@ -46,7 +50,21 @@ func RandomCase(seed int64, nOps int) Case {
 	if rng.Intn(12) == 0 {
 		c.Overlap = Overlaps[rng.Intn(len(Overlaps))]
 	}
+	featureOptions(rand.New(rand.NewSource(seed^0x494e4458)), &c)
 	return c
+}
+
+// featureOptions turns on the kernel's index and metacopy features for
+// some cases: both change what a copy-up writes (index entries,
+// overlay.nlink, metacopy files and their data redirects), and with
+// them off the generator never met that code.
+func featureOptions(rng *rand.Rand, c *Case) {
+	if rng.Intn(4) == 0 {
+		c.Index = "on"
+	}
+	if !c.UserXattr && rng.Intn(4) == 0 {
+		c.Metacopy = "on"
+	}
 }
 
 var (

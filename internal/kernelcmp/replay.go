@@ -29,6 +29,10 @@ type Case struct {
 	// RedirectDir is redirect_dir= for both sides ("": the default of
 	// the day, see Options.Redirect; saved reproductions pin it).
 	RedirectDir string `json:"redirect_dir,omitempty"`
+	// Index and Metacopy are index= and metacopy= for both sides ("":
+	// the defaults, off).
+	Index    string `json:"index,omitempty"`
+	Metacopy string `json:"metacopy,omitempty"`
 	// OvlOptions are extra -o options for ovl only (Options.OvlExtra),
 	// e.g. "passthrough=off".
 	OvlOptions []string `json:"ovl_options,omitempty"`
@@ -67,6 +71,8 @@ func (c Case) Options() Options {
 	o.UserXattr = c.UserXattr
 	o.RedirectDir = c.RedirectDir
 	o.OvlExtra = c.OvlOptions
+	o.Index = c.Index
+	o.Metacopy = c.Metacopy
 	return o
 }
 
@@ -84,6 +90,12 @@ func (c Case) String() string {
 	every := ""
 	if len(c.OvlOptions) > 0 {
 		every = ", ovl " + strings.Join(c.OvlOptions, ",")
+	}
+	if c.Index != "" {
+		every += ", index=" + c.Index
+	}
+	if c.Metacopy != "" {
+		every += ", metacopy=" + c.Metacopy
 	}
 	if c.Overlap != "" {
 		every += ", layers " + c.Overlap

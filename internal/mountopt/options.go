@@ -23,6 +23,9 @@ type Result struct {
 	// Ignored lists the options accepted without effect, as given, so the
 	// daemon can log them.
 	Ignored []string
+	// Given lists the options given other than the layers (lowerdir,
+	// lowerdir+, upperdir, workdir), as given, for "ovl ls".
+	Given []string
 	// XattrChosen is set when userxattr or nouserxattr was given: the
 	// overlay xattr namespace (Overlay.UserXattr) is the caller's choice.
 	// Otherwise the mount program picks it by privilege.
@@ -104,6 +107,11 @@ func (s *state) apply(item string) error {
 		if hasVal {
 			return fmt.Errorf("option %q takes no value", name)
 		}
+	}
+	switch name {
+	case "lowerdir", "lowerdir+", "upperdir", "workdir":
+	default:
+		s.res.Given = append(s.res.Given, item)
 	}
 	if opt.ignored != "" {
 		s.res.Ignored = append(s.res.Ignored, item)

@@ -54,7 +54,7 @@ func unescape(s string) string {
 
 // splitLowers cuts a lowerdir value at unescaped colons and unescapes each
 // layer, as the kernel's ovl_parse_param_split_lowerdirs. A "::" (data-only
-// layers follow) is refused: those need metacopy, which ovl does not do yet.
+// layers follow) is refused: ovl does metacopy, but has no data-only layers.
 func splitLowers(v string) ([]string, error) {
 	var layers []string
 	start := 0
@@ -64,7 +64,7 @@ func splitLowers(v string) ([]string, error) {
 			i++
 		case ':':
 			if i+1 < len(v) && v[i+1] == ':' {
-				return nil, fmt.Errorf(`data-only lower layers ("::" in lowerdir) are not supported yet (ovl does no metacopy)`)
+				return nil, fmt.Errorf("lowerdir %q: %s", v, dataOnlyRefused)
 			}
 			layers = append(layers, v[start:i])
 			start = i + 1
@@ -79,6 +79,12 @@ func splitLowers(v string) ([]string, error) {
 	}
 	return layers, nil
 }
+
+// dataOnlyRefused says why "::" in lowerdir is refused. ovl follows
+// metacopy chains through the ordinary lowers, but does not keep lowers
+// that only serve file data (the kernel's data-only layers, which a
+// metacopy file in another layer reaches by an absolute redirect).
+const dataOnlyRefused = `data-only lower layers ("::" in lowerdir, datadir+=) are not supported yet: ovl follows metacopy files only into the ordinary lowers; list every layer with single colons`
 
 // unquote strips one pair of surrounding double quotes, as used around
 // SELinux context labels.

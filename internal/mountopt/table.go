@@ -36,7 +36,7 @@ var options = map[string]option{
 	// Layers (kernel fs/overlayfs/params.c).
 	"lowerdir":  {free: true, set: setLowerdir},
 	"lowerdir+": {free: true, set: setLowerdirPlus},
-	"datadir+":  {free: true, refused: "ovl has no data-only lower layers yet"},
+	"datadir+":  {free: true, refused: dataOnlyRefused},
 	"upperdir":  {free: true, set: func(s *state, v string) error { s.upper = unescape(v); return nil }},
 	"workdir":   {free: true, set: func(s *state, v string) error { s.work = unescape(v); return nil }},
 

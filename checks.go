@@ -1,4 +1,4 @@
-package main
+package ovl
 
 import (
 	"errors"
@@ -157,4 +157,13 @@ func fusermountBinary() (string, error) {
 		}
 	}
 	return "", errors.New("fusermount3 not found in PATH")
+}
+
+// absPath makes p absolute, naming it in the error.
+func absPath(p string) (string, error) {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return a, nil
 }
