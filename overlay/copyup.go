@@ -10,6 +10,7 @@ import (
 
 	"github.com/ovl-project/ovl/format"
 	"github.com/ovl-project/ovl/idmap"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // CopyUp makes sure n exists in the upper layer, copying its parents first
@@ -86,6 +87,9 @@ func (n *Node) copyUp(mode copyMode) error {
 	tmp := format.TempName(o.tempSeq.Add(1))
 	cleanup := func() { unix.Unlinkat(o.work, tmp, 0); unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR) }
 	copied, err := o.makeCopy(src.fd, &st, tmp, noData || meta)
+	if err == nil {
+		err = fault.Hit("copyup.data")
+	}
 	if err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
@@ -102,6 +106,7 @@ func (n *Node) copyUp(mode copyMode) error {
 			cleanup()
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
+		fault.Hit("copyup.metacopy")
 	}
 	origin := o.encodeOrigin(src.layer, src.fd)
 	if err := o.copyMeta(src.fd, &st, ow, tmp, origin); err != nil {
@@ -116,6 +121,7 @@ func (n *Node) copyUp(mode copyMode) error {
 			return fmt.Errorf("copy up %s: fsync: %w", name, err)
 		}
 	}
+	fault.Hit("copyup.attrs")
 	if o.indexOn && !n.IsDir() && n.indexName != "" {
 		return o.copyUpIndexed(n, parent, name, tmp, &st, copied)
 	}
@@ -131,17 +137,23 @@ func (n *Node) copyUp(mode copyMode) error {
 	parent.mu.Lock()
 	pfd, impure := parent.upperFd, parent.impure
 	parent.mu.Unlock()
-	if err := unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_NOREPLACE); err != nil {
+	if !impure {
+		// The parent is about to hold an entry with an origin; marked
+		// first, as by the kernel (ovl_do_copy_up), so that no crash
+		// leaves one in a directory whose listing does not look it up.
+		o.markImpure(parent)
+	}
+	err = fault.Hit("copyup.rename")
+	if err == nil {
+		err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_NOREPLACE)
+	}
+	if err != nil {
 		cleanup()
 		if err == unix.EEXIST {
 			// The name was removed (a whiteout now) or replaced meanwhile.
 			return unix.ENOENT
 		}
 		return fmt.Errorf("copy up %s: rename into upper: %w", name, err)
-	}
-	if !impure {
-		// The parent now holds an entry with an origin (kernel: ovl_set_impure).
-		o.markImpure(parent)
 	}
 	parent.noteUpper(pfd)
 	if o.cfg.FsyncStrict {
@@ -150,6 +162,7 @@ func (n *Node) copyUp(mode copyMode) error {
 			return fmt.Errorf("copy up %s: fsync parent: %w", name, err)
 		}
 	}
+	fault.Hit("copyup.renamed")
 	if n.IsDir() {
 		// The lower descriptor stays open until the node is forgotten:
 		// another thread may be using it right now.
@@ -210,6 +223,7 @@ func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (i
 			return 0, err
 		}
 		defer unix.Close(dst)
+		fault.Hit("copyup.create")
 		var n int64
 		if !noData && st.Size > 0 {
 			in, err := unix.Open(format.ProcPath(src), unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -354,6 +368,7 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origi
 	if err := format.Setxattr(dst, o.names.Name(format.Origin), origin, 0); err != nil && err != unix.EPERM {
 		return fmt.Errorf("write origin: %w", err)
 	}
+	fault.Hit("copyup.xattrs")
 	if o.owners {
 		// The copy's owner so far is the daemon's, with no override.
 		uid, gid := o.upperIDs(ow)
@@ -423,6 +438,7 @@ func (o *Overlay) copyUpIndexed(n, parent *Node, name, tmp string, lst *unix.Sta
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
+	fault.Hit("index.nlink")
 	if err := unix.Renameat2(o.work, tmp, o.index, n.indexName, unix.RENAME_NOREPLACE); err != nil {
 		cleanup()
 		if err != unix.EEXIST {
@@ -433,6 +449,7 @@ func (o *Overlay) copyUpIndexed(n, parent *Node, name, tmp string, lst *unix.Sta
 		o.stats.copyUps.Add(1)
 		o.stats.copyUpBytes.Add(uint64(copied))
 		o.note(o.index)
+		fault.Hit("index.published")
 	}
 	var ist unix.Stat_t
 	if err := format.Lstat(o.index, n.indexName, &ist); err != nil {
@@ -459,16 +476,17 @@ func (o *Overlay) linkUp(n, parent *Node, name string) error {
 		return fmt.Errorf("link up %s: %w", name, err)
 	}
 	cur := int64(o.overlayNlinkAt(o.index, n.indexName, &ist))
+	if !impure {
+		o.markImpure(parent) // before the link: see copyUp
+	}
 	if err := unix.Linkat(o.index, n.indexName, pfd, name, 0); err != nil {
 		if err == unix.EEXIST {
 			return unix.ENOENT // the name was removed or replaced meanwhile
 		}
 		return fmt.Errorf("link up %s: %w", name, err)
 	}
+	fault.Hit("linkup.linked")
 	o.setNlink(n.indexName, cur) // one more upper link, no new overlay name
-	if !impure {
-		o.markImpure(parent)
-	}
 	parent.noteUpper(pfd)
 	o.noteAt(o.index, n.indexName)
 	if o.cfg.FsyncStrict {

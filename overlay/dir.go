@@ -48,7 +48,8 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 	}
 	// seen maps a listed name to its index in out. fix marks upper entries
 	// whose inode number only a lookup can tell: a directory that merges
-	// with one below, a copied-up file (an origin) in an impure directory.
+	// with one below, any entry of an impure directory (a copied-up
+	// object or one moved there has an origin).
 	seen := make(map[string]int)
 	var out []DirEntry
 	var fix []int
@@ -89,7 +90,9 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 			name, ino, dtype := e.name, e.ino, e.dtype
 			if j, dup := seen[name]; dup {
 				if j >= 0 && out[j].Type == unix.S_IFDIR && dtype == unix.DT_DIR {
-					fix = append(fix, j)
+					if !impure {
+						fix = append(fix, j) // impure: there already
+					}
 					seen[name] = -1
 				}
 				continue
@@ -113,7 +116,10 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 			if upper && !last {
 				seen[name] = len(out)
 			}
-			if upper && impure && typ != unix.S_IFDIR {
+			if upper && impure {
+				// Directories too: one moved here with a redirect has its
+				// origin's number and merges with nothing of this name
+				// (kernel: ovl_iterate_real, the impure cache).
 				fix = append(fix, len(out))
 			}
 			out = append(out, DirEntry{Name: name, Ino: o.inoFor(d.l, ino), Type: typ})

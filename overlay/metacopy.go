@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // Metadata-only copy-up (kernel: metacopy=on):
@@ -132,6 +133,7 @@ func (n *Node) copyUpData(truncate bool) error {
 			return err
 		}
 	}
+	fault.Hit("metacopy.data")
 	if err := format.Removexattr(up, o.names.Name(format.Metacopy)); err != nil && err != unix.ENODATA {
 		return fmt.Errorf("copy up data: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // Cred is who asks for a new object: its owner, and a umask to apply.
@@ -99,9 +100,11 @@ func (o *Overlay) tempWhiteout() (string, error) {
 	if err == nil {
 		return tmp, nil
 	}
-	if err != unix.EMLINK {
+	if err != unix.EMLINK && err != unix.ENOSPC && err != unix.EDQUOT {
 		// Not EMLINK (the inode's link count is full; a fresh one follows
-		// next time): this upper cannot link whiteouts at all.
+		// next time) nor a lack of space (tmpfs counts links as inodes; a
+		// full directory block fails a link too): this upper cannot link
+		// whiteouts at all.
 		o.whNoShare = true
 	}
 	// The shared whiteout itself becomes this one.
@@ -185,7 +188,11 @@ func (n *Node) place(name string, isDir bool, mk maker, fix maker) error {
 		err = o.setOpaque(o.work, tmp)
 	}
 	if err == nil {
+		fault.Hit("create.temp")
 		err = unix.Renameat2(o.work, tmp, pfd, name, unix.RENAME_EXCHANGE)
+	}
+	if err == nil {
+		fault.Hit("create.exchanged")
 	}
 	o.removeTemp(tmp) // on success, the whiteout
 	return err
@@ -364,10 +371,6 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	link := func(dirfd int, nm string) error {
 		return unix.Linkat(unix.AT_FDCWD, format.ProcPath(tfd), dirfd, nm, unix.AT_SYMLINK_FOLLOW)
 	}
-	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
-		return nil, err
-	}
-	target.noteUpper(tfd) // its link count changed
 	target.mu.Lock()
 	origin := len(target.lowers) > 0
 	target.mu.Unlock()
@@ -379,10 +382,18 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	}
 	if origin {
 		// The new name has an origin: its number comes from it, and only
-		// an impure directory's entries are looked up for one (kernel:
-		// ovl_create_or_link marks the new parent impure).
+		// an impure directory's entries are looked up for one. Marked
+		// before the link, so that no crash leaves it unmarked (kernel:
+		// ovl_create_or_link marks the new parent impure first).
+		if _, err := n.upperDir(); err != nil {
+			return nil, err
+		}
 		n.o.markImpure(n)
 	}
+	if err := n.place(name, false, link, func(int, string) error { return nil }); err != nil {
+		return nil, err
+	}
+	target.noteUpper(tfd) // its link count changed
 	return target, nil
 }
 
@@ -440,6 +451,7 @@ func (n *Node) remove(name string, isDir bool) error {
 			if err := unix.Renameat2(pfd, name, o.work, tmp, unix.RENAME_NOREPLACE); err != nil {
 				return err
 			}
+			fault.Hit("rmdir.aside")
 			o.removeTemp(tmp)
 			return nil
 		}
@@ -449,11 +461,13 @@ func (n *Node) remove(name string, isDir bool) error {
 	if err != nil {
 		return err
 	}
+	fault.Hit("whiteout.temp")
 	if child.inUpper {
 		if err := unix.Renameat2(o.work, wh, pfd, name, unix.RENAME_EXCHANGE); err != nil {
 			o.removeTemp(wh)
 			return fmt.Errorf("whiteout %s: %w", name, err)
 		}
+		fault.Hit("whiteout.placed")
 		o.removeTemp(wh) // now the removed object
 		return nil
 	}

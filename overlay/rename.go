@@ -1,9 +1,12 @@
 package overlay
 
 import (
+	"fmt"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // mergeOrLower reports whether a directory has a lower part: renaming it
@@ -125,6 +128,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			return err
 		}
 	}
+	fault.Hit("rename.redirect")
 
 	// Lock the directories in a fixed order.
 	if n == newParent {
@@ -153,17 +157,25 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	}
 	rflags := uint(flags &^ unix.RENAME_NOREPLACE)
 	cleanupWhiteout := false
-	var cleared string // an emptied target directory moved to work/
+	var cleared string // the target directory's old self, in work/
 	if !exchange {
 		if target != nil && target.IsDir() && newKind == entryDir && !lateNotEmpty {
 			// The target directory may still hold whiteouts of a lower part it
-			// no longer shows; move it aside (kernel: ovl_clear_empty).
+			// no longer shows: exchange it with an empty opaque copy, which
+			// the rename can replace (kernel: ovl_clear_empty). Moving it
+			// aside instead would uncover its lower part until the rename,
+			// and for good after a crash in between.
 			if err := unix.Unlinkat(nfd, newName, unix.AT_REMOVEDIR); err == unix.ENOTEMPTY || err == unix.EEXIST {
 				cleared = format.TempName(o.tempSeq.Add(1))
-				if err := unix.Renameat2(nfd, newName, o.work, cleared, unix.RENAME_NOREPLACE); err != nil {
-					return err
+				err := o.emptyLike(nfd, newName, cleared)
+				if err == nil {
+					err = unix.Renameat2(o.work, cleared, nfd, newName, unix.RENAME_EXCHANGE)
 				}
-				newKind = entryNone
+				if err != nil {
+					o.removeTemp(cleared)
+					return fmt.Errorf("rename %s: clear %s: %w", name, newName, err)
+				}
+				fault.Hit("rename.cleared")
 			} else if err != nil {
 				return err
 			} else {
@@ -199,6 +211,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			return unix.EXDEV
 		}
 	}
+	fault.Hit("rename.opaque")
 	// As the kernel (ovl_type_origin in ovl_rename), by the origin the
 	// upper object records: a copied-up file that moved before, or that a
 	// later mount looked up, has no lower part here but keeps its origin.
@@ -208,16 +221,24 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	if exchange && n != newParent && (len(target.lowers) > 0 || o.hasOrigin(nfd, newName)) {
 		o.markImpure(n)
 	}
+	fault.Hit("rename.impure")
 
 	if lateNotEmpty {
 		return unix.ENOTEMPTY
 	}
 	o.treeMu.Lock()
-	err = unix.Renameat2(ofd, name, nfd, newName, rflags)
+	err = nil
+	if rflags&unix.RENAME_WHITEOUT != 0 {
+		err = fault.Hit("rename.whiteout")
+	}
+	if err == nil {
+		err = unix.Renameat2(ofd, name, nfd, newName, rflags)
+	}
 	if err == unix.EINVAL && rflags&unix.RENAME_WHITEOUT != 0 {
 		// A filesystem without RENAME_WHITEOUT: rename, then whiteout.
 		err = unix.Renameat2(ofd, name, nfd, newName, rflags&^unix.RENAME_WHITEOUT)
 		if err == nil {
+			fault.Hit("rename.fallback")
 			err = format.MakeWhiteout(ofd, name)
 		}
 	}
@@ -244,7 +265,9 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	}
 	if err != nil {
 		if cleared != "" {
-			unix.Renameat2(o.work, cleared, nfd, newName, unix.RENAME_NOREPLACE)
+			// Put the target back; its empty copy goes.
+			unix.Renameat2(o.work, cleared, nfd, newName, unix.RENAME_EXCHANGE)
+			o.removeTemp(cleared)
 		}
 		return err
 	}
@@ -258,6 +281,55 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 		o.removeTemp(cleared)
 	}
 	return nil
+}
+
+// emptyLike makes tmp in work/ an empty opaque directory with the xattrs
+// (not the overlay's own), owner, mode and times of the directory name in
+// dirfd (kernel: ovl_clear_empty).
+func (o *Overlay) emptyLike(dirfd int, name, tmp string) error {
+	src, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(src)
+	var st unix.Stat_t
+	if err := unix.Fstat(src, &st); err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(o.work, tmp, 0o700); err != nil {
+		return err
+	}
+	dst, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dst)
+	names, err := format.Listxattr(src)
+	if err != nil {
+		return fmt.Errorf("list xattrs: %w", err)
+	}
+	for _, x := range names {
+		if o.names.IsPrivate(x) {
+			continue
+		}
+		if v, err := format.Getxattr(src, x); err != nil {
+			return fmt.Errorf("read xattr %s: %w", x, err)
+		} else if v != nil {
+			if err := format.Setxattr(dst, x, v, 0); err != nil {
+				return fmt.Errorf("write xattr %s: %w", x, err)
+			}
+		}
+	}
+	if err := format.Setxattr(dst, o.names.Name(format.Opaque), format.OpaqueValue(), 0); err != nil {
+		return err
+	}
+	if err := unix.Fchownat(o.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return err
+	}
+	if err := unix.Fchmodat(o.work, tmp, st.Mode&0o7777, 0); err != nil {
+		return err
+	}
+	return unix.UtimesNanoAt(o.work, tmp, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // hasOrigin reports whether the upper object name in dirfd records a
