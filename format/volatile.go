@@ -40,6 +40,10 @@ import (
 const (
 	VolatileRecordName  = "ovl-record"
 	VolatileJournalName = "ovl-journal"
+	// VolatileFailedName holds the error of a sync that failed at the
+	// clean end of a mount. That error has been reported once and a later
+	// fsync will not report it again, so it alone proves writes lost.
+	VolatileFailedName = "ovl-sync-failed"
 )
 
 const volatileRecordVersion = "ovl-volatile-record 1"

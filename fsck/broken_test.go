@@ -519,6 +519,7 @@ func TestVolatileRecord(t *testing.T) {
 		{"rebooted", func(r *format.VolatileRecord) { r.BootID = "00000000-0000-0000-0000-000000000000" }, "rebooted since"},
 		{"remounted", func(r *format.VolatileRecord) { r.MountID++ }, "mounted again since"},
 		{"same", func(*format.VolatileRecord) {}, "volatile_recovery=check checks it"},
+		{"sync failed", func(*format.VolatileRecord) {}, "own sync at its end failed"},
 	} {
 		e := newEnv(t, 1)
 		e.file("w", "work/incompat/volatile/dirty", "")
@@ -534,6 +535,9 @@ func TestVolatileRecord(t *testing.T) {
 			}
 			c.change(&rec)
 			e.file("w", "work/incompat/volatile/"+format.VolatileRecordName, string(rec.Marshal()))
+		}
+		if c.name == "sync failed" {
+			e.file("w", "work/incompat/volatile/"+format.VolatileFailedName, "fsync /u/f: input/output error\n")
 		}
 		rep := e.run(fsck.Check)
 		if len(rep.Findings) != 1 || !strings.Contains(rep.Findings[0].What, c.want) {

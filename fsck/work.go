@@ -207,6 +207,10 @@ func (c *checker) volatileDetail(incompat int, name string) string {
 		return ""
 	}
 	defer unix.Close(vfd)
+	var st unix.Stat_t
+	if format.Lstat(vfd, format.VolatileFailedName, &st) == nil {
+		return " (ovl's record: the mount's own sync at its end failed, so writes are lost)"
+	}
 	rec, err := format.ReadVolatileRecord(vfd)
 	if err != nil {
 		return " (no ovl record: the kernel or an older ovl made the marker)"

@@ -34,12 +34,14 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/internal/fault"
 )
 
 // DefaultVolatileBound is the number of changed objects a volatile mount
@@ -334,8 +336,19 @@ func (o *Overlay) finishVolatile() error {
 	if s.syncfs != "" {
 		mode = "syncfs (" + s.syncfs + ")"
 	}
-	if err := s.finish(); err != nil {
-		unix.Unlinkat(o.work, filepath.Join(format.IncompatDirName, format.VolatileDirName, volatileClosingName), 0)
+	err := fault.Hit("volatile.finish")
+	if err == nil {
+		err = s.finish()
+	}
+	if err != nil {
+		volDir := filepath.Join(format.IncompatDirName, format.VolatileDirName)
+		// The error is reported now and never again (the kernel clears a
+		// writeback error once fsync returned it): a later mount must not
+		// take a clean fsync for proof, so the failure is written down.
+		if werr := writeSyncFailed(o.work, volDir, err); werr != nil {
+			log.Printf("volatile: recording the failed sync in %s: %v", volDir, werr)
+		}
+		unix.Unlinkat(o.work, filepath.Join(volDir, volatileClosingName), 0)
 		return fmt.Errorf("volatile upper %s not made durable, the marker stays: %w", o.cfg.Upper, err)
 	}
 	if err := removeVolatileMarker(o.work); err != nil {
@@ -347,6 +360,30 @@ func (o *Overlay) finishVolatile() error {
 	log.Printf("volatile: upper %s made durable by %s of %d changed objects in %.3f s; marker removed",
 		o.cfg.Upper, mode, n, time.Since(start).Seconds())
 	return nil
+}
+
+// writeSyncFailed writes cause into format.VolatileFailedName in volDir
+// (under workFd), durably: this file is the only trace of the error.
+func writeSyncFailed(workFd int, volDir string, cause error) error {
+	fd, err := format.OpenAt(workFd, filepath.Join(volDir, format.VolatileFailedName),
+		unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = unix.Write(fd, []byte(oneLine(cause.Error())+"\n"))
+	if err == nil {
+		err = unix.Fsync(fd)
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	return fsyncAt(workFd, volDir)
+}
+
+// oneLine folds s onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }
 
 // removeVolatileMarker removes work/incompat/volatile and, when empty,
@@ -436,6 +473,12 @@ func (o *Overlay) recoverVolatile(wfd int, workdir string) error {
 // volatileDurable returns "" when the upper a crashed volatile mount left
 // is as durable as a clean unmount would have made it, else why not.
 func (o *Overlay) volatileDurable(vol int) string {
+	if fd, err := format.OpenAt(vol, format.VolatileFailedName, unix.O_RDONLY|unix.O_NOFOLLOW, 0); err == nil {
+		buf := make([]byte, 512)
+		n, _ := unix.Read(fd, buf)
+		unix.Close(fd)
+		return fmt.Sprintf("its own sync at the end of the mount failed (%s)", strings.TrimSpace(string(buf[:max(n, 0)])))
+	}
 	rec, err := format.ReadVolatileRecord(vol)
 	if errors.Is(err, unix.ENOENT) {
 		return "it left no record of what it changed (a mount by the kernel or an older ovl)"
@@ -484,7 +527,10 @@ func (o *Overlay) volatileDurable(vol int) string {
 		if err != nil {
 			return fmt.Sprintf("a recorded change cannot be reopened to sync it (%v)", err)
 		}
-		err = unix.Fsync(fd)
+		err = fault.Hit("volatile.recover")
+		if err == nil {
+			err = unix.Fsync(fd)
+		}
 		unix.Close(fd)
 		if err != nil {
 			return fmt.Sprintf("the fsync of a recorded change failed (%v)", err)

@@ -242,6 +242,50 @@ func TestVolatileReuse(t *testing.T) {
 		incompatGone(t, l, "after accept")
 	})
 
+	// A writeback error is reported once: the daemon that saw it must
+	// leave it written down, or the next mount's clean fsync would pass
+	// for proof. OVL_FAULT makes the sync fail (internal/fault).
+	t.Run("a failed sync at the clean end: refused, then accept", func(t *testing.T) {
+		dir, l := reuseTree(t)
+		t.Setenv("OVL_FAULT", "volatile.finish:EIO")
+		if r := ovlMount(t, dir, l, ",volatile", func() { volatileChanges(t, l.Mnt) }); r.code != 0 {
+			t.Fatalf("ovl volatile mount: %s", r.stderr)
+		}
+		os.Unsetenv("OVL_FAULT")
+		if got := markerState(t, l.Work); strings.Contains(got, "ENOENT") {
+			t.Fatalf("the marker is gone after a failed sync: %s", got)
+		}
+		for _, extra := range []string{"", ",volatile"} {
+			cliCheckError(t, ovlMount(t, dir, l, extra, nil), "overlay with incompat feature 'volatile' cannot be mounted",
+				"its own sync at the end of the mount failed", "input/output error", "volatile_recovery=accept")
+		}
+		if err := kernelMount(t, l, "", nil); err != unix.EINVAL {
+			t.Errorf("the kernel mounting the unproven upper: %v, want EINVAL", err)
+		}
+		r := ovlMount(t, dir, l, ",volatile_recovery=accept", func() {
+			if got := volatileView(l.Mnt); got != volatileWant {
+				t.Errorf("after accept: %s, want %s", got, volatileWant)
+			}
+		})
+		if r.code != 0 {
+			t.Fatalf("volatile_recovery=accept: %s", r.stderr)
+		}
+		incompatGone(t, l, "after accept")
+	})
+
+	t.Run("kill -9, then a failed fsync of a recorded change: refused", func(t *testing.T) {
+		dir, l := reuseTree(t)
+		killVolatile(t, dir, l)
+		marker := markerState(t, l.Work)
+		t.Setenv("OVL_FAULT", "volatile.recover:EIO")
+		cliCheckError(t, ovlMount(t, dir, l, "", nil), "overlay with incompat feature 'volatile' cannot be mounted",
+			"the fsync of a recorded change failed", "input/output error", "volatile_recovery=accept")
+		os.Unsetenv("OVL_FAULT")
+		if got := markerState(t, l.Work); got != marker {
+			t.Errorf("a refused mount changed the marker: %s", got)
+		}
+	})
+
 	t.Run("a torn journal is no proof", func(t *testing.T) {
 		dir, l := reuseTree(t)
 		killVolatile(t, dir, l)

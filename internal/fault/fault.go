@@ -50,6 +50,11 @@
 //	rename.whiteout   rename with RENAME_WHITEOUT (a fault of EINVAL here
 //	                  forces the fallback for uppers without it)
 //	rename.fallback   rename fallback: the object moved, no whiteout yet
+//	volatile.finish   clean end of a volatile mount: before the sync of
+//	                  what it changed (a fault here is a failed sync)
+//	volatile.recover  mount after an unclean volatile stop: before the
+//	                  fsync of each journalled object (a fault here is a
+//	                  failed fsync)
 package fault
 
 import (
