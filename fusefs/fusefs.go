@@ -31,6 +31,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/ovl-project/ovl/internal/fusecount"
 	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/overlay"
 )
@@ -60,7 +61,12 @@ type Server struct {
 	mountpoint string
 	ov         *overlay.Overlay
 	root       *node
+	reqs       *fusecount.Counts
 }
+
+// Requests returns how many FUSE requests of each opcode the mount has
+// served (ovl stats, the bench's requests per operation).
+func (s *Server) Requests() map[string]uint64 { return s.reqs.Snapshot() }
 
 // Mount serves ov at mountpoint and returns once the mount is ready.
 func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error) {
@@ -160,6 +166,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		raw = &ptRaw{RawFileSystem: raw, m: pt}
 		gens.pt.Store(pt)
 	}
+	reqs := new(fusecount.Counts)
+	raw = fusecount.Wrap(raw, reqs)
 	srv, err := serve(mountpoint, raw, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -170,7 +178,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 			gens.pt.Store(nil) // nothing to track: every open is served by the daemon
 		}
 	}
-	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root}, nil
+	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root, reqs: reqs}, nil
 }
 
 // serve is fs.Mount for a raw file system.
