@@ -184,6 +184,9 @@ type Overlay struct {
 	keptMu   sync.Mutex
 	kept     map[uint64]*Node
 	tempSeq  atomic.Uint64
+	// noClone: a FICLONE into the upper filesystem failed as unsupported;
+	// copy-ups copy the data without trying again (copyData).
+	noClone atomic.Bool
 	xinoBits uint
 
 	// whShared names the whiteout in work/ that new whiteouts are hard
