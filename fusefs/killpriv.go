@@ -232,7 +232,9 @@ func (g *generations) killSuidgid(nodeID uint64) {
 	if m&unix.S_IXGRP != 0 {
 		m &^= unix.S_ISGID
 	}
-	if m != st.Mode&0o7777 {
-		nd.n.Setattr(overlay.SetAttr{Mode: &m}, -1)
+	if m != st.Mode&0o7777 && nd.n.Setattr(overlay.SetAttr{Mode: &m}, -1) == nil {
+		// The WRITE reply carries no attributes: drop the mode the
+		// kernel keeps (a negative offset: attributes only).
+		nd.NotifyContent(-1, 0)
 	}
 }
