@@ -29,6 +29,8 @@ type Stats struct {
 	HeapLive    uint64 `json:"go_heap_live_bytes"`
 	HeapObjects uint64 `json:"go_heap_objects_bytes"`
 	GCCycles    uint64 `json:"go_gc_cycles"`
+	// Requests counts the FUSE requests served, by opcode (issue 21).
+	Requests map[string]uint64 `json:"requests"`
 }
 
 // Info is what "ovl ls" shows of a mount: its layers and options with its
@@ -54,12 +56,12 @@ type Info struct {
 
 // Stats returns the mount's counters now; the heap figures are this
 // process's.
-func (s *Server) Stats() Stats { return newStats(s.ov, false) }
+func (s *Server) Stats() Stats { return newStats(s, false) }
 
 func (s *Server) info(gc bool) Info {
 	cfg := s.plan.res.Overlay
 	return Info{
-		Stats:      newStats(s.ov, gc),
+		Stats:      newStats(s, gc),
 		Mountpoint: s.plan.Mountpoint,
 		Lowers:     cfg.Lowers, Upper: cfg.Upper, Work: cfg.Work,
 		Options:   append([]string{}, s.plan.res.Given...),
@@ -80,7 +82,7 @@ const (
 	waitRequest = "wait\n"
 )
 
-func newStats(ov *overlay.Overlay, gc bool) Stats {
+func newStats(s *Server, gc bool) Stats {
 	if gc {
 		debug.FreeOSMemory()
 	}
@@ -90,7 +92,7 @@ func newStats(ov *overlay.Overlay, gc bool) Stats {
 		{Name: "/gc/cycles/total:gc-cycles"},
 	}
 	metrics.Read(m)
-	r := Stats{Pid: os.Getpid(), Stats: ov.Stats()}
+	r := Stats{Pid: os.Getpid(), Stats: s.ov.Stats(), Requests: s.fs.Requests()}
 	for i, p := range []*uint64{&r.HeapLive, &r.HeapObjects, &r.GCCycles} {
 		if m[i].Value.Kind() == metrics.KindUint64 {
 			*p = m[i].Value.Uint64()
@@ -163,7 +165,7 @@ func serveStats(m *mountinfo.Entry, s *Server) (net.Listener, error) {
 				case infoRequest:
 					reply = s.info(false)
 				default:
-					reply = newStats(s.ov, string(req) == gcRequest)
+					reply = newStats(s, string(req) == gcRequest)
 				}
 				if err := json.NewEncoder(c).Encode(reply); err != nil {
 					log.Printf("stats: %v", err)

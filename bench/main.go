@@ -266,6 +266,14 @@ func runWorkload(e *env, rep *report, w *workload, systems []*system, rounds int
 					c.Values = append(c.Values, v)
 				}
 			}
+			if err == nil {
+				for k, v := range vals {
+					if rest, ok := strings.CutPrefix(k, opcodeKey); ok {
+						rowName, op, _ := strings.Cut(rest, "\x00")
+						rep.addOpcode(rowName, s.name, op, v)
+					}
+				}
+			}
 			if err != nil {
 				e.logf("round %d %s %s: %v", r+1, w.name, s.name, err)
 			} else {

@@ -269,7 +269,8 @@ func daemonPid(e *env, s *system, mnt string) (int, error) {
 	return 0, fmt.Errorf("no process serves %s", mnt)
 }
 
-// ovlStats runs "ovl stats [--gc] mnt".
+// ovlStats runs "ovl stats [--gc] mnt": its numeric fields, and its
+// request counts under "requests."+OPCODE.
 func ovlStats(e *env, mnt string, gc bool) (map[string]float64, error) {
 	args := []string{"stats", mnt}
 	if gc {
@@ -283,9 +284,25 @@ func ovlStats(e *env, mnt string, gc bool) (map[string]float64, error) {
 		}
 		return nil, fmt.Errorf("ovl stats %s: %w", mnt, err)
 	}
-	var st map[string]float64
-	if err := json.Unmarshal(out, &st); err != nil {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(out, &raw); err != nil {
 		return nil, fmt.Errorf("ovl stats %s: %w in %q", mnt, err, out)
+	}
+	st := map[string]float64{}
+	for k, v := range raw {
+		var f float64
+		if json.Unmarshal(v, &f) == nil {
+			st[k] = f
+		}
+	}
+	if r, ok := raw["requests"]; ok {
+		var reqs map[string]float64
+		if err := json.Unmarshal(r, &reqs); err != nil {
+			return nil, fmt.Errorf("ovl stats %s: requests: %w", mnt, err)
+		}
+		for op, n := range reqs {
+			st["requests."+op] = n
+		}
 	}
 	return st, nil
 }

@@ -14,6 +14,23 @@ type report struct {
 	Meta    map[string]string `json:"meta"`
 	Systems []sysInfo         `json:"systems"`
 	Rows    []*result         `json:"rows"`
+	// Opcodes holds, by requests-per-operation row and system, each
+	// opcode's requests per operation, one value per round.
+	Opcodes map[string]map[string]map[string][]float64 `json:"opcodes,omitempty"`
+}
+
+// addOpcode records one round's requests per operation of op.
+func (r *report) addOpcode(row, sys, op string, v float64) {
+	if r.Opcodes == nil {
+		r.Opcodes = map[string]map[string]map[string][]float64{}
+	}
+	if r.Opcodes[row] == nil {
+		r.Opcodes[row] = map[string]map[string][]float64{}
+	}
+	if r.Opcodes[row][sys] == nil {
+		r.Opcodes[row][sys] = map[string][]float64{}
+	}
+	r.Opcodes[row][sys][op] = append(r.Opcodes[row][sys][op], v)
 }
 
 type sysInfo struct {
@@ -105,6 +122,10 @@ func formatValue(v float64, unit string) string {
 		return fmt.Sprintf("%.1f MiB", v)
 	case "x file":
 		return fmt.Sprintf("%.2f× file", v)
+	case "req":
+		return fmt.Sprintf("%.2f req", v)
+	case "µs":
+		return fmt.Sprintf("%.1f µs", v)
 	default:
 		return fmt.Sprintf("%.0f %s", v, unit)
 	}
@@ -150,6 +171,7 @@ func (r *report) writeTable(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
 	}
+	r.writeOpcodes(w, names)
 	var na []string
 	for _, s := range r.Systems {
 		if s.NA != "" {
@@ -173,4 +195,50 @@ func (r *report) writeJSON(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// writeOpcodes prints, per requests-per-operation row and counting system,
+// the median requests per operation of each opcode, most first.
+func (r *report) writeOpcodes(w io.Writer, names []string) {
+	if len(r.Opcodes) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nFUSE requests per operation by opcode (median of the rounds; opcodes below 0.01 left out):\n\n")
+	for _, res := range r.Rows {
+		bySys := r.Opcodes[res.Row]
+		for _, name := range names {
+			ops := bySys[name]
+			if len(ops) == 0 {
+				continue
+			}
+			type opv struct {
+				op string
+				v  float64
+			}
+			var l []opv
+			for op, vs := range ops {
+				// A round without the opcode had 0 of it.
+				for c := res.Cells[name]; c != nil && len(vs) < len(c.Values); {
+					vs = append(vs, 0)
+				}
+				if m := median(vs); m >= 0.005 {
+					l = append(l, opv{op, m})
+				}
+			}
+			slices.SortFunc(l, func(a, b opv) int {
+				if a.v != b.v {
+					if a.v > b.v {
+						return -1
+					}
+					return 1
+				}
+				return strings.Compare(a.op, b.op)
+			})
+			var parts []string
+			for _, x := range l {
+				parts = append(parts, fmt.Sprintf("%s %.2f", x.op, x.v))
+			}
+			fmt.Fprintf(w, "- %s, %s: %s\n", res.Row, name, strings.Join(parts, ", "))
+		}
+	}
 }

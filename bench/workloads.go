@@ -52,6 +52,16 @@ type runCtx struct {
 	setDir string // the layer set: l0.., flat, files beside
 }
 
+// The counted phases (requests.go).
+var (
+	phaseStatCold = phase{"find+stat, cold", "name"}
+	phaseStatWarm = phase{"find+stat, warm", "name"}
+	phaseCopyUp   = phase{"copy-up of a small file", "file"}
+	phaseUntar    = phase{"untar", "file"}
+	phaseRm       = phase{"rm -rf", "name"}
+	phaseCat      = phase{"xargs cat, warm", "file"}
+)
+
 func daemonsOnly(s *system) string {
 	if !s.daemon {
 		return "no daemon"
@@ -68,10 +78,10 @@ func ovlOnly(s *system) string {
 
 var workloads = []*workload{
 	{name: "find+stat", set: "tree",
-		rows: []row{
+		rows: append([]row{
 			{name: "find+stat 100k files, 3 lowers, cold", unit: "s", ratio: true, target: "≤1.3×"},
 			{name: "find+stat 100k files, 3 lowers, warm", unit: "s", ratio: true, target: "≤1.2×"},
-		},
+		}, append(phaseStatCold.rows(), phaseStatWarm.rows()...)...),
 		run: func(c *runCtx) (map[string]float64, error) {
 			want, err := c.e.expect("walk "+c.setDir, func() (int, error) { return walk(filepath.Join(c.setDir, "flat", "tree")) })
 			if err != nil {
@@ -80,9 +90,15 @@ var workloads = []*workload{
 			out := map[string]float64{}
 			for _, r := range []string{"cold", "warm"} {
 				var n int
-				t, err := timed(r == "cold", func() (err error) {
-					n, err = walk(filepath.Join(c.mnt, "tree"))
-					return err
+				p := phaseStatWarm
+				if r == "cold" {
+					p = phaseStatCold
+				}
+				t, err := timed(r == "cold", func() error {
+					return c.counted(p, want, out, func() (err error) {
+						n, err = walk(filepath.Join(c.mnt, "tree"))
+						return err
+					})
 				})
 				if err != nil {
 					return nil, err
@@ -177,10 +193,10 @@ var workloads = []*workload{
 		}},
 
 	{name: "copy-up", set: "bigfile", mutates: true,
-		rows: []row{
+		rows: append([]row{
 			{name: "copy-up of a 1 GiB file (append 1 byte)", unit: "s", ratio: true, copyUp: true, target: "≤1.1×"},
 			{name: "copy-up of 1000 small files (append 1 byte)", unit: "s", ratio: true, copyUp: true, target: "≤1.1×"},
-		},
+		}, phaseCopyUp.rows()...),
 		run: func(c *runCtx) (map[string]float64, error) {
 			big := filepath.Join(c.mnt, "big.bin")
 			want, err := fileSize(filepath.Join(c.setDir, "flat", "big.bin"))
@@ -201,12 +217,14 @@ var workloads = []*workload{
 			}
 			out["copy-up of a 1 GiB file (append 1 byte)"] = t
 			t, err = timed(false, func() error {
-				for _, name := range small {
-					if err := appendByte(filepath.Join(c.mnt, "small", name)); err != nil {
-						return err
+				return c.counted(phaseCopyUp, len(small), out, func() error {
+					for _, name := range small {
+						if err := appendByte(filepath.Join(c.mnt, "small", name)); err != nil {
+							return err
+						}
 					}
-				}
-				return nil
+					return nil
+				})
 			})
 			if err != nil {
 				return nil, err
@@ -216,10 +234,10 @@ var workloads = []*workload{
 		}},
 
 	{name: "untar+rm", set: "files", mutates: true,
-		rows: []row{
+		rows: append([]row{
 			{name: "untar 20k small files", unit: "s", ratio: true, target: "≤2×"},
 			{name: "rm -rf of a 20k-file lower tree", unit: "s", ratio: true, target: "≤2×"},
-		},
+		}, append(phaseUntar.rows(), phaseRm.rows()...)...),
 		run: func(c *runCtx) (map[string]float64, error) {
 			tarball := filepath.Join(c.setDir, "untar.tar")
 			want, err := c.e.expect("tar "+c.setDir, func() (int, error) { return tarEntries(tarball) })
@@ -227,7 +245,9 @@ var workloads = []*workload{
 				return nil, err
 			}
 			out := map[string]float64{}
-			t, err := timed(false, func() error { return runCmd(c.mnt, nil, "tar", "-xf", tarball, "-C", c.mnt) })
+			t, err := timed(false, func() error {
+				return c.counted(phaseUntar, want, out, func() error { return runCmd(c.mnt, nil, "tar", "-xf", tarball, "-C", c.mnt) })
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -237,7 +257,16 @@ var workloads = []*workload{
 			out["untar 20k small files"] = t
 			unix.Sync()
 			tree := filepath.Join(c.mnt, "rmtree")
-			t, err = timed(false, func() error { return runCmd(c.mnt, nil, "rm", "-rf", tree) })
+			names, err := c.e.expect("rmtree "+c.setDir, func() (int, error) {
+				n, err := walk(filepath.Join(c.setDir, "flat", "rmtree"))
+				return n + 1, err
+			})
+			if err != nil {
+				return nil, err
+			}
+			t, err = timed(false, func() error {
+				return c.counted(phaseRm, names, out, func() error { return runCmd(c.mnt, nil, "rm", "-rf", tree) })
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -249,12 +278,12 @@ var workloads = []*workload{
 		}},
 
 	{name: "git", set: "git", mutates: true, // git status refreshes the index
-		rows: []row{
+		rows: append([]row{
 			{name: "git status, 20k files, cold", unit: "s", ratio: true, target: "≤1.5×"},
 			{name: "git status, 20k files, warm", unit: "s", ratio: true, target: "≤1.2×"},
 			{name: "git ls-files | xargs cat, cold", unit: "s", ratio: true},
 			{name: "git ls-files | xargs cat, warm", unit: "s", ratio: true},
-		},
+		}, phaseCat.rows()...),
 		run: func(c *runCtx) (map[string]float64, error) {
 			repo := filepath.Join(c.mnt, "repo")
 			out := map[string]float64{}
@@ -269,9 +298,21 @@ var workloads = []*workload{
 				}
 				out["git status, 20k files, "+r] = t
 			}
+			files, err := c.e.expect("ls-files "+c.setDir, func() (int, error) {
+				var l bytes.Buffer
+				err := runCmd(filepath.Join(c.setDir, "flat", "repo"), &l, "git", "ls-files", "-z")
+				return bytes.Count(l.Bytes(), []byte{0}), err
+			})
+			if err != nil {
+				return nil, err
+			}
 			for _, r := range []string{"cold", "warm"} {
 				t, err := timed(r == "cold", func() error {
-					return runCmd(repo, nil, "sh", "-c", "git ls-files -z | xargs -0 cat >/dev/null")
+					cat := func() error { return runCmd(repo, nil, "sh", "-c", "git ls-files -z | xargs -0 cat >/dev/null") }
+					if r == "cold" {
+						return cat()
+					}
+					return c.counted(phaseCat, files, out, cat)
 				})
 				if err != nil {
 					return nil, err

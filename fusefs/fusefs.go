@@ -31,6 +31,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/ovl-project/ovl/internal/fusecount"
 	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/overlay"
 )
@@ -54,13 +55,23 @@ type Options struct {
 	NoPassthrough bool
 }
 
+// cacheTimeout is how long the kernel may keep entries, negative entries
+// and attributes: the lower layers never change under a mount and the upper
+// changes only through it (see Mount).
+const cacheTimeout = time.Hour
+
 // Server is a mounted overlay.
 type Server struct {
 	srv        *fuse.Server
 	mountpoint string
 	ov         *overlay.Overlay
 	root       *node
+	reqs       *fusecount.Counts
 }
+
+// Requests returns how many FUSE requests of each opcode the mount has
+// served (ovl stats, the bench's requests per operation).
+func (s *Server) Requests() map[string]uint64 { return s.reqs.Snapshot() }
 
 // Mount serves ov at mountpoint and returns once the mount is ready.
 func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error) {
@@ -74,7 +85,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
 	// request changes, and ovl drops what a copy-up changes (afterCopyUp).
-	entry, attr, neg := time.Hour, time.Hour, time.Hour
+	entry, attr, neg := cacheTimeout, cacheTimeout, cacheTimeout
 	fsName := opts.FsName
 	if fsName == "" {
 		fsName = "ovl"
@@ -92,7 +103,12 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// ATOMIC_O_TRUNC: O_TRUNC comes with the OPEN, which copies up and
 		// truncates as the kernel's ovl_open does, instead of an OPEN
 		// without it and then a SETATTR of the size through the new file.
-		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_ATOMIC_O_TRUNC,
+		// HANDLE_KILLPRIV_V2: the daemon clears setuid, setgid on chown,
+		// truncate and write (killpriv.go); the kernel then sends no
+		// GETATTR before each kill, and marks the superblock SB_NOSEC,
+		// so that a write to an inode it has seen without setuid,
+		// setgid or security.capability asks no GETXATTR.
+		ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | fuse.CAP_ATOMIC_O_TRUNC | fuse.CAP_HANDLE_KILLPRIV_V2,
 		// FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS: locks.go.
 		EnableLocks: true,
 		// The kernel checks the caller against the overlay inode's owner,
@@ -138,6 +154,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	})
 	raw = &plusRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}}
 	raw = &lockRaw{RawFileSystem: raw, l: locks}
+	raw = &killRaw{RawFileSystem: raw, g: gens}
 	var pt *ptMount
 	if !opts.NoPassthrough {
 		// Without the privilege to register backing files, negotiating
@@ -160,7 +177,11 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		raw = &ptRaw{RawFileSystem: raw, m: pt}
 		gens.pt.Store(pt)
 	}
-	srv, err := serve(mountpoint, raw, &mo)
+	reqs := new(fusecount.Counts)
+	raw = fusecount.Wrap(raw, reqs)
+	srv, err := serve(mountpoint, raw, &mo, func(srv *fuse.Server) {
+		gens.killprivV2.Store(srv.KernelSettings().Flags64()&fuse.CAP_HANDLE_KILLPRIV_V2 != 0)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
@@ -170,15 +191,17 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 			gens.pt.Store(nil) // nothing to track: every open is served by the daemon
 		}
 	}
-	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root}, nil
+	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root, reqs: reqs}, nil
 }
 
-// serve is fs.Mount for a raw file system.
-func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions) (*fuse.Server, error) {
+// serve is fs.Mount for a raw file system; inited runs after INIT, before
+// the first other request.
+func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions, inited func(*fuse.Server)) (*fuse.Server, error) {
 	srv, err := fuse.NewServer(raw, mountpoint, mo)
 	if err != nil {
 		return nil, err
 	}
+	inited(srv)
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
 		return nil, err
@@ -479,7 +502,20 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	// passthrough writes, which the daemon does not see otherwise); only
 	// the chown may fail (see inChown).
 	bare := in.Valid&^uint32(fuse.FATTR_FH|fuse.FATTR_LOCKOWNER|fuse.FATTR_CTIME) == 0
-	if chown || bare || a.Size != nil {
+	if p.gens.killprivV2.Load() && (chown || bare || a.Size != nil) {
+		var st unix.Stat_t
+		if err := p.n.Getattr(&st); err != nil {
+			return errno(err)
+		}
+		if m, c, kill := killV2(ctx, &st, chown || bare && inChown(ctx), a.Size != nil && in.Valid&fuse.FATTR_KILL_SUIDGID != 0 || bare); kill {
+			if chown || bare && inChown(ctx) {
+				if c.uid != st.Uid && !c.capable(unix.CAP_FOWNER) {
+					return syscall.EPERM // setattr_prepare on the ATTR_MODE the kill adds
+				}
+			}
+			a.Mode = &m
+		}
+	} else if chown || bare || a.Size != nil {
 		var st unix.Stat_t
 		if err := p.n.Getattr(&st); err != nil {
 			return errno(err)
@@ -504,7 +540,16 @@ func (p *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if err != nil {
 		return errno(err)
 	}
-	return p.Getattr(ctx, f, out)
+	if e := p.Getattr(ctx, f, out); e != 0 {
+		return e
+	}
+	if out.Timeout() == 0 {
+		// go-fuse (v2.12.1, fs/bridge.go SetAttr) sends what the node
+		// sets, unlike GETATTR, where it puts in the mount's timeout: a
+		// zero would make the kernel ask again at the next stat.
+		out.SetTimeout(cacheTimeout)
+	}
+	return 0
 }
 
 func (p *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {

@@ -63,6 +63,9 @@ type generations struct {
 	// pt is the mount's passthrough state, nil when every open is served
 	// by the daemon.
 	pt atomic.Pointer[ptMount]
+	// killprivV2: the kernel took FUSE_HANDLE_KILLPRIV_V2 (killpriv.go);
+	// set before the first request after INIT.
+	killprivV2 atomic.Bool
 }
 
 func newGenerations() *generations {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -231,7 +232,7 @@ func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (i
 				return 0, err
 			}
 			defer unix.Close(in)
-			if n, err = copyData(in, dst, st.Size); err != nil {
+			if n, err = copyData(in, dst, st.Size, &o.noClone); err != nil {
 				return 0, err
 			}
 		}
@@ -251,9 +252,19 @@ func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (i
 
 // copyData copies size bytes from in to out: a reflink where the upper can
 // share extents, else copy_file_range per data extent so holes stay holes.
-func copyData(in, out int, size int64) (int64, error) {
-	if err := unix.IoctlFileClone(out, in); err == nil {
-		return size, nil
+// noClone remembers that the upper filesystem cannot clone at all (ext4,
+// xfs without reflink, tmpfs), so that a copy-up tries FICLONE only until
+// the first such failure; EXDEV (lower on another filesystem) and EINVAL
+// (a file the clone cannot take) say nothing of the next file.
+func copyData(in, out int, size int64, noClone *atomic.Bool) (int64, error) {
+	if !noClone.Load() {
+		err := unix.IoctlFileClone(out, in)
+		if err == nil {
+			return size, nil
+		}
+		if err == unix.EOPNOTSUPP || err == unix.ENOTTY || err == unix.ENOSYS {
+			noClone.Store(true)
+		}
 	}
 	var copied int64
 	off := int64(0)

@@ -122,7 +122,7 @@ func (n *Node) copyUpData(truncate bool) error {
 		if err != nil {
 			return fmt.Errorf("copy up data: %w", err)
 		}
-		copied, err = copyData(in, dst, st.Size)
+		copied, err = copyData(in, dst, st.Size, &n.o.noClone)
 		unix.Close(in)
 		if err != nil {
 			return fmt.Errorf("copy up data: %w", err)

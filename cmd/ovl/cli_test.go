@@ -564,9 +564,16 @@ func cliStats(t *testing.T, dir string, gc bool) map[string]float64 {
 	if r.code != 0 {
 		t.Fatalf("%v: %s", args, r.stderr)
 	}
-	var m map[string]float64
-	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatalf("%v printed %q: %v", args, r.stdout, err)
+	}
+	m := map[string]float64{}
+	for k, v := range raw {
+		var f float64
+		if json.Unmarshal(v, &f) == nil {
+			m[k] = f
+		}
 	}
 	return m
 }
