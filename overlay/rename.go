@@ -94,7 +94,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 	if err != nil {
 		return err
 	}
-	if exchange {
+	if exchange || target != nil && target.indexedLower() {
 		if err := target.copyUp(copyMeta); err != nil {
 			return err
 		}
