@@ -363,6 +363,12 @@ func (n *Node) Link(target *Node, name string) (*Node, error) {
 	target.mu.Lock()
 	origin := len(target.lowers) > 0
 	target.mu.Unlock()
+	if !origin {
+		// Copied up before this node was looked up: its upper file
+		// carries the origin.
+		v, _ := format.Getxattr(tfd, n.o.names.Name(format.Origin))
+		origin = len(v) > 0
+	}
 	if origin {
 		// The new name has an origin: its number comes from it, and only
 		// an impure directory's entries are looked up for one (kernel:
