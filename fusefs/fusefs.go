@@ -838,27 +838,30 @@ func (p *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return errno(p.n.Removexattr(attr))
 }
 
-// upState is what afterCopyUp compares: whether the object is up, and its
-// inode number.
+// upState is what afterCopyUp compares: whether the object is up, whether
+// its data is (not a metacopy), and its inode number.
 type upState struct {
-	up  bool
-	ino uint64
+	up, data bool
+	ino      uint64
 }
 
-func (p *node) upState() upState { return upState{p.n.InUpper(), p.n.Ino()} }
+func (p *node) upState() upState { return upState{p.n.InUpper(), p.n.DataInUpper(), p.n.Ino()} }
 
 // afterCopyUp drops the attributes the kernel cached for p if the request
 // copied it up (was is p's state before): they were the lower object's (the
 // st_nlink of a lower hard link, for one), and requests without an
 // attribute reply leave them. A copy-up that split a lower hard link also
 // changed p's number (overlay/ino.go), which its directory's listings, the
-// kept one and the kernel's cache, hold as d_ino: they go too.
+// kept one and the kernel's cache, hold as d_ino: they go too. Copying the
+// data of a metacopy file up writes the upper file, which gives it a new
+// mtime, as in the kernel (ovl_copy_up_meta_inode_data).
 func (p *node) afterCopyUp(was upState) {
-	if was.up || !p.n.InUpper() {
+	now := p.upState()
+	if now.up == was.up && now.data == was.data {
 		return
 	}
 	p.NotifyContent(-1, 0) // a negative offset: attributes only
-	if p.n.Ino() == was.ino {
+	if was.up || now.ino == was.ino {
 		return
 	}
 	if _, parent := p.Parent(); parent != nil {

@@ -58,7 +58,10 @@ func (n *Node) copyUp(mode copyMode) error {
 		return err
 	}
 	if n.inIndex {
-		return o.linkUp(n, parent, name)
+		if err := o.linkUp(n, parent, name); err != nil || !n.metacopy || mode == copyMeta {
+			return err
+		}
+		return n.copyUpData(noData)
 	}
 	if len(n.lowers) == 0 {
 		return fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)

@@ -139,6 +139,11 @@ func (o *Overlay) lookupIndex(child *Node, l *layer, dirfd int, leaf string, st 
 		return
 	}
 	child.inIndex, child.realIno = true, ist.Ino
+	if ist.Mode&unix.S_IFMT == unix.S_IFREG && o.metacopyOn {
+		// The kernel copies a hard link up as metadata only too
+		// (ovl_nlink_start): its data is then still this lower file's.
+		child.metacopy, _ = o.metacopyAt(o.index, child.indexName)
+	}
 	*st = ist
 	storeNlink(&st.Nlink, o.overlayNlinkAt(o.index, child.indexName, &ist))
 }

@@ -413,6 +413,20 @@ func (n *Node) remove(name string, isDir bool) error {
 	if err != nil {
 		return err
 	}
+	if !isDir && o.indexOn {
+		// A name of an indexed lower hard link is copied up before it
+		// goes, as by the kernel (ovl_nlink_start): its index entry then
+		// records the link count the other names show.
+		if child, err := n.Lookup(name); err == nil {
+			if child.indexedLower() {
+				err = child.copyUp(copyMeta)
+			}
+			child.Forget()
+			if err != nil {
+				return err
+			}
+		}
+	}
 	n.dirMu.Lock()
 	defer n.dirMu.Unlock()
 	child, err := n.Lookup(name)
@@ -480,6 +494,16 @@ func (n *Node) remove(name string, isDir bool) error {
 		o.addNlink(child, -1)
 	}
 	return nil
+}
+
+// indexedLower reports whether n is a name of a lower hard link with
+// index=on that is not in the upper yet: removing it or renaming over it
+// changes the link count its other names show, which only its index entry
+// can record.
+func (n *Node) indexedLower() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return !n.IsDir() && n.indexName != "" && !n.inUpper
 }
 
 // offlineChanges reports whether the lower layers may change while the

@@ -112,7 +112,7 @@ func (n *Node) Rename(name string, old *Node, newParent *Node, newName string, t
 			}
 		}
 	}
-	if exchange {
+	if exchange || target != nil && target.indexedLower() {
 		if err := target.copyUp(copyMeta); err != nil {
 			return err
 		}

@@ -58,7 +58,7 @@ func (h hiddenCheck) split(ds []Diff) (hidden map[int]string, rest []Diff) {
 	failing := map[string]bool{}
 	for _, d := range ds {
 		if k, o := kv(d); d.Field == "exists" && k == "missing" && strings.HasPrefix(o, "error:") {
-			failing[path.Dir(d.Path)] = true
+			failing[parentOf(d.Path)] = true
 		}
 	}
 	unlisted := map[string]bool{}

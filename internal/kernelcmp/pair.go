@@ -574,6 +574,13 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 			p.T.Errorf("%s: snapshot: %v", label, err)
 			continue
 		}
+		var prs []string
+		for _, pr := range t.Problems {
+			if !strayWhiteout(reader.M, l.Upper, pr) {
+				prs = append(prs, pr)
+			}
+		}
+		t.Problems = prs
 		p.reportProblems(label, reader.Name, t)
 		if len(ds) > 0 {
 			p.observe(Finding{Label: label, Scope: ScopeMerged, Diffs: ds, Hidden: hidden, Names: [2]string{owner.Name + " (writer)", reader.Name + " (reader)"}})

@@ -191,9 +191,11 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 		return nil
 	}
 	ents, err := ReadDir(p)
-	if e, ok := Errno(err); ok && e != 0 && rel != "" {
+	if e, ok := Errno(err); ok && e != 0 && (rel != "" || e != unix.ENOTCONN) {
 		// A directory the mount refuses to list (hostile metadata, a
-		// layer reached through the mount): the errno is compared.
+		// layer reached through the mount), the root too (the kernel
+		// fails the readdir of an impure root with an entry whose lookup
+		// fails): the errno is compared. A dead mount is an error.
 		n.ReadDir = ErrnoName(e)
 		return nil
 	}
