@@ -420,13 +420,18 @@ func (o *Overlay) openUpper(devs map[uint64]uint64) error {
 		// A daemon that was just unmounted may still be closing: wait a
 		// little before calling the directory busy, longer while a
 		// volatile mount's end syncs its changes (volatile.go).
+		// Once the closing mark was seen, the wait goes on after it is
+		// gone: the daemon removes it with the marker, then exits and
+		// only then releases the lock.
 		deadline := time.Now().Add(2 * time.Second)
+		sawClosing := false
 		for {
 			err = unix.Flock(lfd, unix.LOCK_EX|unix.LOCK_NB)
 			if err == nil {
 				break
 			}
-			if err == unix.EWOULDBLOCK && time.Now().After(deadline) && volatileClosing(wfd) && time.Now().Before(deadline.Add(volatileCloseWait)) {
+			if err == unix.EWOULDBLOCK && time.Now().After(deadline) && (sawClosing || volatileClosing(wfd)) && time.Now().Before(deadline.Add(volatileCloseWait)) {
+				sawClosing = true
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}

@@ -250,7 +250,10 @@ func TestVolatileWaitsForClosing(t *testing.T) {
 	released := make(chan struct{})
 	go func() {
 		time.Sleep(3 * time.Second) // past the two seconds a busy workdir gets
+		// As the closing daemon does: the marker goes first, the lock
+		// with the process a moment later.
 		os.RemoveAll(filepath.Join(cfg.Work, "work/incompat"))
+		time.Sleep(500 * time.Millisecond)
 		close(released)
 		unix.Close(lock)
 	}()
