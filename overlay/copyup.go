@@ -508,7 +508,7 @@ func srcXattrs(fd int, read bool) ([]string, error) {
 // srcXattr reads one xattr of a copy-up's source (nil when absent).
 func srcXattr(fd int, read bool, name string) ([]byte, error) {
 	if !read {
-		return format.Getxattr(fd, name)
+		return format.Getxattr(fd, name) // a directory, or O_PATH
 	}
 	buf := make([]byte, 256)
 	for {
