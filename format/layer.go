@@ -75,6 +75,28 @@ func Getxattr(fd int, name string) ([]byte, error) {
 	return getxattr(fd, "", name)
 }
 
+// GetxattrFile is Getxattr for an object known not to be a directory. For
+// an O_PATH descriptor getxattrat can neither read the fd itself
+// (AT_EMPTY_PATH wants a readable one) nor look "." up from a
+// non-directory, so this goes through /proc at once: one call, not a
+// failing getxattrat first.
+func GetxattrFile(fd int, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Getxattr(ProcPath(fd), name, buf)
+		switch {
+		case err == unix.ERANGE && len(buf) < 1<<16:
+			buf = make([]byte, 1<<16)
+			continue
+		case err == unix.ENODATA || err == unix.EOPNOTSUPP:
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
 // GetxattrAt reads an xattr of name (one path component) in dirfd without
 // following it. It returns nil, nil when the attribute is absent.
 func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {

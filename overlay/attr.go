@@ -441,7 +441,11 @@ func (n *Node) Getxattr(name string) ([]byte, error) {
 		return nil, err
 	}
 	defer done()
-	v, err := format.Getxattr(fd, name)
+	get := format.Getxattr
+	if !n.IsDir() {
+		get = format.GetxattrFile
+	}
+	v, err := get(fd, name)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -67,18 +68,19 @@ func (n *Node) copyUp(mode copyMode) error {
 		return fmt.Errorf("copy up %s: no lower object: %w", name, unix.EIO)
 	}
 	src := n.lowers[0]
+	srcRead := false // src.fd is open for reading, not O_PATH
 	if !n.IsDir() {
 		// n.mu is held: find the lower object the way real does.
 		dirfd := parent.lowerFd(src.layer)
 		if dirfd < 0 {
 			return fmt.Errorf("copy up %s: parent lost its lower: %w", name, unix.EIO)
 		}
-		fd, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		fd, err := openSrc(dirfd, name, n.kind == unix.S_IFREG && !noData && !meta)
 		if err != nil {
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
-		defer unix.Close(fd)
-		src.fd = fd
+		defer unix.Close(fd.fd)
+		src.fd, srcRead = fd.fd, fd.read
 	}
 
 	var st unix.Stat_t
@@ -90,7 +92,10 @@ func (n *Node) copyUp(mode copyMode) error {
 	}
 	tmp := format.TempName(o.tempSeq.Add(1))
 	cleanup := func() { unix.Unlinkat(o.work, tmp, 0); unix.Unlinkat(o.work, tmp, unix.AT_REMOVEDIR) }
-	copied, err := o.makeCopy(src.fd, &st, tmp, noData || meta)
+	copied, dst, err := o.makeCopy(src.fd, srcRead, &st, tmp, noData || meta)
+	if dst >= 0 {
+		defer unix.Close(dst)
+	}
 	if err == nil {
 		err = fault.Hit("copyup.data")
 	}
@@ -106,21 +111,27 @@ func (n *Node) copyUp(mode copyMode) error {
 	if meta {
 		// Before copyMeta: the truncate to the lower's size sets mtime,
 		// which copyMeta then puts back to the lower's.
-		if err := o.markMetacopy(tmp, st.Size); err != nil {
+		if err := o.markMetacopy(dst, st.Size); err != nil {
 			cleanup()
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
 		fault.Hit("copyup.metacopy")
 	}
 	origin := o.encodeOrigin(src.layer, src.fd)
-	if err := o.copyMeta(src.fd, &st, ow, tmp, origin); err != nil {
+	if err := o.copyMeta(src.fd, srcRead, &st, ow, tmp, dst, origin); err != nil {
 		cleanup()
 		return fmt.Errorf("copy up %s: %w", name, err)
 	}
 	if o.cfg.FsyncStrict && (n.kind == unix.S_IFREG || n.kind == unix.S_IFDIR) {
 		// fsync=strict: data and metadata on disk before the name
 		// (kernel: ctx.metadata_fsync in ovl_copy_up_one).
-		if err := fsyncAt(o.work, tmp); err != nil {
+		var err error
+		if dst >= 0 {
+			err = unix.Fsync(dst)
+		} else {
+			err = fsyncAt(o.work, tmp)
+		}
+		if err != nil {
 			cleanup()
 			return fmt.Errorf("copy up %s: fsync: %w", name, err)
 		}
@@ -180,7 +191,14 @@ func (n *Node) copyUp(mode copyMode) error {
 		o.noteAt(pfd, name)
 		n.noted.Store(o.syncs != nil && n.kind == unix.S_IFREG) // see adopt
 		lowerLinks := st.Nlink
-		if err := format.Lstat(pfd, name, &st); err != nil {
+		// The copy's own descriptor, where there is one, gives its inode
+		// without looking the new name up again.
+		if dst >= 0 {
+			err = unix.Fstat(dst, &st)
+		} else {
+			err = format.Lstat(pfd, name, &st)
+		}
+		if err != nil {
 			return fmt.Errorf("copy up %s: %w", name, err)
 		}
 		n.realIno = st.Ino
@@ -209,34 +227,39 @@ func (n *Node) lowerFd(l *layer) int {
 	return -1
 }
 
-// makeCopy creates tmp in work/ as a copy of the object src (O_PATH)
-// without its metadata, and returns the number of data bytes copied.
-func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (int64, error) {
+// makeCopy creates tmp in work/ as a copy of the object src without its
+// metadata, and returns the number of data bytes copied and, for a regular
+// file, the copy's descriptor (open for writing; the caller closes it), so
+// that its metadata is set without resolving tmp again. src is O_PATH
+// unless srcRead says it is open for reading.
+func (o *Overlay) makeCopy(src int, srcRead bool, st *unix.Stat_t, tmp string, noData bool) (int64, int, error) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
-		return 0, unix.Mkdirat(o.work, tmp, 0o700)
+		return 0, -1, unix.Mkdirat(o.work, tmp, 0o700)
 	case unix.S_IFLNK:
 		target, err := readlinkFd(src)
 		if err != nil {
-			return 0, err
+			return 0, -1, err
 		}
-		return 0, unix.Symlinkat(target, o.work, tmp)
+		return 0, -1, unix.Symlinkat(target, o.work, tmp)
 	case unix.S_IFREG:
 		dst, err := format.OpenAt(o.work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o600)
 		if err != nil {
-			return 0, err
+			return 0, -1, err
 		}
-		defer unix.Close(dst)
 		fault.Hit("copyup.create")
 		var n int64
 		if !noData && st.Size > 0 {
-			in, err := unix.Open(format.ProcPath(src), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return 0, err
+			in := src
+			if !srcRead {
+				in, err = unix.Open(format.ProcPath(src), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return 0, dst, err
+				}
+				defer unix.Close(in)
 			}
-			defer unix.Close(in)
 			if n, err = copyData(in, dst, st.Size, &o.noClone); err != nil {
-				return 0, err
+				return 0, dst, err
 			}
 		}
 		if !o.cfg.Volatile && !o.cfg.FsyncStrict {
@@ -244,13 +267,38 @@ func (o *Overlay) makeCopy(src int, st *unix.Stat_t, tmp string, noData bool) (i
 			// default fsync=auto; fsync=strict syncs the copy once its
 			// metadata is done too).
 			if err := unix.Fsync(dst); err != nil {
-				return 0, err
+				return 0, dst, err
 			}
 		}
-		return n, nil
+		return n, dst, nil
 	default: // devices, FIFOs, sockets
-		return 0, unix.Mknodat(o.work, tmp, st.Mode&unix.S_IFMT|0o600, int(st.Rdev))
+		return 0, -1, unix.Mknodat(o.work, tmp, st.Mode&unix.S_IFMT|0o600, int(st.Rdev))
 	}
+}
+
+// srcFd is the lower object a copy-up copies.
+type srcFd struct {
+	fd   int
+	read bool // open for reading, not O_PATH
+}
+
+// openSrc opens name in the lower directory dirfd for a copy-up: for
+// reading when its data is to be copied (one open instead of an O_PATH one
+// and a reopen through /proc), else, or where reading is refused, O_PATH.
+// O_NONBLOCK: should the name have become a FIFO meanwhile, the open does
+// not wait for a writer (the caller's type check then refuses it).
+func openSrc(dirfd int, name string, data bool) (srcFd, error) {
+	if data {
+		fd, err := format.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+		if err == nil {
+			return srcFd{fd: fd, read: true}, nil
+		}
+		if err != unix.EACCES && err != unix.EPERM && err != unix.ELOOP {
+			return srcFd{fd: -1}, err
+		}
+	}
+	fd, err := format.OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	return srcFd{fd: fd}, err
 }
 
 // copyData copies size bytes from in to out: a reflink where the upper can
@@ -339,17 +387,30 @@ func dupFd(fd int) int {
 
 // copyMeta copies xattrs, owner, mode and times from src to work/tmp and
 // records the origin (kernel: ovl_copy_xattr, ovl_set_attr, ovl_set_origin).
+// dst is tmp's descriptor open for writing, or -1 (then tmp is opened
+// O_PATH here); srcRead says src is open for reading. With real
+// descriptors every call works on the fd, with no path resolved again.
 // The owner and mode are ow, src's as its layer has them (owner.go), kept
 // where the upper keeps them; override xattrs are not copied as such.
 // Times go last: nothing after them may touch the copy.
-func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origin []byte) error {
-	dst, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
+func (o *Overlay) copyMeta(src int, srcRead bool, st *unix.Stat_t, ow owner, tmp string, dst int, origin []byte) error {
+	dstReal := dst >= 0
+	if !dstReal {
+		fd, err := format.OpenAt(o.work, tmp, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		dst = fd
 	}
-	defer unix.Close(dst)
+	setx := func(name string, v []byte) error {
+		if dstReal {
+			return unix.Fsetxattr(dst, name, v, 0)
+		}
+		return format.Setxattr(dst, name, v, 0)
+	}
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
-	names, err := format.Listxattr(src)
+	names, err := srcXattrs(src, srcRead)
 	if err != nil {
 		return fmt.Errorf("list xattrs: %w", err)
 	}
@@ -357,14 +418,14 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origi
 		if o.names.IsPrivate(name) || idmap.IsOverride(name) {
 			continue
 		}
-		v, err := format.Getxattr(src, name)
+		v, err := srcXattr(src, srcRead, name)
 		if err != nil {
 			return fmt.Errorf("read xattr %s: %w", name, err)
 		}
 		if v == nil {
 			continue
 		}
-		if err := format.Setxattr(dst, name, v, 0); err != nil {
+		if err := setx(name, v); err != nil {
 			// Like the kernel, skip what the upper cannot hold, except what
 			// security depends on.
 			if err == unix.EOPNOTSUPP && !mustCopyXattr(name) {
@@ -379,7 +440,7 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origi
 	if origin == nil {
 		origin = []byte{} // "copied up, origin unknown"
 	}
-	if err := format.Setxattr(dst, o.names.Name(format.Origin), origin, 0); err != nil && err != unix.EPERM {
+	if err := setx(o.names.Name(format.Origin), origin); err != nil && err != unix.EPERM {
 		return fmt.Errorf("write origin: %w", err)
 	}
 	fault.Hit("copyup.xattrs")
@@ -389,6 +450,13 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origi
 		cur := owner{uid: ^uint32(0), gid: ^uint32(0)}
 		if err := o.setUpperOwner(dst, st.Mode&unix.S_IFMT, cur, uid, gid, ow.perm, true); err != nil {
 			return err
+		}
+	} else if dstReal {
+		if err := unix.Fchown(dst, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+		if err := unix.Fchmod(dst, st.Mode&0o7777); err != nil {
+			return fmt.Errorf("chmod: %w", err)
 		}
 	} else {
 		if err := unix.Fchownat(o.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -401,10 +469,64 @@ func (o *Overlay) copyMeta(src int, st *unix.Stat_t, ow owner, tmp string, origi
 		}
 	}
 	ts := []unix.Timespec{st.Atim, st.Mtim}
-	if err := unix.UtimesNanoAt(o.work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if dstReal {
+		err = unix.UtimesNanoAt(dst, "", ts, unix.AT_EMPTY_PATH)
+	} else {
+		err = unix.UtimesNanoAt(o.work, tmp, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
 		return fmt.Errorf("set times: %w", err)
 	}
 	return nil
+}
+
+// srcXattrs lists the xattr names of a copy-up's source: on the fd itself
+// when it is open for reading, else through /proc (O_PATH).
+func srcXattrs(fd int, read bool) ([]string, error) {
+	if !read {
+		return format.Listxattr(fd)
+	}
+	buf := make([]byte, 1024)
+	for {
+		n, err := unix.Flistxattr(fd, buf)
+		switch {
+		case err == unix.ERANGE && len(buf) < 1<<16:
+			buf = make([]byte, 1<<16)
+			continue
+		case err == unix.EOPNOTSUPP:
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
+		var names []string
+		for _, nm := range bytes.Split(buf[:n], []byte{0}) {
+			if len(nm) > 0 {
+				names = append(names, string(nm))
+			}
+		}
+		return names, nil
+	}
+}
+
+// srcXattr reads one xattr of a copy-up's source (nil when absent).
+func srcXattr(fd int, read bool, name string) ([]byte, error) {
+	if !read {
+		return format.Getxattr(fd, name) // a directory, or O_PATH
+	}
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Fgetxattr(fd, name, buf)
+		switch {
+		case err == unix.ERANGE && len(buf) < 1<<16:
+			buf = make([]byte, 1<<16)
+			continue
+		case err == unix.ENODATA || err == unix.EOPNOTSUPP:
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
+		return buf[:n], nil
+	}
 }
 
 // fsyncAt fsyncs name in dirfd ("." for dirfd itself), a regular file or

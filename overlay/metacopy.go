@@ -31,18 +31,13 @@ import (
 //     data (a lower written by metacopy=on) is not served yet: EOPNOTSUPP
 //     (docs/differences.md).
 
-// markMetacopy makes the regular file tmp in work/ a metacopy upper of a
-// lower file of size bytes.
-func (o *Overlay) markMetacopy(tmp string, size int64) error {
-	fd, err := format.OpenAt(o.work, tmp, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
+// markMetacopy makes the new copy fd (a regular file in work/, open for
+// writing) a metacopy upper of a lower file of size bytes.
+func (o *Overlay) markMetacopy(fd int, size int64) error {
 	if err := unix.Ftruncate(fd, size); err != nil {
 		return err
 	}
-	return format.Setxattr(fd, o.names.Name(format.Metacopy), []byte{}, 0)
+	return unix.Fsetxattr(fd, o.names.Name(format.Metacopy), []byte{}, 0)
 }
 
 // dataAt opens (O_PATH) the lower file that holds the data of the metacopy

@@ -57,7 +57,9 @@ func (o *Overlay) ownerOf(l *layer, st *unix.Stat_t, fd int, name string) (owner
 	for _, x := range l.overrides {
 		var v []byte
 		var err error
-		if name == "" {
+		if name == "" && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			v, err = format.GetxattrFile(fd, x)
+		} else if name == "" {
 			v, err = format.Getxattr(fd, x)
 		} else {
 			v, err = format.GetxattrAt(fd, name, x)
