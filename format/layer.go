@@ -81,9 +81,22 @@ func Getxattr(fd int, name string) ([]byte, error) {
 // non-directory, so this goes through /proc at once: one call, not a
 // failing getxattrat first.
 func GetxattrFile(fd int, name string) ([]byte, error) {
+	return xattrValue(func(buf []byte) (int, error) { return unix.Getxattr(ProcPath(fd), name, buf) })
+}
+
+// Fgetxattr reads an xattr of the object open for reading or writing at
+// fd (not O_PATH). It returns nil, nil when the attribute is absent.
+func Fgetxattr(fd int, name string) ([]byte, error) {
+	return xattrValue(func(buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) })
+}
+
+// xattrValue calls get with a buffer large enough for any value (64 KiB,
+// XATTR_SIZE_MAX), growing it on ERANGE; an absent attribute, or one the
+// filesystem cannot hold, is nil, nil.
+func xattrValue(get func(buf []byte) (int, error)) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Getxattr(ProcPath(fd), name, buf)
+		n, err := get(buf)
 		switch {
 		case err == unix.ERANGE && len(buf) < 1<<16:
 			buf = make([]byte, 1<<16)
@@ -113,10 +126,7 @@ var noXattrAt atomic.Bool
 // reads it in one call, without the walk through /proc that the
 // path-based calls need for an O_PATH descriptor.
 func getxattr(dirfd int, name, attr string) ([]byte, error) {
-	buf := make([]byte, 256)
-	for {
-		var n int
-		var err error
+	return xattrValue(func(buf []byte) (int, error) {
 		if !noXattrAt.Load() {
 			// An O_PATH descriptor cannot be read with AT_EMPTY_PATH, but a
 			// directory's "." can be looked up from it.
@@ -124,35 +134,25 @@ func getxattr(dirfd int, name, attr string) ([]byte, error) {
 			if at == "" {
 				at = "."
 			}
-			n, err = getxattrat(dirfd, at, attr, buf)
-			if err == unix.ENOSYS {
-				noXattrAt.Store(true)
-				continue
+			n, err := getxattrat(dirfd, at, attr, buf)
+			if err != unix.ENOSYS {
+				if err == unix.ENOTDIR && name == "" {
+					return unix.Getxattr(ProcPath(dirfd), attr, buf)
+				}
+				return n, err
 			}
-			if err == unix.ENOTDIR && name == "" {
-				n, err = unix.Getxattr(ProcPath(dirfd), attr, buf)
-			}
-		} else if name == "" {
-			n, err = unix.Getxattr(ProcPath(dirfd), attr, buf)
-		} else {
-			var fd int
-			if fd, err = OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0); err != nil {
-				return nil, err
-			}
-			n, err = unix.Getxattr(ProcPath(fd), attr, buf)
-			unix.Close(fd)
+			noXattrAt.Store(true)
 		}
-		switch {
-		case err == unix.ERANGE && len(buf) < 1<<16:
-			buf = make([]byte, 1<<16)
-			continue
-		case err == unix.ENODATA || err == unix.EOPNOTSUPP:
-			return nil, nil
-		case err != nil:
-			return nil, err
+		if name == "" {
+			return unix.Getxattr(ProcPath(dirfd), attr, buf)
 		}
-		return buf[:n], nil
-	}
+		fd, err := OpenAt(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(fd)
+		return unix.Getxattr(ProcPath(fd), attr, buf)
+	})
 }
 
 // xattrArgs is struct xattr_args of getxattrat(2).

@@ -513,20 +513,7 @@ func srcXattr(fd int, read bool, name string) ([]byte, error) {
 	if !read {
 		return format.Getxattr(fd, name) // a directory, or O_PATH
 	}
-	buf := make([]byte, 256)
-	for {
-		n, err := unix.Fgetxattr(fd, name, buf)
-		switch {
-		case err == unix.ERANGE && len(buf) < 1<<16:
-			buf = make([]byte, 1<<16)
-			continue
-		case err == unix.ENODATA || err == unix.EOPNOTSUPP:
-			return nil, nil
-		case err != nil:
-			return nil, err
-		}
-		return buf[:n], nil
-	}
+	return format.Fgetxattr(fd, name)
 }
 
 // fsyncAt fsyncs name in dirfd ("." for dirfd itself), a regular file or
