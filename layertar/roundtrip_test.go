@@ -251,39 +251,11 @@ func mountView(t *testing.T, m k.Mounter, l k.Layout, o k.Options) *k.Tree {
 	return view
 }
 
-// runOps applies ops on the mount mnt as the random tester does: ops of
-// another caller in a child process, the others (held fds, umask, drops)
-// in this one.
+// runOps applies ops on mnt as the random tester does.
 func runOps(t *testing.T, mnt string, ops []k.Op) {
 	t.Helper()
-	umask := unix.Umask(0o022)
-	defer unix.Umask(umask)
-	var fds k.FDs
-	defer fds.Close()
-	inProcess := func(op k.Op) bool {
-		switch op.Op {
-		case "hold", "readheld", "writeheld", "unhold", "dropcaches", "umask":
-			return true
-		}
-		return op.As == nil
-	}
-	for i := 0; i < len(ops); {
-		op := ops[i]
-		if inProcess(op) {
-			if r := op.ApplyFDs(mnt, &fds); r.Err != "" {
-				t.Fatalf("op %d %s: harness error: %s", i, op, r.Err)
-			}
-			i++
-			continue
-		}
-		n := 1
-		for i+n < len(ops) && !inProcess(ops[i+n]) && fmt.Sprint(*ops[i+n].As) == fmt.Sprint(*op.As) {
-			n++
-		}
-		if _, err := k.RunOps(mnt, op.As, ops[i:i+n]); err != nil {
-			t.Fatalf("ops %d-%d as %d: %v", i, i+n-1, op.As.UID, err)
-		}
-		i += n
+	if err := k.ApplyOps(mnt, ops); err != nil {
+		t.Fatal(err)
 	}
 }
 

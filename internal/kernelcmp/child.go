@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Cred is who a child process runs as.
@@ -128,4 +130,43 @@ func RunOps(root string, cred *Cred, ops []Op) ([]Result, error) {
 		return nil, err
 	}
 	return c.Wait()
+}
+
+// ApplyOps applies ops on the mount mnt as the random tester does, for a
+// tool that needs a layer written by random ops: the caller's own ops
+// (and the fd ops, drop_caches and umask) in this process, each run of
+// ops of one other caller in one child process as that caller. Errnos
+// the ops give are part of the case, not errors; an error is the
+// harness failing.
+func ApplyOps(mnt string, ops []Op) error {
+	umask := unix.Umask(0o022)
+	defer unix.Umask(umask)
+	var fds FDs
+	defer fds.Close()
+	inProcess := func(op Op) bool {
+		switch op.Op {
+		case "hold", "readheld", "writeheld", "unhold", "dropcaches", "umask":
+			return true
+		}
+		return op.As == nil
+	}
+	for i := 0; i < len(ops); {
+		op := ops[i]
+		if inProcess(op) {
+			if r := op.ApplyFDs(mnt, &fds); r.Err != "" {
+				return fmt.Errorf("op %d %s: harness error: %s", i, op, r.Err)
+			}
+			i++
+			continue
+		}
+		n := 1
+		for i+n < len(ops) && !inProcess(ops[i+n]) && fmt.Sprint(*ops[i+n].As) == fmt.Sprint(*op.As) {
+			n++
+		}
+		if _, err := RunOps(mnt, op.As, ops[i:i+n]); err != nil {
+			return fmt.Errorf("ops %d-%d as %d: %w", i, i+n-1, op.As.UID, err)
+		}
+		i += n
+	}
+	return nil
 }
