@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -192,7 +190,7 @@ func TestExplainChains(t *testing.T) {
 				c.ops(t, l.Mnt)
 				// Remount: the explanation reads the layers at rest.
 				unmount()
-				if err := mountBusy(k.Kernel{}, l, o); err != nil {
+				if err := (k.Kernel{}).Mount(l, o); err != nil {
 					t.Fatal(err)
 				}
 				unmounted = false
@@ -321,7 +319,7 @@ func TestExplainRandom(t *testing.T) {
 	if _, err := k.Helper(); err != nil {
 		t.Fatal(err)
 	}
-	for _, seed := range explainSeeds() {
+	for _, seed := range explainSeeds(t) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			c := k.RandomCase(seed, 200)
 			c.Overlap = ""
@@ -361,7 +359,7 @@ func TestExplainRandom(t *testing.T) {
 			if err := m.Unmount(l.Mnt); err != nil {
 				t.Fatal(err)
 			}
-			if err := mountBusy(m, l, o); err != nil {
+			if err := m.Mount(l, o); err != nil {
 				t.Fatal(err)
 			}
 			view, err := k.Snapshot(l.Mnt, k.SnapOptions{})
@@ -450,30 +448,15 @@ func runOps(t *testing.T, mnt string, ops []k.Op) {
 }
 
 // explainSeeds are the seeds of TestExplainRandom: 1 to 16, or
-// EXPLAIN_SEEDS="A-B".
-func explainSeeds() []int64 {
-	lo, hi := int64(1), int64(16)
-	if v := os.Getenv("EXPLAIN_SEEDS"); v != "" {
-		fmt.Sscanf(v, "%d-%d", &lo, &hi)
+// EXPLAIN_SEEDS ("1-40,77").
+func explainSeeds(t *testing.T) []int64 {
+	spec := os.Getenv("EXPLAIN_SEEDS")
+	if spec == "" {
+		spec = "1-16"
 	}
-	var s []int64
-	for i := lo; i <= hi; i++ {
-		s = append(s, i)
+	seeds, err := k.ParseSeeds(spec)
+	if err != nil {
+		t.Fatalf("EXPLAIN_SEEDS: %v", err)
 	}
-	return s
-}
-
-// mountBusy mounts l with m, again while the kernel answers EBUSY: an
-// upper or work directory stays "in use" (index=on) until the superblock
-// of its last mount is gone, which may come a moment after umount
-// returns. Bounded by count (300 tries, 100 ms apart).
-func mountBusy(m k.Mounter, l k.Layout, o k.Options) error {
-	var err error
-	for range 300 {
-		if err = m.Mount(l, o); err == nil || !errors.Is(err, unix.EBUSY) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return err
+	return seeds
 }

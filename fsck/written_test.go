@@ -36,21 +36,9 @@ func writtenSeeds(t *testing.T) (seeds []int64, ops int) {
 		// one (ovl left the new parent without overlay.impure).
 		spec = "1-8,11,66,80,109,135"
 	}
-	for _, f := range strings.Split(spec, ",") {
-		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
-		a, err := strconv.ParseInt(lo, 10, 64)
-		if err != nil {
-			t.Fatalf("FSCK_SEEDS=%q: %v", spec, err)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.ParseInt(hi, 10, 64); err != nil {
-				t.Fatalf("FSCK_SEEDS=%q: %v", spec, err)
-			}
-		}
-		for s := a; s <= b; s++ {
-			seeds = append(seeds, s)
-		}
+	seeds, err := k.ParseSeeds(spec)
+	if err != nil {
+		t.Fatalf("FSCK_SEEDS: %v", err)
 	}
 	return seeds, ops
 }

@@ -47,21 +47,9 @@ func roundTripSeeds(t *testing.T) (seeds []int64, ops int) {
 		// whiteout in an opaque upper directory.
 		spec = "1-16,35,123,181"
 	}
-	for _, f := range strings.Split(spec, ",") {
-		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
-		a, err := strconv.ParseInt(lo, 10, 64)
-		if err != nil {
-			t.Fatalf("LAYERTAR_SEEDS=%q: %v", spec, err)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.ParseInt(hi, 10, 64); err != nil {
-				t.Fatalf("LAYERTAR_SEEDS=%q: %v", spec, err)
-			}
-		}
-		for s := a; s <= b; s++ {
-			seeds = append(seeds, s)
-		}
+	seeds, err := k.ParseSeeds(spec)
+	if err != nil {
+		t.Fatalf("LAYERTAR_SEEDS: %v", err)
 	}
 	return seeds, ops
 }
@@ -238,15 +226,9 @@ func layout(t *testing.T, c k.Case, prefix string) k.Layout {
 // unmounts.
 func mountView(t *testing.T, m k.Mounter, l k.Layout, o k.Options) *k.Tree {
 	t.Helper()
-	if err := m.Mount(l, o); err != nil {
-		t.Fatalf("%s: %v", m.Name(), err)
-	}
-	view, err := k.Snapshot(l.Mnt, k.SnapOptions{})
-	if uerr := m.Unmount(l.Mnt); uerr != nil {
-		t.Errorf("%s: %v", m.Name(), uerr)
-	}
+	view, err := k.MountedView(m, l, o)
 	if err != nil {
-		t.Fatalf("%s: snapshot: %v", m.Name(), err)
+		t.Fatal(err)
 	}
 	return view
 }
@@ -257,21 +239,6 @@ func runOps(t *testing.T, mnt string, ops []k.Op) {
 	if err := k.ApplyOps(mnt, ops); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// errorPaths are the objects of a view that the overlay refuses (damaged or
-// hostile layer metadata) and the directories it cannot list: a layer tar
-// cannot say that, so the round trip compares everything else.
-func errorPaths(v *k.Tree) []string {
-	var out []string
-	for p, n := range v.Nodes {
-		if strings.HasPrefix(n.Type, "error:") || n.ReadDir != "" || strings.HasPrefix(n.Hash, "<") ||
-			strings.HasPrefix(n.Target, "<") || n.Xattrs["<listxattr>"] != "" {
-			out = append(out, p)
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 // refusedToo checks that the object Diff refused (err names it) is one
@@ -347,7 +314,7 @@ func roundTrip(t *testing.T, c k.Case, o k.Options, writer k.Mounter, readers []
 			}
 		}
 		view := mountView(t, reader, nl, o)
-		ds := k.Compare(orig, view, k.CompareOptions{Scope: k.ScopeMerged, Times: true, IgnorePaths: errorPaths(orig)})
+		ds := k.Compare(orig, view, k.CompareOptions{Scope: k.ScopeMerged, Times: true, IgnorePaths: orig.ErrorPaths()})
 		ds = hiddenNames(t, ds, orig, view)
 		if len(ds) > 0 {
 			t.Errorf("view of the applied layer on %s differs from the view %s gave:\n%s\nlayer:\n%s",
@@ -356,7 +323,7 @@ func roundTrip(t *testing.T, c k.Case, o k.Options, writer k.Mounter, readers []
 		if len(view.Problems) > 0 {
 			t.Errorf("%s (applied): %s\nlayer:\n%s", reader.Name(), strings.Join(view.Problems, "\n"), listTar(layer.Bytes()))
 		}
-		checkLinks(t, orig, view, writer.Name() == reader.Name() && writer.Name() == "kernel", errorPaths(orig))
+		checkLinks(t, orig, view, writer.Name() == reader.Name() && writer.Name() == "kernel", orig.ErrorPaths())
 	}
 }
 

@@ -7,11 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -28,22 +25,9 @@ func mergeSeeds(t *testing.T) []int64 {
 	if spec == "" {
 		spec = "1-12"
 	}
-	var seeds []int64
-	for _, f := range strings.Split(spec, ",") {
-		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
-		a, err := strconv.ParseInt(lo, 10, 64)
-		if err != nil {
-			t.Fatalf("MERGE_SEEDS=%q: %v", spec, err)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.ParseInt(hi, 10, 64); err != nil {
-				t.Fatalf("MERGE_SEEDS=%q: %v", spec, err)
-			}
-		}
-		for s := a; s <= b; s++ {
-			seeds = append(seeds, s)
-		}
+	seeds, err := k.ParseSeeds(spec)
+	if err != nil {
+		t.Fatalf("MERGE_SEEDS: %v", err)
 	}
 	return seeds
 }
@@ -134,7 +118,7 @@ func mergeCaseRef(t *testing.T, c k.Case, o k.Options, writer, ref k.Mounter) {
 	}
 	copyRootAttrs(t, l.Upper, nl.Upper)
 	view := mountView(t, k.Kernel{}, nl, k.Options{UserXattr: o.UserXattr, Metacopy: "off", Xino: "off", UUID: "off"})
-	ds := k.Compare(orig, view, k.CompareOptions{Scope: k.ScopeMerged, Times: true, IgnorePaths: errorPaths(orig)})
+	ds := k.Compare(orig, view, k.CompareOptions{Scope: k.ScopeMerged, Times: true, IgnorePaths: orig.ErrorPaths()})
 	ds = hiddenNames(t, ds, orig, view)
 	if len(ds) > 0 {
 		t.Errorf("the kernel's view of the merged directory differs from its view of the stack:\n%s",
@@ -204,7 +188,7 @@ func refusedToo(t *testing.T, err error, m k.Mounter, l k.Layout, o k.Options) {
 	if !errors.As(err, &pe) {
 		t.Fatalf("merge: %v (names no object)", err)
 	}
-	if err := mountBusy(m, l, o); err != nil {
+	if err := m.Mount(l, o); err != nil {
 		t.Fatal(err)
 	}
 	defer m.Unmount(l.Mnt)
@@ -249,15 +233,9 @@ func layout(t *testing.T, c k.Case, prefix string) k.Layout {
 
 func mountView(t *testing.T, m k.Mounter, l k.Layout, o k.Options) *k.Tree {
 	t.Helper()
-	if err := mountBusy(m, l, o); err != nil {
-		t.Fatalf("%s: %v", m.Name(), err)
-	}
-	view, err := k.Snapshot(l.Mnt, k.SnapOptions{})
-	if uerr := m.Unmount(l.Mnt); uerr != nil {
-		t.Errorf("%s: %v", m.Name(), uerr)
-	}
+	view, err := k.MountedView(m, l, o)
 	if err != nil {
-		t.Fatalf("%s: snapshot: %v", m.Name(), err)
+		t.Fatal(err)
 	}
 	return view
 }
@@ -268,20 +246,6 @@ func runOps(t *testing.T, mnt string, ops []k.Op) {
 	if err := k.ApplyOps(mnt, ops); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// errorPaths are the objects of a view that the overlay refuses and the
-// directories it cannot list: a plain directory cannot say that.
-func errorPaths(v *k.Tree) []string {
-	var out []string
-	for p, n := range v.Nodes {
-		if strings.HasPrefix(n.Type, "error:") || n.ReadDir != "" || strings.HasPrefix(n.Hash, "<") ||
-			strings.HasPrefix(n.Target, "<") || n.Xattrs["<listxattr>"] != "" {
-			out = append(out, p)
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 func copyRootAttrs(t *testing.T, src, dst string) {
@@ -460,19 +424,4 @@ func TestMergeRefuses(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(lower, "out")); !os.IsNotExist(err) {
 		t.Errorf("lower/out: %v, want nothing made", err)
 	}
-}
-
-// mountBusy mounts l with m, again while the kernel answers EBUSY: an
-// upper or work directory stays "in use" (index=on) until the superblock
-// of its last mount is gone, which may come a moment after umount
-// returns. Bounded by count (300 tries, 100 ms apart).
-func mountBusy(m k.Mounter, l k.Layout, o k.Options) error {
-	var err error
-	for range 300 {
-		if err = m.Mount(l, o); err == nil || !errors.Is(err, unix.EBUSY) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return err
 }

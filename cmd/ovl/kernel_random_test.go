@@ -103,13 +103,11 @@ func kcmpConfig(t *testing.T) kcmpSettings {
 		return def
 	}
 	if v := str(kcmpSeeds, "KCMP_SEEDS"); v != "" {
-		for _, f := range strings.Split(v, ",") {
-			n, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64)
-			if err != nil {
-				t.Fatalf("seeds %q: %v", v, err)
-			}
-			s.seeds = append(s.seeds, n)
+		seeds, err := k.ParseSeeds(v)
+		if err != nil {
+			t.Fatal(err)
 		}
+		s.seeds = seeds
 	} else {
 		s.seeds = kcmpCISeeds
 	}

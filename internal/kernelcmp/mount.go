@@ -40,7 +40,17 @@ func (Kernel) Mount(l Layout, o Options) error {
 	if o.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
-	if err := unix.Mount("overlay", l.Mnt, "overlay", flags, data); err != nil {
+	// An upper or work directory stays "in use" (index=on) until the
+	// superblock of its last mount is gone, which may come a moment after
+	// umount returns: EBUSY is retried, bounded as umount's wait is.
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if err = unix.Mount("overlay", l.Mnt, "overlay", flags, data); err != unix.EBUSY || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
 		return fmt.Errorf("mount -t overlay -o %s %s: %w", data, l.Mnt, err)
 	}
 	return nil
