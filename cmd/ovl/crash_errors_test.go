@@ -22,34 +22,10 @@ import (
 // copy-up succeeds.
 func TestCrashENOSPC(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := testutil.Binary(t)
-	base := t.TempDir()
 	r := rand.New(rand.NewPCG(1, 2))
 	big := selfChecked(r, 8<<20)
-	lowerDir := filepath.Join(base, "l")
-	if err := k.Build(lowerDir, k.OverlayPrefix(false), k.Layer{k.File("big", string(big)), k.File("small", "s\n")}); err != nil {
-		t.Fatal(err)
-	}
-	lowerBefore := crashLowerSums(t, lowerDir)
-	fsDir := filepath.Join(base, "fs")
-	if err := os.Mkdir(fsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", fsDir, "tmpfs", 0, "size=12m"); err != nil {
-		testutil.Skip(t, "mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(fsDir, unix.MNT_DETACH) })
-	l := k.Layout{Lowers: []string{lowerDir}, Upper: fsDir + "/u", Work: fsDir + "/w", Mnt: base + "/m"}
-	for _, p := range []string{l.Upper, l.Work, l.Mnt} {
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cliCleanupMount(t, l.Mnt)
-	if err := crashMount(bin, l, k.DefaultOptions(), nil); err != nil {
-		t.Fatal(err)
-	}
-	defer (k.Ovl{Bin: bin}).Unmount(l.Mnt)
+	l, lowerBefore := smallUpperMount(t, k.Layer{k.File("big", string(big)), k.File("small", "s\n")}, "size=12m")
+	lowerDir := l.Lowers[0]
 	m := func(p string) string { return filepath.Join(l.Mnt, p) }
 
 	// 6 MiB taken: the 8 MiB copy-up does not fit.
@@ -183,32 +159,8 @@ func TestCrashFaultEIO(t *testing.T) {
 // inodes) does not stop later whiteouts from sharing one inode.
 func TestCrashENOSPCInodes(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := testutil.Binary(t)
-	base := t.TempDir()
-	lowerDir := filepath.Join(base, "l")
-	if err := k.Build(lowerDir, k.OverlayPrefix(false), crashLower()); err != nil {
-		t.Fatal(err)
-	}
-	lowerBefore := crashLowerSums(t, lowerDir)
-	fsDir := filepath.Join(base, "fs")
-	if err := os.Mkdir(fsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", fsDir, "tmpfs", 0, "size=64m,nr_inodes=64"); err != nil {
-		testutil.Skip(t, "mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(fsDir, unix.MNT_DETACH) })
-	l := k.Layout{Lowers: []string{lowerDir}, Upper: fsDir + "/u", Work: fsDir + "/w", Mnt: base + "/m"}
-	for _, p := range []string{l.Upper, l.Work, l.Mnt} {
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cliCleanupMount(t, l.Mnt)
-	if err := crashMount(bin, l, k.DefaultOptions(), nil); err != nil {
-		t.Fatal(err)
-	}
-	defer (k.Ovl{Bin: bin}).Unmount(l.Mnt)
+	l, lowerBefore := smallUpperMount(t, crashLower(), "size=64m,nr_inodes=64")
+	lowerDir := l.Lowers[0]
 	m := func(p string) string { return filepath.Join(l.Mnt, p) }
 	for _, d := range []string{"d", "e"} { // copied up: only the leaves need inodes below
 		if err := os.Chmod(m(d), 0o755); err != nil {
@@ -271,4 +223,39 @@ func TestCrashENOSPCInodes(t *testing.T) {
 		t.Errorf("copy-up once inodes are free: %v", err)
 	}
 	crashCheckLower(t, "ENOSPC inodes", lowerDir, lowerBefore)
+}
+
+// smallUpperMount mounts ovl (default options) over a lower built from
+// lower, with its upper and workdir on a tmpfs of tmpfsOpts (a small one,
+// to fill); it returns the layout and the lower's checksums. The mount
+// and the tmpfs go with the test.
+func smallUpperMount(t *testing.T, lower k.Layer, tmpfsOpts string) (k.Layout, map[string]string) {
+	t.Helper()
+	bin := testutil.Binary(t)
+	base := t.TempDir()
+	lowerDir := filepath.Join(base, "l")
+	if err := k.Build(lowerDir, k.OverlayPrefix(false), lower); err != nil {
+		t.Fatal(err)
+	}
+	lowerBefore := crashLowerSums(t, lowerDir)
+	fsDir := filepath.Join(base, "fs")
+	if err := os.Mkdir(fsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", fsDir, "tmpfs", 0, tmpfsOpts); err != nil {
+		testutil.Skip(t, "mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(fsDir, unix.MNT_DETACH) })
+	l := k.Layout{Lowers: []string{lowerDir}, Upper: fsDir + "/u", Work: fsDir + "/w", Mnt: base + "/m"}
+	for _, p := range []string{l.Upper, l.Work, l.Mnt} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cliCleanupMount(t, l.Mnt)
+	if err := crashMount(bin, l, k.DefaultOptions(), nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { (k.Ovl{Bin: bin}).Unmount(l.Mnt) })
+	return l, lowerBefore
 }
