@@ -23,9 +23,11 @@ const FSType = "fuse.ovl"
 
 func isOvl(m *mountinfo.Entry) bool { return m.FSType == FSType }
 
-// daemonExitWait bounds how long Unmount waits for the daemon to exit. The
-// daemon exits right after the unmount, but on a busy machine that can
-// take seconds; failing then would make a successful unmount look failed.
+// daemonExitWait bounds how long Unmount waits for a process to exit or
+// answer. The daemon exits right after the unmount, but on a busy machine
+// that can take seconds, and a volatile mount first syncs what it wrote,
+// which on a slow disk can take minutes: for a daemon the bound is how
+// long it may go without doing anything (pidfd.WaitIdle), not in all.
 const daemonExitWait = 60 * time.Second
 
 // Unmount unmounts the ovl mount at mountpoint, made by another process,
@@ -49,14 +51,14 @@ func Unmount(mountpoint string, lazy bool) error {
 	// the serving in a process that goes on (a program using this
 	// package), through a "wait" request on its socket, which must be
 	// made while the mount is there to name the socket.
-	fd := -1
+	fd, pid := -1, 0
 	var waitConn net.Conn
 	if !lazy {
 		if info, err := ReadInfo(mountpoint); err == nil {
 			// A daemon of an older ovl reports no layers, and is one.
 			if info.Daemon || len(info.Lowers) == 0 {
 				if f, err := unix.PidfdOpen(info.Pid, 0); err == nil {
-					fd = f
+					fd, pid = f, info.Pid
 					defer unix.Close(fd)
 				}
 			} else if c, _, err := ask(mountpoint, waitRequest); err == nil {
@@ -73,7 +75,7 @@ func Unmount(mountpoint string, lazy bool) error {
 	}
 	switch {
 	case fd >= 0:
-		if err := pidfd.Wait(fd, daemonExitWait); err != nil {
+		if err := pidfd.WaitIdle(fd, pid, daemonExitWait); err != nil {
 			return fmt.Errorf("the ovl daemon of %s: %w", mountpoint, err)
 		}
 	case waitConn != nil:
