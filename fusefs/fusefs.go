@@ -152,7 +152,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// kernel then lets anyone read a mode-0 file.
 		NullPermissions: true,
 	})
-	raw = &plusRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}}
+	dirs := &dirRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}, g: gens}
+	raw = &plusRaw{RawFileSystem: dirs}
 	raw = &lockRaw{RawFileSystem: raw, l: locks}
 	raw = &killRaw{RawFileSystem: raw, g: gens}
 	var pt *ptMount
@@ -181,6 +182,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	raw = fusecount.Wrap(raw, reqs)
 	srv, err := serve(mountpoint, raw, &mo, func(srv *fuse.Server) {
 		gens.killprivV2.Store(srv.KernelSettings().Flags64()&fuse.CAP_HANDLE_KILLPRIV_V2 != 0)
+		dirs.stateless.Store(srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -793,17 +795,13 @@ func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if !p.n.IsDir() {
 		return nil, 0, syscall.ENOTDIR
 	}
-	parentIno := p.n.Ino()
-	if _, parent := p.Parent(); parent != nil {
-		parentIno = parent.Operations().(*node).n.Ino()
-	}
 	// The kernel may keep the listing (FOPEN_CACHE_DIR): lower layers do
 	// not change under a mount and the upper only through it, and every
 	// request that changes this directory's entries is one the kernel
 	// sends for it, after which it drops the cache (fuse_dir_changed).
 	// Only ".." can change otherwise, by a move of this directory:
 	// Rename drops the moved directory's listing.
-	return newDir(p, parentIno), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return newDir(p, p.parentIno()), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
