@@ -308,6 +308,9 @@ type object struct {
 	// ptMu serialises the passthrough decision of an open or truncate
 	// with the copy-up it makes and the backing it registers.
 	ptMu sync.Mutex
+	// capAbsent: the object has no security.capability if this is the
+	// mount's capGen + 1 (capcache.go).
+	capAbsent atomic.Uint64
 }
 
 type nameRef struct {
@@ -606,6 +609,9 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
+	if flags&syscall.O_EXCL != 0 {
+		p.gens.caps.none(&ch.Operations().(*node).obj.capAbsent) // a new file
+	}
 	if pt := p.gens.pt.Load(); pt != nil {
 		h, e := pt.create(ctx, ch.Operations().(*node), fd, flags)
 		if e != 0 {
@@ -816,7 +822,17 @@ func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 }
 
 func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	var gen uint64
+	if attr == capName {
+		if p.gens.caps.known(&p.obj.capAbsent) {
+			return 0, syscall.ENODATA
+		}
+		gen = p.gens.caps.begin()
+	}
 	v, err := p.n.Getxattr(attr)
+	if attr == capName {
+		p.gens.caps.found(&p.obj.capAbsent, gen, err)
+	}
 	if err != nil {
 		return 0, errno(err)
 	}
@@ -828,11 +844,15 @@ func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 
 func (p *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	defer p.afterCopyUp(p.upState())
+	p.gens.caps.change(attr)
+	defer p.gens.caps.change(attr)
 	return errno(p.n.Setxattr(attr, data, int(flags)))
 }
 
 func (p *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	defer p.afterCopyUp(p.upState())
+	p.gens.caps.change(attr)
+	defer p.gens.caps.change(attr)
 	return errno(p.n.Removexattr(attr))
 }
 
