@@ -15,6 +15,17 @@
 //     change of an object open on its lower file through passthrough is
 //     served through a new FUSE inode of the object (retire); FUSE inodes
 //     of one object share its overlay node (object).
+//   - The kernel keeps entries, negative entries and attributes for an hour
+//     (cacheTimeout) and directory listings until a change: the layers
+//     change only through the mount, and the kernel itself updates or drops
+//     what a request's reply covers. ovl notifies it of what a reply does
+//     not: attributes after a copy-up (afterCopyUp: lower hard-link
+//     st_nlink, a metacopy's mtime), its directory's listing when the
+//     copy-up renumbered the object, a moved directory's listing (".."),
+//     and the names of a retired inode (passthrough.go).
+//   - Directories have no open handles where the kernel allows it
+//     (nodir.go); GETXATTRs of security.capability are answered from what
+//     ovl knows where it can (capcache.go).
 package fusefs
 
 import (
