@@ -55,20 +55,31 @@ func (d *dir) Releasedir(ctx context.Context, flags uint32) { d.n.Forget() }
 
 // list takes the merged listing.
 func (d *dir) list() syscall.Errno {
-	gen := d.p.generation()
-	ents, err := d.n.ReadDir()
+	ents, e := listDir(d.p, d.parentIno)
+	if e != 0 {
+		return e
+	}
+	d.ents = ents
+	return 0
+}
+
+// listDir takes p's merged listing, with "." and ".." (numbered
+// parentIno) first and the names in offset order, and keeps it as p's
+// last listing unless an entry changed meanwhile.
+func listDir(p *node, parentIno uint64) ([]fuse.DirEntry, syscall.Errno) {
+	gen := p.generation()
+	ents, err := p.n.ReadDir()
 	if err != nil {
-		return errno(err)
+		return nil, errno(err)
 	}
-	d.ents = make([]fuse.DirEntry, 0, len(ents)+2)
-	d.ents = append(d.ents,
-		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.Ino()},
-		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: d.parentIno})
+	out := make([]fuse.DirEntry, 0, len(ents)+2)
+	out = append(out,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: p.n.Ino(), Off: 1},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno, Off: 2})
 	for _, e := range ents {
-		d.ents = append(d.ents, fuse.DirEntry{Name: e.Name, Mode: e.Type, Ino: e.Ino, Off: nameOff(e.Name)})
+		out = append(out, fuse.DirEntry{Name: e.Name, Mode: e.Type, Ino: e.Ino, Off: nameOff(e.Name)})
 	}
-	d.ents[0].Off, d.ents[1].Off = 1, 2
-	named := d.ents[2:]
+	named := out[2:]
 	sort.Slice(named, func(i, j int) bool {
 		if named[i].Off != named[j].Off {
 			return named[i].Off < named[j].Off
@@ -80,8 +91,8 @@ func (d *dir) list() syscall.Errno {
 			named[i].Off = named[i-1].Off + 1 // a collision: rare, and stays within this listing
 		}
 	}
-	d.p.listed(d.ents, gen)
-	return 0
+	p.listed(out, gen)
+	return out, 0
 }
 
 // nameOff is the offset of the entry name: a 62-bit FNV-1a hash, above

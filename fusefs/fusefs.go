@@ -15,6 +15,17 @@
 //     change of an object open on its lower file through passthrough is
 //     served through a new FUSE inode of the object (retire); FUSE inodes
 //     of one object share its overlay node (object).
+//   - The kernel keeps entries, negative entries and attributes for an hour
+//     (cacheTimeout) and directory listings until a change: the layers
+//     change only through the mount, and the kernel itself updates or drops
+//     what a request's reply covers. ovl notifies it of what a reply does
+//     not: attributes after a copy-up (afterCopyUp: lower hard-link
+//     st_nlink, a metacopy's mtime), its directory's listing when the
+//     copy-up renumbered the object, a moved directory's listing (".."),
+//     and the names of a retired inode (passthrough.go).
+//   - Directories have no open handles where the kernel allows it
+//     (nodir.go); GETXATTRs of security.capability are answered from what
+//     ovl knows where it can (capcache.go).
 package fusefs
 
 import (
@@ -152,7 +163,8 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// kernel then lets anyone read a mode-0 file.
 		NullPermissions: true,
 	})
-	raw = &plusRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}}
+	dirs := &dirRaw{RawFileSystem: &identRaw{RawFileSystem: raw, g: gens}, g: gens}
+	raw = &plusRaw{RawFileSystem: dirs}
 	raw = &lockRaw{RawFileSystem: raw, l: locks}
 	raw = &killRaw{RawFileSystem: raw, g: gens}
 	var pt *ptMount
@@ -181,6 +193,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	raw = fusecount.Wrap(raw, reqs)
 	srv, err := serve(mountpoint, raw, &mo, func(srv *fuse.Server) {
 		gens.killprivV2.Store(srv.KernelSettings().Flags64()&fuse.CAP_HANDLE_KILLPRIV_V2 != 0)
+		dirs.stateless.Store(srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -306,6 +319,9 @@ type object struct {
 	// ptMu serialises the passthrough decision of an open or truncate
 	// with the copy-up it makes and the backing it registers.
 	ptMu sync.Mutex
+	// capAbsent: the object has no security.capability if this is the
+	// mount's capGen + 1 (capcache.go).
+	capAbsent atomic.Uint64
 }
 
 type nameRef struct {
@@ -604,6 +620,9 @@ func (p *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, e
 	}
+	if flags&syscall.O_EXCL != 0 {
+		p.gens.caps.none(&ch.Operations().(*node).obj.capAbsent) // a new file
+	}
 	if pt := p.gens.pt.Load(); pt != nil {
 		h, e := pt.create(ctx, ch.Operations().(*node), fd, flags)
 		if e != 0 {
@@ -793,17 +812,13 @@ func (p *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if !p.n.IsDir() {
 		return nil, 0, syscall.ENOTDIR
 	}
-	parentIno := p.n.Ino()
-	if _, parent := p.Parent(); parent != nil {
-		parentIno = parent.Operations().(*node).n.Ino()
-	}
 	// The kernel may keep the listing (FOPEN_CACHE_DIR): lower layers do
 	// not change under a mount and the upper only through it, and every
 	// request that changes this directory's entries is one the kernel
 	// sends for it, after which it drops the cache (fuse_dir_changed).
 	// Only ".." can change otherwise, by a move of this directory:
 	// Rename drops the moved directory's listing.
-	return newDir(p, parentIno), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return newDir(p, p.parentIno()), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
@@ -818,7 +833,17 @@ func (p *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 }
 
 func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	var gen uint64
+	if attr == capName {
+		if p.gens.caps.known(&p.obj.capAbsent) {
+			return 0, syscall.ENODATA
+		}
+		gen = p.gens.caps.begin()
+	}
 	v, err := p.n.Getxattr(attr)
+	if attr == capName {
+		p.gens.caps.found(&p.obj.capAbsent, gen, err)
+	}
 	if err != nil {
 		return 0, errno(err)
 	}
@@ -830,11 +855,15 @@ func (p *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 
 func (p *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	defer p.afterCopyUp(p.upState())
+	p.gens.caps.change(attr)
+	defer p.gens.caps.change(attr)
 	return errno(p.n.Setxattr(attr, data, int(flags)))
 }
 
 func (p *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	defer p.afterCopyUp(p.upState())
+	p.gens.caps.change(attr)
+	defer p.gens.caps.change(attr)
 	return errno(p.n.Removexattr(attr))
 }
 

@@ -66,6 +66,8 @@ type generations struct {
 	// killprivV2: the kernel took FUSE_HANDLE_KILLPRIV_V2 (killpriv.go);
 	// set before the first request after INIT.
 	killprivV2 atomic.Bool
+	// caps: which objects are known to have no security.capability.
+	caps capGen
 }
 
 func newGenerations() *generations {

@@ -222,3 +222,77 @@ func TestKillprivNosec(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestsWarmWalk: a walk over directories whose listings the kernel
+// keeps asks the daemon nothing per directory: directories open without
+// an OPENDIR and close without a RELEASEDIR (FUSE_NO_OPENDIR_SUPPORT), and
+// their listings come from the kernel's cache. A change through the mount
+// is listed by the next walk.
+func TestRequestsWarmWalk(t *testing.T) {
+	testutil.RequireRoot(t)
+	const dirs, rounds = 20, 3
+	walk := func(t *testing.T, mnt string) int {
+		n := 0
+		err := filepath.WalkDir(filepath.Join(mnt, "walk"), func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			var st unix.Stat_t
+			n++
+			return unix.Lstat(p, &st)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	dir := cliTree(t)
+	cliMustMount(t, dir, "mount", "-o", cliLayerOpts, "m")
+	defer runOvl(t, dir, "umount", "m")
+	mnt := filepath.Join(dir, "m")
+	for i := range dirs {
+		sub := filepath.Join(mnt, "walk", "d"+string(rune('a'+i)))
+		if err := os.MkdirAll(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(sub, "f"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first listing of each directory fills the kernel's cache and
+	// drops its atime; the second walk's stat asks for it again. Caches
+	// dropped meanwhile (drop_caches by another test on the machine, memory
+	// pressure) make the kernel forget the inodes and their listings: then
+	// warm up and measure again.
+	var before, after map[string]float64
+	for try := 0; ; try++ {
+		walk(t, mnt)
+		walk(t, mnt)
+		before = cliRequests(t, dir)
+		for range rounds {
+			if n := walk(t, mnt); n != 1+2*dirs {
+				t.Fatalf("walk found %d names, want %d", n, 1+2*dirs)
+			}
+		}
+		after = cliRequests(t, dir)
+		if after["FORGET"] == before["FORGET"] {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("the kernel forgot inodes during each of %d tries", try+1)
+		}
+		t.Logf("try %d: the kernel forgot inodes meanwhile; again", try)
+	}
+	t.Logf("requests: before %v, after %v", before, after)
+	for _, op := range []string{"OPENDIR", "RELEASEDIR", "READDIR", "READDIRPLUS"} {
+		if n := after[op] - before[op]; n != 0 {
+			t.Errorf("%v %ss for %d warm walks over %d directories, want 0", n, op, rounds, dirs+1)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "walk", "da", "g"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n := walk(t, mnt); n != 2+2*dirs {
+		t.Fatalf("walk after a create found %d names, want %d", n, 2+2*dirs)
+	}
+}
