@@ -10,6 +10,7 @@ package main
 // were reading the file before it changed.
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -193,4 +194,70 @@ func noMaps(s string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// A rootless mount lets the kernel keep symlink targets (FUSE_CACHE_SYMLINKS):
+// readlink and path walks through a symlink cost one READLINK in all,
+// and a symlink replaced at the same name (rm + ln -s, a rename over it,
+// a copy-up by chown) reads as the kernel's overlayfs with userxattr
+// reads it.
+func TestRootlessSymlinkCache(t *testing.T) {
+	e := newNSEnv(t)
+	e.rlLayers()
+	e.mkdirs("ku", "kw")
+	e.write("l/d/x", "x\n")
+	if err := os.Symlink("d", e.path("l/dl")); err != nil {
+		t.Fatal(err)
+	}
+	os.Lchown(e.path("l/dl"), e.uid, e.gid)
+	const steps = `
+for i in 1 2 3 4 5; do readlink $M/ln; cat $M/dl/x; done
+chown -h $(id -u):$(id -g) $M/ln
+readlink $M/ln
+rm $M/ln
+ln -s a $M/ln
+readlink $M/ln
+cat $M/ln
+ln -s d/x $M/ln2
+mv -T $M/ln2 $M/ln
+readlink $M/ln
+cat $M/ln
+`
+	e.script(`
+$AS_USER "$OVL" -o lowerdir=l,upperdir=u,workdir=w --log log m
+$AS_USER "$OVL" stats m > stats0.json
+$AS_USER sh -euc 'for i in 1 2 3 4 5; do readlink m/ln; cat m/dl/x; done' > warm.txt
+$AS_USER "$OVL" stats m > stats1.json
+$AS_USER env M=m sh -euc 'cd "$0"; ` + steps + `' "$PWD" > ovl.txt
+$AS_USER "$OVL" umount m
+$AS_USER unshare --user --map-root-user --mount -- sh -euc '
+mount -t overlay overlay -o userxattr,lowerdir=l,upperdir=ku,workdir=kw km
+env M=km sh -euc "` + strings.ReplaceAll(strings.ReplaceAll(steps, `$`, `\$`), `"`, `\"`) + `" > kernel.txt
+umount km
+'
+`)
+	readlinks := func(f string) float64 {
+		b, err := os.ReadFile(e.path(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st struct {
+			Requests map[string]float64 `json:"requests"`
+		}
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		return st.Requests["READLINK"]
+	}
+	if n := readlinks("stats1.json") - readlinks("stats0.json"); n != 2 {
+		t.Errorf("5 readlinks of ln and 5 reads through dl sent %v READLINKs, want 2 (one per symlink)", n)
+	}
+	if b, _ := os.ReadFile(e.path("warm.txt")); string(b) != strings.Repeat("keep\nx\n", 5) {
+		t.Errorf("readlink ln; cat dl/x, 5 times: %q", b)
+	}
+	got, _ := os.ReadFile(e.path("ovl.txt"))
+	kernel, _ := os.ReadFile(e.path("kernel.txt"))
+	if string(got) != string(kernel) || len(kernel) == 0 {
+		t.Errorf("ovl, rootless:\n%s\nthe kernel's overlayfs (userxattr, user namespace):\n%s", got, kernel)
+	}
 }
