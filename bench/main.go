@@ -10,6 +10,7 @@
 //
 //	go run ./bench -scale 0.05 -rounds 1     # a couple of minutes
 //	go run ./bench                           # the full size, 5 rounds
+//	go run ./bench -rootless                 # as rootless podman runs them (rootless.go)
 package main
 
 import (
