@@ -416,7 +416,8 @@ func probe(e *env, s *system) string {
 // installTools installs what the workloads and systems need, when missing.
 func installTools(e *env) {
 	pkgs := map[string]string{"fuse-overlayfs": "fuse-overlayfs", "fusermount3": "fuse3", "git": "git",
-		"make": "make", "gcc": "gcc", "tar": "tar", "mount": "mount", "xargs": "findutils"}
+		"make": "make", "gcc": "gcc", "tar": "tar", "mount": "mount", "xargs": "findutils",
+		"setpriv": "util-linux", "unshare": "util-linux"} // setpriv, unshare: -rootless
 	var need []string
 	for cmd, pkg := range pkgs {
 		if _, err := exec.LookPath(cmd); err != nil {
