@@ -5,35 +5,64 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-// TestMain lets the test binary serve as the loopback server, as the bench
-// binary does: the harness runs os.Executable() for it.
+// TestMain lets the test binary serve as the loopback server and as a
+// rootless worker, as the bench binary does: the harness runs
+// os.Executable() for them.
 func TestMain(m *testing.M) {
 	maybeServeLoopback()
+	maybeServeWorker()
 	os.Exit(m.Run())
 }
 
 // ours are the systems whose failures are this project's: the harness's
 // own (plain, loopback), the kernel's overlayfs, and ovl. A workload that
 // fails on fuse-overlayfs is its business, and is only logged.
-var ours = map[string]bool{"plain": true, "kernel": true, "kernel-volatile": true, "loopback": true, "ovl": true}
+var ours = map[string]bool{"plain": true, "kernel": true, "kernel-volatile": true, "loopback": true, "ovl": true,
+	"kernel-userns": true, "ovl-rootless": true}
 
 // TestSmoke runs the whole harness at a tiny scale, one round, so that it
 // cannot rot: every workload must give a value on every system that mounts,
 // and the table must show every row.
-func TestSmoke(t *testing.T) {
+func TestSmoke(t *testing.T) { smoke(t, nil, "kernel", "ovl") }
+
+// TestSmokeRootless is TestSmoke for -rootless: every workload gives a
+// value on ovl and fuse-overlayfs mounted through fusermount3 by the
+// unprivileged user, and on the kernel's overlayfs in that user's
+// namespace, and the table names the rootless systems and the user.
+func TestSmokeRootless(t *testing.T) {
+	out := smoke(t, []string{"-rootless"}, "kernel-userns", "ovl-rootless")
+	for _, want := range []string{"| kernel-userns | fuse-overlayfs-rootless | ovl-rootless |", "Rootless systems (-rootless) run as " + defaultUser,
+		"(ratio to kernel-userns)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the table lacks %q", want)
+		}
+	}
+}
+
+// smoke runs the bench with args at a tiny scale and checks the report;
+// the systems in must have to mount. It returns the table.
+func smoke(t *testing.T, args []string, must ...string) string {
 	testutil.RequireRoot(t)
 	bin := testutil.Binary(t)
-	dir := t.TempDir()
+	// Not t.TempDir(), whose parent is private: the rootless user's
+	// workers work in it.
+	dir, err := os.MkdirTemp("", "ovl-bench-smoke-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
 	js := filepath.Join(dir, "result.json")
 	var out, log bytes.Buffer
-	err := run([]string{"-scale", "0.002", "-rounds", "1", "-workdir", filepath.Join(dir, "w"),
-		"-ovl", bin, "-install=false", "-json", js}, &out, &log)
+	err = run(append([]string{"-scale", "0.002", "-rounds", "1", "-workdir", filepath.Join(dir, "w"),
+		"-ovl", bin, "-install=false", "-json", js}, args...), &out, &log)
 	t.Logf("table:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("bench: %v\nlog:\n%s", err, log.String())
@@ -51,7 +80,7 @@ func TestSmoke(t *testing.T) {
 		switch {
 		case s.NA == "":
 			avail[s.Name] = true
-		case s.Name == "kernel" || s.Name == "ovl":
+		case slices.Contains(must, s.Name):
 			testutil.Skip(t, "%s cannot mount: %s", s.Name, s.NA)
 		default:
 			t.Logf("%s not measured: %s", s.Name, s.NA)
@@ -88,6 +117,7 @@ func TestSmoke(t *testing.T) {
 	if t.Failed() {
 		t.Logf("log:\n%s", log.String())
 	}
+	return out.String()
 }
 
 func TestRatios(t *testing.T) {

@@ -10,6 +10,7 @@
 //
 //	go run ./bench -scale 0.05 -rounds 1     # a couple of minutes
 //	go run ./bench                           # the full size, 5 rounds
+//	go run ./bench -rootless                 # as rootless podman runs them (rootless.go)
 package main
 
 import (
@@ -42,6 +43,13 @@ type env struct {
 	self    string // this program, run again as the loopback server
 	log     io.Writer
 	expects map[string]int
+	// Rootless runs (rootless.go): the user, and the copies of this
+	// program and of ovl and the run dir that the user's workers use.
+	rootless   bool
+	user       *rootlessUser
+	userSelf   string
+	userOvl    string
+	userRunDir string
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -73,6 +81,7 @@ func (e *env) ovlVolatile() bool {
 
 func main() {
 	maybeServeLoopback()
+	maybeServeWorker()
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -91,6 +100,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	ovlBin := fl.String("ovl", "", "ovl binary to use (default: go build ./cmd/ovl of this checkout)")
 	ovlOpts := fl.String("ovl-opts", "", "extra ovl mount options, e.g. volatile")
 	install := fl.Bool("install", true, "install missing tools with apt-get (fuse-overlayfs, git, make, gcc, tar)")
+	rootless := fl.Bool("rootless", false, "measure the rootless systems instead (ovl and fuse-overlayfs through fusermount3 as -rootless-user, the kernel's overlayfs with userxattr in that user's namespace as the reference)")
+	rootlessUserName := fl.String("rootless-user", defaultUser, "the unprivileged user of -rootless (made if it is "+defaultUser+" and missing)")
 	fl.Usage = func() {
 		fmt.Fprintf(stderr, "usage: bench [flags] (as root)\n\nworkloads:")
 		for _, w := range workloads {
@@ -122,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("-only: %w", err)
 	}
-	sel, err := selectSystems(*systems)
+	sel, err := selectSystems(*systems, *rootless)
 	if err != nil {
 		return err
 	}
@@ -138,7 +149,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	e := &env{workdir: dir, runDir: filepath.Join(dir, "run"), scale: *scale, ovlOpts: *ovlOpts,
-		self: self, log: stderr, expects: map[string]int{}}
+		self: self, log: stderr, expects: map[string]int{}, rootless: *rootless}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -166,6 +177,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if slices.ContainsFunc(sel, func(s *system) bool { return s.rootless }) {
+		u, err := lookupRootlessUser(*rootlessUserName)
+		if err != nil {
+			return err
+		}
+		if err := setupRootless(e, u); err != nil {
+			return err
+		}
+	}
 	rep := &report{Meta: meta(e, *rounds)}
 	var avail []*system
 	for _, s := range sel {
@@ -186,6 +206,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	rep.Meta["load average at end"] = loadavg()
 	fmt.Fprintf(stdout, "ovl bench: scale %g, %d rounds, %s, kernel %s, %s CPUs, load average %s at start and %s at end\n\n",
 		e.scale, *rounds, rep.Meta["date"], rep.Meta["kernel"], rep.Meta["cpus"], rep.Meta["load average at start"], rep.Meta["load average at end"])
+	if e.user != nil {
+		fmt.Fprintf(stdout, "Rootless systems (-rootless) run as %s (uid %d): ovl-rootless and fuse-overlayfs-rootless mount through %s, with no FUSE passthrough; kernel-userns is the kernel's overlayfs with userxattr as root of that user's namespace (unshare -Urm), the reference of the ratios.\n\n",
+			e.user.name, e.user.uid, fusermount)
+		rep.Meta["rootless user"] = e.user.name
+	}
 	rep.writeTable(stdout)
 	if *jsonOut != "" {
 		return rep.writeJSON(*jsonOut)
@@ -193,9 +218,17 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func selectSystems(list string) ([]*system, error) {
+// selectSystems returns the systems named in list, or by default those
+// that are rootless or not as asked.
+func selectSystems(list string, rootless bool) ([]*system, error) {
 	if list == "" {
-		return allSystems, nil
+		var out []*system
+		for _, s := range allSystems {
+			if s.rootless == rootless {
+				out = append(out, s)
+			}
+		}
+		return out, nil
 	}
 	var out []*system
 	for _, name := range strings.Split(list, ",") {
@@ -214,6 +247,9 @@ func runWorkload(e *env, rep *report, w *workload, systems []*system, rounds int
 	ref := func(rw row) string {
 		if !rw.ratio {
 			return ""
+		}
+		if e.rootless {
+			return "kernel-userns"
 		}
 		if rw.copyUp && e.ovlVolatile() {
 			return "kernel-volatile"
@@ -294,6 +330,19 @@ func runOne(e *env, w *workload, s *system, setDir string) (vals map[string]floa
 			err = fmt.Errorf("panic: %v", p)
 		}
 	}()
+	if s.rootless && e.user != nil {
+		if err := giveLayers(e, setDir); err != nil {
+			return nil, err
+		}
+		rep, err := runRemote(e, w, s, setDir)
+		if err != nil {
+			return nil, err
+		}
+		if rep.Err != "" {
+			return nil, errors.New(rep.Err)
+		}
+		return rep.Vals, nil
+	}
 	if err := os.RemoveAll(e.runDir); err != nil {
 		return nil, err
 	}
@@ -330,6 +379,16 @@ func runOne(e *env, w *workload, s *system, setDir string) (vals map[string]floa
 // probe mounts s over two tiny layers; it returns why s cannot be
 // measured, or "".
 func probe(e *env, s *system) string {
+	if s.rootless && e.user != nil {
+		rep, err := runRemote(e, nil, s, "")
+		switch {
+		case err != nil:
+			return err.Error()
+		case rep.Err != "":
+			return rep.Err
+		}
+		return rep.NA
+	}
 	dir := filepath.Join(e.workdir, "probe")
 	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
@@ -357,7 +416,8 @@ func probe(e *env, s *system) string {
 // installTools installs what the workloads and systems need, when missing.
 func installTools(e *env) {
 	pkgs := map[string]string{"fuse-overlayfs": "fuse-overlayfs", "fusermount3": "fuse3", "git": "git",
-		"make": "make", "gcc": "gcc", "tar": "tar", "mount": "mount", "xargs": "findutils"}
+		"make": "make", "gcc": "gcc", "tar": "tar", "mount": "mount", "xargs": "findutils",
+		"setpriv": "util-linux", "unshare": "util-linux"} // setpriv, unshare: -rootless
 	var need []string
 	for cmd, pkg := range pkgs {
 		if _, err := exec.LookPath(cmd); err != nil {

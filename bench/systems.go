@@ -35,7 +35,15 @@ type system struct {
 	command func(e *env, l layout) *exec.Cmd
 	// foreground: the command is the server and runs until the unmount.
 	foreground bool
+	// rootless: the system runs as the unprivileged user (rootless.go);
+	// userns: as root of that user's namespace, in a mount namespace of
+	// its own. kind is the system it is a rootless run of ("" for none).
+	rootless, userns bool
+	kind             string
 }
+
+// is reports whether s is the system named kind, or a rootless run of it.
+func (s *system) is(kind string) bool { return s.name == kind || s.kind == kind }
 
 // layout is where one mount of a system gets its layers and is mounted.
 type layout struct {
@@ -69,13 +77,25 @@ var allSystems = []*system{
 			cmd.Env = append(os.Environ(), loopbackEnv+"="+l.flat, loopbackMntEnv+"="+l.mnt)
 			return cmd
 		}},
-	{name: "ovl", fstype: "fuse.ovl", daemon: true, command: func(e *env, l layout) *exec.Cmd {
-		opts := l.overlayOpts()
-		if e.ovlOpts != "" {
-			opts += "," + e.ovlOpts
-		}
-		return exec.Command(e.ovlBin, "mount", "-o", opts, l.mnt)
+	{name: "ovl", fstype: "fuse.ovl", daemon: true, command: ovlCommand},
+
+	// The rootless systems (-rootless).
+	{name: "kernel-userns", kind: "kernel", fstype: "overlay", rootless: true, userns: true, command: func(e *env, l layout) *exec.Cmd {
+		return exec.Command("mount", "-t", "overlay", "overlay", "-o", l.overlayOpts()+",userxattr", l.mnt)
 	}},
+	{name: "fuse-overlayfs-rootless", kind: "fuse-overlayfs", fstype: "fuse.fuse-overlayfs", daemon: true, rootless: true,
+		command: func(e *env, l layout) *exec.Cmd {
+			return exec.Command("fuse-overlayfs", "-o", l.overlayOpts(), l.mnt)
+		}},
+	{name: "ovl-rootless", kind: "ovl", fstype: "fuse.ovl", daemon: true, rootless: true, command: ovlCommand},
+}
+
+func ovlCommand(e *env, l layout) *exec.Cmd {
+	opts := l.overlayOpts()
+	if e.ovlOpts != "" {
+		opts += "," + e.ovlOpts
+	}
+	return exec.Command(e.ovlBin, "mount", "-o", opts, l.mnt)
 }
 
 // mounted is one live mount.
@@ -123,6 +143,9 @@ func mount(e *env, s *system, l layout) (*mounted, error) {
 	serr := unix.Stat(l.mnt, &st)
 	m.took = time.Since(start)
 	fail := func(err error) (*mounted, error) {
+		if s.rootless && !s.userns {
+			exec.Command(fusermount, "-u", "-z", l.mnt).Run()
+		}
 		unix.Unmount(l.mnt, unix.MNT_DETACH)
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
@@ -169,12 +192,20 @@ func (m *mounted) unmount(e *env) error {
 	}
 	var err error
 	for i := 0; i < 100; i++ {
-		if err = unix.Unmount(m.l.mnt, 0); err != unix.EBUSY {
+		if m.sys.rootless && !m.sys.userns {
+			err = fuseUnmount(m.l.mnt)
+		} else {
+			err = unix.Unmount(m.l.mnt, 0)
+		}
+		if err != unix.EBUSY {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
+		if m.sys.rootless && !m.sys.userns {
+			exec.Command(fusermount, "-u", "-z", m.l.mnt).Run()
+		}
 		unix.Unmount(m.l.mnt, unix.MNT_DETACH)
 		return fmt.Errorf("umount %s (%s): %w", m.l.mnt, m.sys.name, err)
 	}

@@ -126,6 +126,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 		// mode and ACLs; the daemon acts on the layers as the mounter.
 		Options: []string{"default_permissions"},
 	}
+	cacheOptions(&mo)
 	ro := opts.ReadOnly || ov.ReadOnly()
 	if os.Geteuid() == 0 {
 		// Mount directly, without the nosuid,nodev that fusermount adds.
