@@ -38,7 +38,7 @@ const (
 
 type sqRingOffsets struct {
 	head, tail, ringMask, ringEntries, flags, dropped, array, resv1 uint32
-	userAddr                                                       uint64
+	userAddr                                                        uint64
 }
 
 type cqRingOffsets struct {
