@@ -150,6 +150,7 @@ func Mount(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountOptions, o Op
 			return nil, err
 		}
 		s.uring = true
+		log.Printf("fuse_uring: on, %d queues of %d entries", len(s.queues), s.queues[0].depth)
 		for _, q := range s.queues {
 			q.start <- true
 		}
