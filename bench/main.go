@@ -166,6 +166,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	defer setUring(e, sel)()
 	rep := &report{Meta: meta(e, *rounds)}
 	var avail []*system
 	for _, s := range sel {
@@ -195,7 +196,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 func selectSystems(list string) ([]*system, error) {
 	if list == "" {
-		return allSystems, nil
+		var def []*system
+		for _, s := range allSystems {
+			if !s.optIn {
+				def = append(def, s)
+			}
+		}
+		return def, nil
 	}
 	var out []*system
 	for _, name := range strings.Split(list, ",") {

@@ -42,7 +42,7 @@ func (p phase) rows() []row {
 const opcodeKey = "opcode\x00"
 
 func countedOnly(s *system) string {
-	if s.name != "ovl" && s.name != "loopback" {
+	if !isOvl(s) && s.name != "loopback" {
 		return "the daemon does not count its requests"
 	}
 	return ""
@@ -65,7 +65,7 @@ func (c *runCtx) sample() (*counters, error) {
 	}
 	s := &counters{cpu: cpu}
 	switch c.m.sys.name {
-	case "ovl":
+	case "ovl", "ovl-uring":
 		st, err := ovlStats(c.e, c.mnt, false)
 		if err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,7 +36,13 @@ type system struct {
 	command func(e *env, l layout) *exec.Cmd
 	// foreground: the command is the server and runs until the unmount.
 	foreground bool
+	// optIn: measured only when -systems names it.
+	optIn bool
 }
+
+// isOvl: the system is ovl (with whatever transport), counted through
+// "ovl stats".
+func isOvl(s *system) bool { return s.name == "ovl" || s.name == "ovl-uring" }
 
 // layout is where one mount of a system gets its layers and is mounted.
 type layout struct {
@@ -76,6 +83,37 @@ var allSystems = []*system{
 		}
 		return exec.Command(e.ovlBin, "mount", "-o", opts, l.mnt)
 	}},
+	// ovl served through FUSE over io_uring (issue 21 goal 6); the bench
+	// sets the fuse module's enable_uring=Y while it runs (setUring).
+	{name: "ovl-uring", fstype: "fuse.ovl", daemon: true, optIn: true, command: func(e *env, l layout) *exec.Cmd {
+		opts := l.overlayOpts() + ",fuse_uring=on"
+		if e.ovlOpts != "" {
+			opts += "," + e.ovlOpts
+		}
+		return exec.Command(e.ovlBin, "mount", "-o", opts, l.mnt)
+	}},
+}
+
+const enableUringParam = "/sys/module/fuse/parameters/enable_uring"
+
+// setUring sets the fuse module's enable_uring=Y when ovl-uring is
+// measured (it only lets servers that ask use io_uring) and returns what
+// puts the old value back.
+func setUring(e *env, sel []*system) func() {
+	if !slices.ContainsFunc(sel, func(s *system) bool { return s.name == "ovl-uring" }) {
+		return func() {}
+	}
+	old, err := os.ReadFile(enableUringParam)
+	if err != nil {
+		fmt.Fprintf(e.log, "bench: ovl-uring: no %s (%v): it runs on /dev/fuse\n", enableUringParam, err)
+		return func() {}
+	}
+	if err := os.WriteFile(enableUringParam, []byte("Y"), 0); err != nil {
+		fmt.Fprintf(e.log, "bench: ovl-uring: set %s: %v\n", enableUringParam, err)
+		return func() {}
+	}
+	fmt.Fprintf(e.log, "bench: set %s=Y (was %s) for ovl-uring; restored at the end\n", enableUringParam, strings.TrimSpace(string(old)))
+	return func() { os.WriteFile(enableUringParam, bytes.TrimSpace(old), 0) }
 }
 
 // mounted is one live mount.

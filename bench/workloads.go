@@ -70,7 +70,7 @@ func daemonsOnly(s *system) string {
 }
 
 func ovlOnly(s *system) string {
-	if s.name != "ovl" {
+	if !isOvl(s) {
 		return "ovl only"
 	}
 	return ""
@@ -373,7 +373,7 @@ var workloads = []*workload{
 				return nil, err
 			}
 			out := map[string]float64{"daemon peak RSS after stat of 100k files": float64(hwm) / (1 << 20)}
-			if c.m.sys.name != "ovl" {
+			if !isOvl(c.m.sys) {
 				return out, nil
 			}
 			st, err := ovlStats(c.e, c.mnt, true)
