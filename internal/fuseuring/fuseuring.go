@@ -18,8 +18,10 @@
 //     a REGISTER or COMMIT_AND_FETCH command; the thread serves it inline
 //     through go-fuse's ProtocolServer and commits the reply with the next
 //     fetch, one io_uring_enter per request and no hand-off between
-//     threads. SETLKW, which can wait for another request, is served on its
-//     own goroutine and committed through an eventfd wake-up.
+//     threads. Requests that can take long (a lock wait, which may need
+//     another request on the same queue to end; syncs; large reads and
+//     writes; what may copy up a file) are served on their own goroutine
+//     and committed after an eventfd wakes the queue's thread (see aside).
 //   - An INTERRUPT for a request served on a ring is not acted on: the
 //     kernel sends it through /dev/fuse, where go-fuse does not know the
 //     request, and the kernel itself does not accept interrupt replies for

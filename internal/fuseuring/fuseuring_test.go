@@ -7,13 +7,16 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 const enableParam = "/sys/module/fuse/parameters/enable_uring"
@@ -226,5 +229,92 @@ func TestFallbackWithoutUring(t *testing.T) {
 	}
 	if got, want := snapshot(t, s.mountpoint), snapshot(t, src); got != want {
 		t.Fatalf("walk differs:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestLockWaitSameQueue: a lock wait (SETLKW) that only the unlock, sent
+// from the same CPU and so on the same ring queue, can end. Served on the
+// queue's thread, the wait would hold the queue and the unlock would never
+// be read.
+func TestLockWaitSameQueue(t *testing.T) {
+	needRoot(t)
+	setEnableUring(t, true)
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := gofs.NewLoopbackRoot(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	s, err := Mount(mnt, gofs.NewNodeFS(root, &gofs.Options{}), fuse.MountOptions{Name: "uringtest", FsName: src, EnableLocks: true}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := s.Unmount(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if !s.Uring() {
+		t.Fatal("not on io_uring")
+	}
+	// Every request from CPU 0: queue 0.
+	onCPU0 := func() {
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(0)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			t.Error(err)
+		}
+	}
+	onCPU0()
+	defer runtime.UnlockOSThread()
+	f1, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f1.Close()
+	f2, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f2.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(f1.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		t.Fatalf("lock: %v", err)
+	}
+	got := make(chan error, 1)
+	started := make(chan struct{})
+	go func() {
+		onCPU0()
+		l := unix.Flock_t{Type: unix.F_WRLCK}
+		close(started)
+		got <- unix.FcntlFlock(f2.Fd(), unix.F_OFD_SETLKW, &l)
+	}()
+	<-started
+	// Let the wait reach the daemon: a conflicting F_OFD_GETLK from f2
+	// sees f1's lock whatever the order, so wait until a SETLK from f2
+	// still fails (the waiter has not got the lock), a bounded number of
+	// times, then unlock.
+	for i := 0; i < 50; i++ {
+		l := unix.Flock_t{Type: unix.F_WRLCK}
+		if err := unix.FcntlFlock(f2.Fd(), unix.F_OFD_GETLK, &l); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+	}
+	lk.Type = unix.F_UNLCK
+	if err := unix.FcntlFlock(f1.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("lock wait: %v", err)
+		}
+	case <-time.After(120 * time.Second):
+		t.Fatal("lock wait not ended by the unlock in 120 s")
 	}
 }

@@ -149,7 +149,7 @@ func (q *queue) teardown() {
 // fuseCmd fills a URING_CMD SQE for the FUSE device (fixed file 0).
 func (q *queue) fuseCmd(op uint32, e *entry) []byte {
 	s := q.r.sqe()
-	s[0] = opURingCmd
+	s[0] = ioringOpURingCmd
 	s[1] = sqeFixedFile
 	put32(s, 4, 0) // fixed file index
 	put32(s, 8, op)
@@ -174,7 +174,7 @@ func (q *queue) commit(e *entry, commitID uint64) {
 
 func (q *queue) armWake() {
 	s := q.r.sqe()
-	s[0] = opRead
+	s[0] = ioringOpRead
 	put32(s, 4, uint32(q.efd))
 	put64(s, 16, uint64(uintptr(unsafe.Pointer(&q.efdBf[0]))))
 	put32(s, 24, 8)
@@ -213,9 +213,7 @@ func (q *queue) complete(c cqe) {
 		return
 	}
 	q.served.Add(1)
-	if get32(e.hdr, 4) == opSetlkw {
-		// A lock wait may need a request on this queue (the unlock)
-		// to end: serve it aside.
+	if aside(e.hdr) {
 		go func() {
 			q.serve(e)
 			q.mu.Lock()
@@ -277,4 +275,51 @@ func (q *queue) replyErr(e *entry, unique uint64, errno syscall.Errno) {
 	put32(e.hdr, 4, uint32(-int32(errno)))
 	put64(e.hdr, 8, unique)
 	put32(e.hdr, hdrPayloadSz, 0)
+}
+
+// Opcodes and fields aside looks at (include/uapi/linux/fuse.h).
+const (
+	opSetattr       = 4
+	opRename        = 12
+	opLink          = 13
+	opOpen          = 14
+	opRead          = 15
+	opFsync         = 20
+	opSetxattr      = 21
+	opRemovexattr   = 24
+	opFsyncdir      = 30
+	opIoctl         = 39
+	opFallocate     = 43
+	opRename2       = 45
+	opCopyFileRange = 47
+	opSyncfs        = 50
+
+	fattrSize = 1 << 3
+	// Reads and writes up to this size are served inline.
+	inlineIO = 128 << 10
+)
+
+// aside says whether a request is served on its own goroutine rather
+// than on the queue's thread, which serves the queue's other requests
+// only after it. Those are the requests that can take long: a lock wait
+// (which may need a request on this queue, the unlock, to end), syncs,
+// large reads and writes, and what may copy a file up (an open for
+// writing or truncating, a truncate, a rename, a link, an xattr change).
+// The rest, the many small metadata requests, are answered inline.
+func aside(h []byte) bool {
+	op := get32(h, 4)
+	in := h[hdrOpIn:]
+	switch op {
+	case opSetlkw, opFsync, opFsyncdir, opSyncfs, opFallocate, opCopyFileRange,
+		opRename, opRename2, opLink, opSetxattr, opRemovexattr, opIoctl:
+		return true
+	case opSetattr:
+		return get32(in, 0)&fattrSize != 0
+	case opOpen:
+		flags := get32(in, 0)
+		return flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0
+	case opRead, opWrite:
+		return get32(in, 16) > inlineIO
+	}
+	return false
 }

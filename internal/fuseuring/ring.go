@@ -20,8 +20,8 @@ const (
 
 	enterGetEvents = 1 << 0
 
-	opRead     = 22
-	opURingCmd = 46
+	ioringOpRead     = 22
+	ioringOpURingCmd = 46
 
 	sqeFixedFile = 1 << 0
 
