@@ -31,6 +31,8 @@ type Stats struct {
 	GCCycles    uint64 `json:"go_gc_cycles"`
 	// Requests counts the FUSE requests served, by opcode (issue 21).
 	Requests map[string]uint64 `json:"requests"`
+	// UringRequests of them came through io_uring (fuse_uring=on).
+	UringRequests uint64 `json:"fuse_uring_requests"`
 }
 
 // Info is what "ovl ls" shows of a mount: its layers and options with its
@@ -92,7 +94,7 @@ func newStats(s *Server, gc bool) Stats {
 		{Name: "/gc/cycles/total:gc-cycles"},
 	}
 	metrics.Read(m)
-	r := Stats{Pid: os.Getpid(), Stats: s.ov.Stats(), Requests: s.fs.Requests()}
+	r := Stats{Pid: os.Getpid(), Stats: s.ov.Stats(), Requests: s.fs.Requests(), UringRequests: s.fs.UringRequests()}
 	for i, p := range []*uint64{&r.HeapLive, &r.HeapObjects, &r.GCCycles} {
 		if m[i].Value.Kind() == metrics.KindUint64 {
 			*p = m[i].Value.Uint64()

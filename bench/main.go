@@ -186,6 +186,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	defer setUring(e, sel)()
 	rep := &report{Meta: meta(e, *rounds)}
 	var avail []*system
 	for _, s := range sel {
@@ -224,7 +225,7 @@ func selectSystems(list string, rootless bool) ([]*system, error) {
 	if list == "" {
 		var out []*system
 		for _, s := range allSystems {
-			if s.rootless == rootless {
+			if s.rootless == rootless && !s.optIn {
 				out = append(out, s)
 			}
 		}

@@ -65,7 +65,7 @@ func (c *runCtx) sample() (*counters, error) {
 	}
 	s := &counters{cpu: cpu}
 	switch c.m.sys.name {
-	case "ovl", "ovl-rootless":
+	case "ovl", "ovl-rootless", "ovl-uring":
 		st, err := ovlStats(c.e, c.mnt, false)
 		if err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +41,8 @@ type system struct {
 	// its own. kind is the system it is a rootless run of ("" for none).
 	rootless, userns bool
 	kind             string
+	// optIn: measured only when -systems names it.
+	optIn bool
 }
 
 // is reports whether s is the system named kind, or a rootless run of it.
@@ -88,14 +91,45 @@ var allSystems = []*system{
 			return exec.Command("fuse-overlayfs", "-o", l.overlayOpts(), l.mnt)
 		}},
 	{name: "ovl-rootless", kind: "ovl", fstype: "fuse.ovl", daemon: true, rootless: true, command: ovlCommand},
+
+	// ovl served through FUSE over io_uring (issue 21 goal 6); the bench
+	// sets the fuse module's enable_uring=Y while it runs (setUring).
+	{name: "ovl-uring", kind: "ovl", fstype: "fuse.ovl", daemon: true, optIn: true, command: func(e *env, l layout) *exec.Cmd {
+		return ovlWith(e, l, ",fuse_uring=on")
+	}},
 }
 
-func ovlCommand(e *env, l layout) *exec.Cmd {
-	opts := l.overlayOpts()
+func ovlCommand(e *env, l layout) *exec.Cmd { return ovlWith(e, l, "") }
+
+// ovlWith mounts ovl with extra options after the layers.
+func ovlWith(e *env, l layout, extra string) *exec.Cmd {
+	opts := l.overlayOpts() + extra
 	if e.ovlOpts != "" {
 		opts += "," + e.ovlOpts
 	}
 	return exec.Command(e.ovlBin, "mount", "-o", opts, l.mnt)
+}
+
+const enableUringParam = "/sys/module/fuse/parameters/enable_uring"
+
+// setUring sets the fuse module's enable_uring=Y when ovl-uring is
+// measured (it only lets servers that ask use io_uring) and returns what
+// puts the old value back.
+func setUring(e *env, sel []*system) func() {
+	if !slices.ContainsFunc(sel, func(s *system) bool { return s.name == "ovl-uring" }) {
+		return func() {}
+	}
+	old, err := os.ReadFile(enableUringParam)
+	if err != nil {
+		fmt.Fprintf(e.log, "bench: ovl-uring: no %s (%v): it runs on /dev/fuse\n", enableUringParam, err)
+		return func() {}
+	}
+	if err := os.WriteFile(enableUringParam, []byte("Y"), 0); err != nil {
+		fmt.Fprintf(e.log, "bench: ovl-uring: set %s: %v\n", enableUringParam, err)
+		return func() {}
+	}
+	fmt.Fprintf(e.log, "bench: set %s=Y (was %s) for ovl-uring; restored at the end\n", enableUringParam, strings.TrimSpace(string(old)))
+	return func() { os.WriteFile(enableUringParam, bytes.TrimSpace(old), 0) }
 }
 
 // mounted is one live mount.

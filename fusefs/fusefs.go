@@ -43,6 +43,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/internal/fusecount"
+	"github.com/ovl-project/ovl/internal/fuseuring"
 	"github.com/ovl-project/ovl/internal/privilege"
 	"github.com/ovl-project/ovl/overlay"
 )
@@ -64,6 +65,10 @@ type Options struct {
 	// (passthrough=off): full coherence across copy-up, no page cache
 	// shared with the lower layers.
 	NoPassthrough bool
+	// Uring serves requests through FUSE-over-io_uring where the kernel
+	// offers it (fuse_uring=on; internal/fuseuring), else through
+	// /dev/fuse.
+	Uring bool
 }
 
 // cacheTimeout is how long the kernel may keep entries, negative entries
@@ -78,6 +83,7 @@ type Server struct {
 	ov         *overlay.Overlay
 	root       *node
 	reqs       *fusecount.Counts
+	ring       *fuseuring.Server // nil: served by go-fuse's own server
 }
 
 // Requests returns how many FUSE requests of each opcode the mount has
@@ -192,7 +198,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	}
 	reqs := new(fusecount.Counts)
 	raw = fusecount.Wrap(raw, reqs)
-	srv, err := serve(mountpoint, raw, &mo, func(srv *fuse.Server) {
+	srv, ring, err := serve(mountpoint, raw, &mo, opts.Uring, func(srv *fuse.Server) {
 		gens.killprivV2.Store(srv.KernelSettings().Flags64()&fuse.CAP_HANDLE_KILLPRIV_V2 != 0)
 		dirs.stateless.Store(srv.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT != 0)
 	})
@@ -205,31 +211,58 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 			gens.pt.Store(nil) // nothing to track: every open is served by the daemon
 		}
 	}
-	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root, reqs: reqs}, nil
+	return &Server{srv: srv, mountpoint: mountpoint, ov: ov, root: root, reqs: reqs, ring: ring}, nil
 }
 
 // serve is fs.Mount for a raw file system; inited runs after INIT, before
-// the first other request.
-func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions, inited func(*fuse.Server)) (*fuse.Server, error) {
+// the first other request. With uring (as root: fuseuring mounts with
+// mount(2)) the requests go through io_uring where the kernel offers it.
+func serve(mountpoint string, raw fuse.RawFileSystem, mo *fuse.MountOptions, uring bool, inited func(*fuse.Server)) (*fuse.Server, *fuseuring.Server, error) {
+	if uring && os.Geteuid() == 0 {
+		r, err := fuseuring.Mount(mountpoint, raw, *mo, fuseuring.Options{Inited: inited})
+		if err != nil {
+			return nil, nil, err
+		}
+		return r.Fuse, r, nil
+	} else if uring {
+		log.Printf("fuse_uring: off: only a mount made as root can use it")
+	}
 	srv, err := fuse.NewServer(raw, mountpoint, mo)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	inited(srv)
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return srv, nil
+	return srv, nil, nil
+}
+
+// UringRequests is how many requests were served through io_uring.
+func (s *Server) UringRequests() uint64 {
+	if s.ring == nil {
+		return 0
+	}
+	return s.ring.RingRequests()
 }
 
 // Wait blocks until the filesystem is unmounted.
 func (s *Server) Wait() {
+	if s.ring != nil {
+		s.ring.Wait()
+		return
+	}
 	s.srv.Wait()
 }
 
 // Unmount unmounts the filesystem; Wait then returns.
-func (s *Server) Unmount() error { return s.srv.Unmount() }
+func (s *Server) Unmount() error {
+	if s.ring != nil {
+		return s.ring.Unmount()
+	}
+	return s.srv.Unmount()
+}
 
 // node is the go-fuse inode of one overlay node. It holds one reference on
 // its overlay node (the root's is the overlay's own) until go-fuse forgets

@@ -217,6 +217,11 @@ func (kt *kcmpTester) runConfig(c k.Case) k.RunConfig {
 func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	c := k.RandomCase(seed, kt.set.ops)
 	c.Every = kt.set.every
+	// KCMP_OVL_OPTS: extra ovl options for every seed (e.g.
+	// fuse_uring=on, with the fuse module's enable_uring=Y).
+	if e := os.Getenv("KCMP_OVL_OPTS"); e != "" {
+		c.OvlOptions = append(c.OvlOptions, strings.Split(e, ",")...)
+	}
 	rc := kt.runConfig(c)
 	rc.StopAtFirst = true
 	// An op that failed on both sides (errnos differ) changed neither:

@@ -29,6 +29,7 @@ var optionHelp = []struct{ name, arg, text string }{
 	{"verity", "=off", "no fs-verity checks"},
 	{"xino", "=off|auto", "inode numbers as the kernel's overlayfs makes them without xino"},
 	{"passthrough", "=on|off", "FUSE passthrough of reads and writes to the layer files (default on where the kernel and privilege allow)"},
+	{"fuse_uring", "=on|off", "serve requests through FUSE over io_uring where the kernel offers it (module parameter fuse.enable_uring=Y; mounts made as root), else through /dev/fuse (default off)"},
 	{"default_permissions", "", "always on: the kernel checks permissions"},
 	{"ro", "", "read-only mount (always so without an upper)"},
 	{"rw", "", "read-write mount"},

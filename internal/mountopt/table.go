@@ -116,6 +116,11 @@ var options = map[string]option{
 		values: map[string]bool{"on": true, "off": true},
 		set:    func(s *state, v string) error { s.res.FUSE.NoPassthrough = v == "off"; return nil },
 	},
+	// FUSE over io_uring (internal/fuseuring), where the kernel offers it.
+	"fuse_uring": {
+		values: map[string]bool{"on": true, "off": true},
+		set:    func(s *state, v string) error { s.res.FUSE.Uring = v == "on"; return nil },
+	},
 
 	// What mount(8), fstab, systemd and mount.fuse3 pass or leave in the
 	// options; they are for those programs, not for the filesystem. "x-*"

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/ovl-project/ovl/internal/testutil"
+)
+
+const enableUringParam = "/sys/module/fuse/parameters/enable_uring"
+
+// setEnableUring sets the fuse module's enable_uring for the test and
+// restores it after. Y only lets servers that ask for io_uring at INIT
+// use it (ovl with fuse_uring=on); other FUSE servers are not affected.
+func setEnableUring(t *testing.T, on bool) {
+	t.Helper()
+	old, err := os.ReadFile(enableUringParam)
+	if err != nil {
+		t.Fatalf("kernel without FUSE over io_uring (CONFIG_FUSE_IO_URING): %v", err)
+	}
+	v := map[bool]string{true: "Y", false: "N"}[on]
+	if err := os.WriteFile(enableUringParam, []byte(v), 0); err != nil {
+		t.Fatalf("set %s: %v", enableUringParam, err)
+	}
+	t.Logf("set %s=%s (was %s); restored at the end", enableUringParam, v, strings.TrimSpace(string(old)))
+	t.Cleanup(func() { os.WriteFile(enableUringParam, bytes.TrimSpace(old), 0) })
+}
+
+// uringRequests is "ovl stats"' count of requests served through io_uring.
+func uringRequests(t *testing.T, dir string) uint64 {
+	t.Helper()
+	r := runOvl(t, dir, "stats", "m")
+	if r.code != 0 {
+		t.Fatalf("ovl stats: %s", r.stderr)
+	}
+	var st struct {
+		N *uint64 `json:"fuse_uring_requests"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.N == nil {
+		t.Fatalf("ovl stats printed %q (%v): no fuse_uring_requests", r.stdout, err)
+	}
+	return *st.N
+}
+
+// uringView lists every entry under root with its type, mode, size, link
+// target and content hash.
+func uringView(t *testing.T, root string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		line := fmt.Sprintf("%s %v", rel, fi.Mode())
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			tgt, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			line += " -> " + tgt
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			line += fmt.Sprintf(" %d %x", fi.Size(), sha256.Sum256(b))
+		}
+		lines = append(lines, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", root, err)
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// uringChanges copies up, writes, renames, removes and makes entries.
+func uringChanges(t *testing.T, m string) {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(m, "both.txt"), os.O_WRONLY|os.O_APPEND, 0)
+	must(err)
+	_, err = f.Write([]byte("appended\n"))
+	must(err)
+	must(f.Close())
+	must(os.WriteFile(filepath.Join(m, "big"), bytes.Repeat([]byte("0123456789abcdef"), 1<<17), 0o600))
+	must(os.Rename(filepath.Join(m, "top.txt"), filepath.Join(m, "shared", "moved.txt")))
+	must(os.Remove(filepath.Join(m, "bottom.txt")))
+	must(os.Mkdir(filepath.Join(m, "newdir"), 0o700))
+	must(os.Symlink("../big", filepath.Join(m, "newdir", "link")))
+	must(os.Chmod(filepath.Join(m, "shared"), 0o711))
+	must(os.Truncate(filepath.Join(m, "big"), 1000))
+}
+
+// TestFuseUringMount: with fuse_uring=on (and the kernel offering FUSE
+// over io_uring), a mount serves its requests through io_uring, and a
+// walk, reads and changes see what the same on a mount served through
+// /dev/fuse see; with the kernel not offering it, the same option falls
+// back to /dev/fuse.
+func TestFuseUringMount(t *testing.T) {
+	testutil.RequireRoot(t)
+	setEnableUring(t, true)
+	views := map[string]string{}
+	for _, opt := range []string{"fuse_uring=on", "fuse_uring=off"} {
+		dir := cliTree(t)
+		cliMustMount(t, dir, "mount", "-o", cliLayerOpts+","+opt, "m")
+		m := filepath.Join(dir, "m")
+		before := uringView(t, m)
+		uringChanges(t, m)
+		views[opt] = before + "\n--\n" + uringView(t, m)
+		n := uringRequests(t, dir)
+		if opt == "fuse_uring=on" && n < 50 {
+			t.Errorf("%s: %d requests through io_uring", opt, n)
+		}
+		if opt == "fuse_uring=off" && n != 0 {
+			t.Errorf("%s: %d requests through io_uring", opt, n)
+		}
+		t.Logf("%s: %d requests through io_uring", opt, n)
+		if r := runOvl(t, dir, "umount", "m"); r.code != 0 {
+			t.Fatalf("umount: %s", r.stderr)
+		}
+	}
+	if views["fuse_uring=on"] != views["fuse_uring=off"] {
+		t.Fatalf("views differ:\nio_uring:\n%s\n/dev/fuse:\n%s", views["fuse_uring=on"], views["fuse_uring=off"])
+	}
+
+	// The kernel not offering it: the mount works through /dev/fuse.
+	setEnableUring(t, false)
+	dir := cliTree(t)
+	cliMustMount(t, dir, "mount", "-o", cliLayerOpts+",fuse_uring=on", "m")
+	defer runOvl(t, dir, "umount", "m")
+	uringChanges(t, filepath.Join(dir, "m"))
+	if n := uringRequests(t, dir); n != 0 {
+		t.Errorf("enable_uring=N: %d requests through io_uring", n)
+	}
+}
