@@ -10,8 +10,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"runtime/metrics"
+	"runtime/pprof"
 	"time"
 
 	"golang.org/x/sys/unix"
