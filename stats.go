@@ -86,6 +86,10 @@ const (
 
 func newStats(s *Server, gc bool) Stats {
 	if gc {
+		// Two collections: sync.Pool keeps what it held for one more
+		// cycle (go-fuse's request buffers, 1 MiB each), and the second
+		// returns the freed pages to the system.
+		runtime.GC()
 		debug.FreeOSMemory()
 		writeHeapProfile()
 	}
