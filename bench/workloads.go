@@ -375,43 +375,26 @@ var workloads = []*workload{
 					return nil, err
 				}
 			}
-			// Another process's drop_caches during the walk (tests do it)
-			// makes the kernel forget inodes, and the figures would be
-			// of fewer objects: walk again, from a cold cache and with
-			// the peak RSS reset, until no drop came meanwhile.
-			var hwm int64
+			// The walk holds what it stat'ed (holdWalk) until the
+			// figures are taken, so that another process's drop_caches
+			// cannot make them those of fewer objects.
+			if err := dropCaches(3); err != nil {
+				return nil, err
+			}
+			_, release, err := holdWalk(c.e, filepath.Join(c.mnt, "tree"))
+			if err != nil {
+				return nil, err
+			}
+			hwm, err := procStatus(c.m.pid, "VmHWM")
 			var st map[string]float64
-			for try := 1; ; try++ {
-				drops, err := vmstat("drop_slab")
-				if err != nil {
-					return nil, err
-				}
-				if _, err := timed(true, func() error { _, err := walk(filepath.Join(c.mnt, "tree")); return err }); err != nil {
-					return nil, err
-				}
-				if hwm, err = procStatus(c.m.pid, "VmHWM"); err != nil {
-					return nil, err
-				}
-				if c.m.sys.name == "ovl" {
-					if st, err = ovlStats(c.e, c.mnt, true); err != nil {
-						return nil, err
-					}
-				}
-				now, err := vmstat("drop_slab")
-				if err != nil {
-					return nil, err
-				}
-				if now == drops+1 { // the walk's own cold start
-					break
-				}
-				if try == 20 {
-					return nil, fmt.Errorf("another process dropped the caches during each of %d walks", try)
-				}
-				// clear_refs 5 resets VmHWM (proc(5)).
-				if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", c.m.pid), []byte("5"), 0); err != nil {
-					return nil, err
-				}
-				c.e.logf("daemon-memory %s: another drop_caches during the walk; walking again", c.m.sys.name)
+			if err == nil && c.m.sys.name == "ovl" {
+				st, err = ovlStats(c.e, c.mnt, true)
+			}
+			if rerr := release(); err == nil {
+				err = rerr
+			}
+			if err != nil {
+				return nil, err
 			}
 			out := map[string]float64{"daemon peak RSS after stat of 100k files": float64(hwm) / (1 << 20)}
 			if c.m.sys.name != "ovl" {
@@ -428,7 +411,6 @@ var workloads = []*workload{
 			if objs := st["nodes"] - fresh["nodes"]; objs > 0 {
 				out["ovl live heap per looked-up object"] = (st["go_heap_live_bytes"] - fresh["go_heap_live_bytes"]) / objs
 			}
-			var err error
 			if err = dropCaches(2); err != nil {
 				return nil, err
 			}
@@ -580,20 +562,6 @@ func timed(cold bool, f func() error) (float64, error) {
 	start := time.Now()
 	err := f()
 	return time.Since(start).Seconds(), err
-}
-
-// vmstat reads a counter of /proc/vmstat.
-func vmstat(key string) (int64, error) {
-	b, err := os.ReadFile("/proc/vmstat")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, key+" "); ok {
-			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("/proc/vmstat has no %s", key)
 }
 
 func dropCaches(level int) error {
