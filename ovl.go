@@ -192,6 +192,9 @@ func Mount(cfg Config) (*Server, error) {
 // Mount opens the layers and mounts them, and returns once the mount is
 // ready to use. The mount answers "ovl stats" from then on.
 func (p *Plan) Mount() (*Server, error) {
+	if p.daemon {
+		daemonGC()
+	}
 	ov, err := overlay.New(p.res.Overlay)
 	if err != nil {
 		return nil, err

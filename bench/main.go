@@ -82,6 +82,7 @@ func (e *env) ovlVolatile() bool {
 func main() {
 	maybeServeLoopback()
 	maybeServeWorker()
+	maybeHold()
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

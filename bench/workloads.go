@@ -363,22 +363,42 @@ var workloads = []*workload{
 			{name: "ovl nodes after drop_caches 2", unit: "nodes", only: ovlOnly},
 			{name: "ovl live Go heap after stat of 100k files", unit: "MiB", only: ovlOnly},
 			{name: "ovl live Go heap after drop_caches 2", unit: "MiB", only: ovlOnly},
+			{name: "ovl live Go heap of the fresh mount", unit: "MiB", only: ovlOnly},
+			{name: "ovl live heap per looked-up object", unit: "B", only: ovlOnly},
+			{name: "ovl live heap after drop_caches 2 over the fresh mount's", unit: "%", only: ovlOnly},
 		},
 		run: func(c *runCtx) (map[string]float64, error) {
-			if _, err := timed(true, func() error { _, err := walk(filepath.Join(c.mnt, "tree")); return err }); err != nil {
+			var fresh map[string]float64
+			if c.m.sys.name == "ovl" {
+				var err error
+				if fresh, err = ovlStats(c.e, c.mnt, true); err != nil {
+					return nil, err
+				}
+			}
+			// The walk holds what it stat'ed (holdWalk) until the
+			// figures are taken, so that another process's drop_caches
+			// cannot make them those of fewer objects.
+			if err := dropCaches(3); err != nil {
+				return nil, err
+			}
+			_, release, err := holdWalk(c.e, filepath.Join(c.mnt, "tree"))
+			if err != nil {
 				return nil, err
 			}
 			hwm, err := procStatus(c.m.pid, "VmHWM")
+			var st map[string]float64
+			if err == nil && c.m.sys.name == "ovl" {
+				st, err = ovlStats(c.e, c.mnt, true)
+			}
+			if rerr := release(); err == nil {
+				err = rerr
+			}
 			if err != nil {
 				return nil, err
 			}
 			out := map[string]float64{"daemon peak RSS after stat of 100k files": float64(hwm) / (1 << 20)}
 			if !c.m.sys.is("ovl") {
 				return out, nil
-			}
-			st, err := ovlStats(c.e, c.mnt, true)
-			if err != nil {
-				return nil, err
 			}
 			if int(st["pid"]) != c.m.pid {
 				// Another daemon holds the socket name (issue 17, item 8):
@@ -387,7 +407,11 @@ var workloads = []*workload{
 			}
 			out["ovl nodes after stat of 100k files"] = st["nodes"]
 			out["ovl live Go heap after stat of 100k files"] = st["go_heap_live_bytes"] / (1 << 20)
-			if err := dropCaches(2); err != nil {
+			out["ovl live Go heap of the fresh mount"] = fresh["go_heap_live_bytes"] / (1 << 20)
+			if objs := st["nodes"] - fresh["nodes"]; objs > 0 {
+				out["ovl live heap per looked-up object"] = (st["go_heap_live_bytes"] - fresh["go_heap_live_bytes"]) / objs
+			}
+			if err = dropCaches(2); err != nil {
 				return nil, err
 			}
 			// The kernel forgets inodes asynchronously: wait until the
@@ -409,6 +433,7 @@ var workloads = []*workload{
 				return nil, err
 			}
 			out["ovl live Go heap after drop_caches 2"] = st["go_heap_live_bytes"] / (1 << 20)
+			out["ovl live heap after drop_caches 2 over the fresh mount's"] = 100 * (st["go_heap_live_bytes"]/fresh["go_heap_live_bytes"] - 1)
 			return out, nil
 		}},
 }

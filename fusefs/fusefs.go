@@ -288,14 +288,13 @@ type node struct {
 	// lives on for its open handles (passthrough.go, retire).
 	retired atomic.Bool
 	// pt is this FUSE inode's passthrough state, made at its first open;
-	// inval is closed once the names of a retired inode are invalidated
-	// (passthrough.go, retire). Both guarded by obj.ptMu.
-	pt    *ptNode
-	inval chan struct{}
+	// guarded by obj.ptMu.
+	pt *ptNode
 	// names are other names than the first that lookups found this
 	// inode under (hard links), for retire to invalidate; guarded by
-	// gens.mu.
-	names []nameRef
+	// gens.mu. A pointer, nil for the many objects with one name: the
+	// node is made for every object the kernel looks up (issue 21).
+	names *[]nameRef
 	// A directory's last merged listing, kept while no entry changed since
 	// (listGen == gen), for the opens that the kernel serves from its
 	// readdir cache: see dir.
@@ -377,12 +376,19 @@ func (c *node) noteName(p *node, name string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, r := range []nameRef{{pp, pname}, {p.EmbeddedInode(), name}} {
+		var names []nameRef
+		if c.names != nil {
+			names = *c.names
+		}
 		known := r.parent == nil
-		for _, k := range c.names {
+		for _, k := range names {
 			known = known || k == r
 		}
-		if !known && len(c.names) < maxNames {
-			c.names = append(c.names, r)
+		if !known && len(names) < maxNames {
+			if c.names == nil {
+				c.names = new([]nameRef)
+			}
+			*c.names = append(names, r)
 		}
 	}
 }
@@ -394,7 +400,9 @@ func (c *node) cachedNames() []nameRef {
 		refs = append(refs, nameRef{parent, name})
 	}
 	c.gens.mu.Lock()
-	refs = append(refs, c.names...)
+	if c.names != nil {
+		refs = append(refs, *c.names...)
+	}
 	c.gens.mu.Unlock()
 	return refs
 }

@@ -68,6 +68,9 @@ type generations struct {
 	killprivV2 atomic.Bool
 	// caps: which objects are known to have no security.capability.
 	caps capGen
+	// peak is the most entries live or byID held since they were last
+	// rebuilt (shrinkLocked).
+	peak int
 }
 
 func newGenerations() *generations {
@@ -126,6 +129,7 @@ func (p *node) inode(ctx context.Context, name string, child *overlay.Node) *fs.
 	// Under g.mu: no other request may find nd before it is an inode.
 	ch := p.NewInode(ctx, nd, attr)
 	g.live[attr] = nd
+	g.peak = max(g.peak, len(g.live))
 	g.handOut(ctx, nd)
 	g.mu.Unlock()
 	if n != child {
@@ -219,11 +223,37 @@ func (g *generations) forget(nodeID, nlookup uint64) {
 			delete(g.byID, nodeID)
 		}
 		drop = g.unusedLocked(nd)
+		g.shrinkLocked()
 	}
 	g.mu.Unlock()
 	if drop {
 		g.drop(nd)
 	}
+}
+
+// shrinkMin is the peak below which the tables are never rebuilt: small
+// maps cost little.
+const shrinkMin = 1024
+
+// shrinkLocked rebuilds live and byID once both hold a quarter of their
+// peak or less: Go never shrinks a map, so the tables of a big walk would
+// otherwise keep their peak size after the kernel forgot it (issue 21:
+// the live heap goes back to a fresh mount's). Each rebuild copies at
+// most a third of the entries deleted since the last one. g.mu is held.
+func (g *generations) shrinkLocked() {
+	n := max(len(g.live), len(g.byID))
+	if g.peak < shrinkMin || n > g.peak/4 {
+		return
+	}
+	live := make(map[fs.StableAttr]*node, len(g.live))
+	for k, v := range g.live {
+		live[k] = v
+	}
+	byID := make(map[uint64]*node, len(g.byID))
+	for k, v := range g.byID {
+		byID[k] = v
+	}
+	g.live, g.byID, g.peak = live, byID, n
 }
 
 // drop gives back the overlay node of nd, an inode unusedLocked took out

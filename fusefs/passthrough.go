@@ -66,6 +66,9 @@ type ptNode struct {
 	dev, ino uint64 // the backing's real file
 	refs     int    // handles opened on the backing: it is live in the kernel
 	cached   int    // handles opened without passthrough
+	// inval is closed once the names of the retired inode are
+	// invalidated (retire).
+	inval chan struct{}
 }
 
 func newPTMount(ov *overlay.Overlay) *ptMount {
@@ -131,7 +134,7 @@ func cancelOf(ctx context.Context) <-chan struct{} {
 func (m *ptMount) open(ctx context.Context, nd *node, flags uint32) (*file, syscall.Errno) {
 	nd.obj.ptMu.Lock()
 	h, e := m.openLocked(ctx, nd, flags)
-	inval := nd.inval
+	inval := nd.ptState().inval
 	nd.obj.ptMu.Unlock()
 	if e == syscall.ESTALE {
 		awaitInval(inval)
@@ -223,7 +226,7 @@ func (m *ptMount) retire(nd *node) syscall.Errno {
 	}
 	if nd.gens.retire(nd) {
 		done := make(chan struct{})
-		nd.inval = done
+		nd.ptState().inval = done
 		go func() {
 			defer close(done)
 			for _, r := range nd.cachedNames() {
@@ -556,7 +559,7 @@ func (m *ptMount) setattr(nd *node, a overlay.SetAttr, fd int) error {
 	nd.obj.ptMu.Lock()
 	if s := nd.pt; s != nil && s.refs > 0 && s.lower {
 		e := m.retire(nd)
-		inval := nd.inval
+		inval := s.inval
 		nd.obj.ptMu.Unlock()
 		if e == syscall.ESTALE {
 			awaitInval(inval)

@@ -35,8 +35,6 @@ type Node struct {
 	refs atomic.Int32
 
 	mu sync.Mutex // copy-up lock; guards the fields below (written also under parent's dirMu)
-	// released: the last reference went and the descriptors are closed.
-	released bool
 	// upperFd is the O_PATH fd of the upper directory (directories), or -1.
 	upperFd int
 	// realIno is the inode number of a non-directory's topmost real object,
@@ -46,31 +44,37 @@ type Node struct {
 	// the index directory; inIndex says the entry exists, so the object's
 	// data is there even where this name is not linked in the upper yet.
 	indexName string
-	inIndex   bool
 	lowerIno  uint64 // the lower inode number of an indexed object
-	// metacopy: the upper file holds metadata only; its data is the lower
-	// file lowers[0] (see metacopy.go).
-	metacopy bool
 	// pinFd, when pinned, holds a non-directory whose name is going away
 	// (see Pin).
-	pinFd  int
-	pinned bool
-	// inUpper: the object exists in the upper layer.
-	inUpper bool
+	pinFd int
 	// lowers: for a directory, the lower directories it merges, top first,
 	// ending at an opaque one; for a non-directory, at most the one it comes from.
 	lowers []lowerRef
-	// upperXWh: the upper directory holds xattr whiteouts (opaque=x).
-	upperXWh bool
 	// upperAufs caches the AUFS markers of the upper directory (aufs.go);
 	// nil: probe them.
 	upperAufs *aufsDir
-	// impure: the upper directory is marked overlay.impure.
-	impure bool
 	// redirect: the directory's overlay.redirect, where its lower part is
 	// (relative: a name in the parent's lower directories; absolute: a path
 	// from the lower roots).
 	redirect string
+	// The flags come together, after the words, so that the node has no
+	// padding between fields: it is made for every object the kernel
+	// looks up (issue 21, bytes per object).
+	//
+	// released: the last reference went and the descriptors are closed.
+	released bool
+	inIndex  bool
+	// metacopy: the upper file holds metadata only; its data is the lower
+	// file lowers[0] (see metacopy.go).
+	metacopy bool
+	pinned   bool
+	// inUpper: the object exists in the upper layer.
+	inUpper bool
+	// upperXWh: the upper directory holds xattr whiteouts (opaque=x).
+	upperXWh bool
+	// impure: the upper directory is marked overlay.impure.
+	impure bool
 
 	dirMu sync.Mutex // directories: serialises namespace changes inside
 
