@@ -355,9 +355,9 @@ func (kt *kcmpTester) summary(elapsed time.Duration) string {
 //	go test ./cmd/ovl -run TestKernelRandom -timeout 0 -args -kcmp.duration=30m -kcmp.ops=500 -kcmp.save=/tmp/repros
 //
 // Environment variables KCMP_SEEDS, KCMP_OPS, KCMP_DURATION, KCMP_START,
-// KCMP_EVERY, KCMP_SHRINK, KCMP_SAVE, KCMP_OPTIMEOUT do the same. KCMP_DINO=1
-// also checks that readdir's d_ino equals lstat's st_ino on each side (off:
-// the kernel itself fails it often; see internal/kernelcmp/tree.go).
+// KCMP_EVERY, KCMP_SHRINK, KCMP_SAVE, KCMP_OPTIMEOUT do the same. Every
+// walk of ovl's view also checks that readdir's d_ino equals lstat's st_ino
+// (SnapOptions.DIno; not the kernel's: it fails that often).
 func TestKernelRandom(t *testing.T) {
 	set := kcmpConfig(t)
 	kt := newKcmpTester(t, set)
