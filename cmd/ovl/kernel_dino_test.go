@@ -82,3 +82,34 @@ func TestKernelDInoRenamedMergedDir(t *testing.T) {
 	kcDIno(t, p, "after drop_caches")
 	p.Finish()
 }
+
+// TestKernelDInoKeptNumberForgotten: a copied-up object that keeps its
+// lower number only while its node lives (a symlink copied up with
+// userxattr: user.* xattrs cannot go on a symlink, so it has no origin)
+// has its upper number once the kernel forgot it; a listing of its
+// directory that the kernel kept meanwhile (the directory held open) must
+// not give the old number.
+func TestKernelDInoKeptNumberForgotten(t *testing.T) {
+	opts := k.DefaultOptions()
+	opts.UserXattr = true
+	p := kcPair(t, opts, k.Layers{
+		Lowers: []k.Layer{{}, {k.Symlink("a/h", "../f"), k.File("a/f", "f")}},
+	})
+	p.Ops(nil, k.Op{Op: "utimes", Path: "a/h", Off: 978307200000000000})
+	var fds []int
+	for _, s := range p.Sides() {
+		// a stays known to the kernel, with its listing.
+		fd, err := unix.Open(s.Path("a"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	kcDIno(t, p, "after copy-up")
+	dropCaches(t)
+	kcDIno(t, p, "after drop_caches")
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	p.Finish()
+}
