@@ -160,10 +160,11 @@ type SnapOptions struct {
 	// NoHash skips content hashing (for huge trees).
 	NoHash bool
 	// DIno makes the walk require each entry's readdir d_ino to equal its
-	// lstat st_ino: ls -i, find -inum and tar's hard-link detection take
-	// one for the other. Set it for ovl, which promises it; the kernel's
-	// overlayfs lists other numbers than it stats in many cases (origin
-	// and xino mapping done only on lookup), so its walks leave it off.
+	// lstat st_ino, and those of "." and ".." the directory's and its
+	// parent's: ls -i, find -inum and tar's hard-link detection take one
+	// for the other. Set it for ovl, which promises it; the kernel's
+	// overlayfs lists other numbers than it stats in many cases, so its
+	// walks leave it off.
 	DIno bool
 }
 
@@ -220,6 +221,15 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 			if e.Type != unix.DT_DIR {
 				t.problem("%s: d_type of %q is %s", rel, e.Name, dtypeName(e.Type))
 			}
+			// "." is the directory, ".." its parent (the root's is
+			// outside the tree).
+			want, ok := n, true
+			if e.Name == ".." {
+				want, ok = t.Nodes[parentRel(rel)], rel != ""
+			}
+			if o.DIno && ok && want != nil && e.Ino != want.Ino {
+				t.problem("%s: d_ino of %q is %d but lstat says st_ino %d", rel, e.Name, e.Ino, want.Ino)
+			}
 			continue
 		}
 		names = append(names, e.Name)
@@ -261,6 +271,14 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 		}
 	}
 	return nil
+}
+
+// parentRel is the walk's name of the parent of rel ("" for the root).
+func parentRel(rel string) string {
+	if d := path.Dir(rel); d != "." {
+		return d
+	}
+	return ""
 }
 
 func snapNode(p string, o SnapOptions) (*Node, error) {
