@@ -39,7 +39,9 @@ import (
 // number after, and two keys would be two FUSE inodes for one upper
 // object, each with its own cached attributes.
 //
-// readdir reports the same numbers (ReadDir), so d_ino equals st_ino.
+// readdir reports the same numbers (ReadDir), so d_ino equals st_ino; when
+// a node that kept its number is released, OnRenumber tells the binding to
+// drop the listings of its directory, which hold the number it kept.
 
 // upperIno is the inode number of the upper non-directory name in the upper
 // directory dirfd, with attributes st. lowers are the parent's lower

@@ -113,3 +113,26 @@ func TestKernelDInoKeptNumberForgotten(t *testing.T) {
 	}
 	p.Finish()
 }
+
+// TestKernelDInoDots: "." and ".." of lower, upper, merged, copied-up,
+// renamed and moved directories, over two lowers, give the numbers of the
+// directory and its parent (kcDIno), before and after drop_caches.
+func TestKernelDInoDots(t *testing.T) {
+	p := kcPair(t, k.DefaultOptions(), k.Layers{
+		Lowers: []k.Layer{
+			{k.File("m/f", "1"), k.Dir("m/l1"), k.File("top/x", "x")},
+			{k.File("m/g", "2"), k.Dir("m/l2/d"), k.Dir("m/both/a"), k.Dir("low2/s/t")},
+		},
+		Upper: k.Layer{k.Dir("m/u/v"), k.Dir("m/both/b"), k.File("m/h", "3")},
+	})
+	p.Ops(nil,
+		k.Op{Op: "chmod", Path: "m/l1", Mode: 0o700},       // copy-up of a lower dir
+		k.Op{Op: "rename", Path: "m/l2", Path2: "m/r2"},    // a redirect, same parent
+		k.Op{Op: "rename", Path: "low2/s", Path2: "m/u/s"}, // a redirect into an upper dir
+		k.Op{Op: "mkdir", Path: "top/new", Mode: 0o755},
+	)
+	kcDIno(t, p, "after changes")
+	dropCaches(t)
+	kcDIno(t, p, "after drop_caches")
+	p.Finish()
+}
