@@ -99,6 +99,7 @@ func Mount(mountpoint string, ov *overlay.Overlay, opts Options) (*Server, error
 	locks := newMountLocks()
 	root := &node{ov: ov, n: ov.Root(), obj: &object{n: ov.Root()}, gens: gens, locks: locks}
 	gens.addRoot(root)
+	ov.OnRenumber(gens.renumbered)
 	// Long caches: the lower layers never change under a mount and the
 	// upper changes only through it; the kernel updates or drops what a
 	// request changes, and ovl drops what a copy-up changes (afterCopyUp).

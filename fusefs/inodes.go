@@ -212,6 +212,24 @@ func (g *generations) ino(nodeID, key uint64) uint64 {
 	return key
 }
 
+// renumbered drops every listing of the directory dir: an entry's node
+// that kept its number was released, and a new lookup may give another
+// (overlay.OnRenumber). Both ovl's kept listing and the kernel's readdir
+// cache (FOPEN_CACHE_DIR) would give the old number as d_ino.
+func (g *generations) renumbered(dir *overlay.Node) {
+	g.mu.Lock()
+	nd := g.live[fs.StableAttr{Mode: dir.Kind(), Ino: dir.Key(), Gen: g.m[dir.Key()]}]
+	if root := g.byID[fuse.FUSE_ROOT_ID]; nd == nil && root != nil && root.n == dir {
+		nd = root
+	}
+	g.mu.Unlock()
+	if nd == nil {
+		return // the kernel knows the directory no more: it has no listing
+	}
+	nd.changed()
+	nd.NotifyContent(0, 0) // offset 0, length 0: all of its pages
+}
+
 // forget applies the kernel's FORGET of nlookup lookups of nodeID.
 func (g *generations) forget(nodeID, nlookup uint64) {
 	g.mu.Lock()

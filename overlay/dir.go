@@ -47,9 +47,11 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh, lr.aufs})
 	}
 	// seen maps a listed name to its index in out. fix marks upper entries
-	// whose inode number only a lookup can tell: a directory that merges
-	// with one below, any entry of an impure directory (a copied-up
-	// object or one moved there has an origin).
+	// whose inode number only a lookup can tell: any directory of a
+	// merged directory (it may merge with one below, or have moved here
+	// from a name of this directory with a redirect, which marks no
+	// parent impure), any entry of an impure directory (a copied-up
+	// object or one moved there has an origin). Kernel: ovl_calc_d_ino.
 	seen := make(map[string]int)
 	var out []DirEntry
 	var fix []int
@@ -90,10 +92,7 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 			name, ino, dtype := e.name, e.ino, e.dtype
 			if j, dup := seen[name]; dup {
 				if j >= 0 && out[j].Type == unix.S_IFDIR && dtype == unix.DT_DIR {
-					if !impure {
-						fix = append(fix, j) // impure: there already
-					}
-					seen[name] = -1
+					seen[name] = -1 // in fix already
 				}
 				continue
 			}
@@ -116,10 +115,10 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 			if upper && !last {
 				seen[name] = len(out)
 			}
-			if upper && impure {
-				// Directories too: one moved here with a redirect has its
-				// origin's number and merges with nothing of this name
-				// (kernel: ovl_iterate_real, the impure cache).
+			if upper && (impure || typ == unix.S_IFDIR && !last) {
+				// Directories of an impure one too: one moved here with a
+				// redirect has its origin's number and merges with nothing
+				// of this name (kernel: ovl_iterate_real, the impure cache).
 				fix = append(fix, len(out))
 			}
 			out = append(out, DirEntry{Name: name, Ino: o.inoFor(d.l, ino), Type: typ})

@@ -39,7 +39,9 @@ import (
 // number after, and two keys would be two FUSE inodes for one upper
 // object, each with its own cached attributes.
 //
-// readdir reports the same numbers (ReadDir), so d_ino equals st_ino.
+// readdir reports the same numbers (ReadDir), so d_ino equals st_ino; when
+// a node that kept its number is released, OnRenumber tells the binding to
+// drop the listings of its directory, which hold the number it kept.
 
 // upperIno is the inode number of the upper non-directory name in the upper
 // directory dirfd, with attributes st. lowers are the parent's lower
@@ -179,12 +181,22 @@ func (o *Overlay) keptIno(upperIno uint64) (key, ino uint64, ok bool) {
 }
 
 // unkeep ends keep when n is forgotten or its object loses its last name
-// (the upper inode number may then be reused by another object).
-func (o *Overlay) unkeep(n *Node) {
+// (the upper inode number may then be reused by another object); it
+// reports whether n kept a number.
+func (o *Overlay) unkeep(n *Node) bool {
 	o.keptMu.Lock()
-	if n.keptAs != 0 && o.kept[n.keptAs] == n {
+	kept := n.keptAs != 0
+	if kept && o.kept[n.keptAs] == n {
 		delete(o.kept, n.keptAs)
 	}
 	n.keptAs = 0
 	o.keptMu.Unlock()
+	return kept
 }
+
+// OnRenumber sets f to be called with the directory of a node that kept
+// its number (keep) when that node is released: a new lookup of its object
+// may give another number from then on, so listings of the directory taken
+// while it lived hold a stale d_ino. f runs with no overlay lock held and
+// the directory referenced; it must not call back into the overlay.
+func (o *Overlay) OnRenumber(f func(dir *Node)) { o.renumbered.Store(&f) }

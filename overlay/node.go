@@ -253,13 +253,16 @@ func (n *Node) release() {
 	}
 	n.lowers = nil
 	n.mu.Unlock()
-	n.o.unkeep(n)
+	kept := n.o.unkeep(n)
 	n.o.treeMu.Lock()
 	parent := n.parent
 	n.parent = nil
 	n.o.treeMu.Unlock()
 	n.o.stats.nodes.Add(-1)
 	if parent != nil {
+		if f := n.o.renumbered.Load(); kept && f != nil {
+			(*f)(parent)
+		}
 		parent.Forget()
 	}
 }

@@ -206,9 +206,11 @@ type Overlay struct {
 	// kept maps the upper inode number of a copied-up non-directory whose
 	// key differs from what a lookup of the upper object computes (a split
 	// lower hard link) to the node that holds the object; see keep.
-	keptMu  sync.Mutex
-	kept    map[uint64]*Node
-	tempSeq atomic.Uint64
+	keptMu sync.Mutex
+	kept   map[uint64]*Node
+	// renumbered is OnRenumber's function, nil if none.
+	renumbered atomic.Pointer[func(dir *Node)]
+	tempSeq    atomic.Uint64
 	// noClone: a FICLONE into the upper filesystem failed as unsupported;
 	// copy-ups copy the data without trying again (copyData).
 	noClone  atomic.Bool

@@ -276,10 +276,11 @@ func stressOp(r *rand.Rand, mnt, id string, inCopy *atomic.Int32) error {
 	return err
 }
 
-// stressCheckView walks the view: no walk problem, every file whole.
+// stressCheckView walks the view: no walk problem (d_ino is st_ino too),
+// every file whole.
 func stressCheckView(t *testing.T, label, mnt string) {
 	t.Helper()
-	tr, err := k.Snapshot(mnt, k.SnapOptions{NoHash: true})
+	tr, err := k.Snapshot(mnt, k.SnapOptions{NoHash: true, DIno: true})
 	if err != nil {
 		t.Fatalf("%s: %v", label, err)
 	}

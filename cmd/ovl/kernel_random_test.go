@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -360,9 +361,9 @@ func (kt *kcmpTester) summary(elapsed time.Duration) string {
 //	go test ./cmd/ovl -run TestKernelRandom -timeout 0 -args -kcmp.duration=30m -kcmp.ops=500 -kcmp.save=/tmp/repros
 //
 // Environment variables KCMP_SEEDS, KCMP_OPS, KCMP_DURATION, KCMP_START,
-// KCMP_EVERY, KCMP_SHRINK, KCMP_SAVE, KCMP_OPTIMEOUT do the same. KCMP_DINO=1
-// also checks that readdir's d_ino equals lstat's st_ino on each side (off:
-// the kernel itself fails it often; see internal/kernelcmp/tree.go).
+// KCMP_EVERY, KCMP_SHRINK, KCMP_SAVE, KCMP_OPTIMEOUT do the same. Every
+// walk of ovl's view also checks that readdir's d_ino equals lstat's st_ino
+// (SnapOptions.DIno; not the kernel's: it fails that often).
 func TestKernelRandom(t *testing.T) {
 	set := kcmpConfig(t)
 	kt := newKcmpTester(t, set)
@@ -536,8 +537,33 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 				}
 			}
 		}
+		// d_ino: a lower or merged directory renamed within its parent
+		// (a redirect, no parent marked impure), and a lower symlink
+		// copied up under userxattr (no origin: its number holds only
+		// while its node lives) before a drop_caches.
+		lowerDir, lowerSymlink := map[string]bool{}, map[string]bool{}
+		for _, l := range c.Layers.Lowers {
+			for _, e := range l {
+				for d := path.Dir(e.Path); d != "."; d = path.Dir(d) {
+					lowerDir[d] = true
+				}
+				lowerDir[e.Path] = lowerDir[e.Path] || e.Kind == k.KindDir
+				lowerSymlink[e.Path] = lowerSymlink[e.Path] || e.Kind == k.KindSymlink
+			}
+		}
+		redirects := c.RedirectDir == "on" || c.RedirectDir == "" && !c.UserXattr
+		symlinkUp := false
 		heldPaths := map[string]bool{}
 		for _, op := range c.Ops {
+			if op.Op == "rename" && lowerDir[op.Path] && path.Dir(op.Path) == path.Dir(op.Path2) && redirects && passthrough {
+				have["lower dir renamed within its parent, redirect_dir=on, passthrough on"] = true
+			}
+			if (op.Op == "utimes" || op.Op == "lchown") && lowerSymlink[op.Path] && c.UserXattr && passthrough {
+				symlinkUp = true
+			}
+			if op.Op == "dropcaches" && symlinkUp {
+				have["lower symlink copied up with userxattr, then drop_caches, passthrough on"] = true
+			}
 			p := op.Path + "\x00" + op.Path2
 			switch {
 			case op.Op == "dropcaches":
@@ -586,7 +612,9 @@ func TestKernelRandomCISeedsCover(t *testing.T) {
 		"rename to a name of 256 bytes", "path near PATH_MAX", "lower or upper file of mode 0", "layer name of 255 bytes",
 		"garbage overlay.opaque", "garbage overlay.redirect", "garbage overlay.metacopy", "garbage overlay.origin",
 		"AUFS whiteout not empty", "index=on, userxattr=true", "index=on, userxattr=false",
-		"metacopy=on, passthrough on", "index=on and metacopy=on"}
+		"metacopy=on, passthrough on", "index=on and metacopy=on",
+		"lower dir renamed within its parent, redirect_dir=on, passthrough on",
+		"lower symlink copied up with userxattr, then drop_caches, passthrough on"}
 	for _, f := range k.AUFSForms {
 		want = append(want, "AUFS "+f+" in the lower", "AUFS "+f+" in the upper")
 	}

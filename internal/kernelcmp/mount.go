@@ -84,6 +84,13 @@ type Ovl struct {
 // Name implements Mounter.
 func (Ovl) Name() string { return "ovl" }
 
+// promisesDIno reports whether m's readdir must give each entry's st_ino as
+// d_ino (SnapOptions.DIno): ovl promises it, the kernel does not keep it.
+func promisesDIno(m Mounter) bool {
+	_, ok := m.(Ovl)
+	return ok
+}
+
 // Mount implements Mounter.
 func (m Ovl) Mount(l Layout, o Options) error {
 	args := []string{"mount", "-o", o.OvlOptions(l), l.Mnt}

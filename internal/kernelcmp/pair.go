@@ -457,7 +457,7 @@ func (p *Pair) Views(label string) (ref, cand *Tree) {
 	p.T.Helper()
 	var trees [2]*Tree
 	for i, s := range p.Sides() {
-		t, err := Snapshot(s.Layout.Mnt, SnapOptions{NoHash: p.Cfg.NoHash})
+		t, err := Snapshot(s.Layout.Mnt, SnapOptions{NoHash: p.Cfg.NoHash, DIno: promisesDIno(s.M)})
 		if err != nil {
 			p.T.Fatalf("%s: snapshot %s: %v", label, s.Name, err)
 		}
@@ -556,7 +556,7 @@ func (p *Pair) Interchange(refView, candView *Tree) {
 			p.T.Errorf("%s: %v", label, err)
 			continue
 		}
-		t, err := Snapshot(l.Mnt, SnapOptions{NoHash: p.Cfg.NoHash})
+		t, err := Snapshot(l.Mnt, SnapOptions{NoHash: p.Cfg.NoHash, DIno: promisesDIno(reader.M)})
 		var ds []Diff
 		var hidden map[int]string
 		if err == nil {

@@ -481,7 +481,7 @@ func (r *runner) views(label string) (trees [2]*Tree, ok bool) {
 	for j, s := range sides {
 		var t *Tree
 		var err error
-		done, pv := r.timed([]string{s.Layout.Mnt}, func() { t, err = Snapshot(s.Layout.Mnt, SnapOptions{NoHash: r.p.Cfg.NoHash}) })
+		done, pv := r.timed([]string{s.Layout.Mnt}, func() { t, err = Snapshot(s.Layout.Mnt, SnapOptions{NoHash: r.p.Cfg.NoHash, DIno: promisesDIno(s.M)}) })
 		if pv != nil {
 			r.fail(r.last, "harness: panic", fmt.Sprintf("%s: snapshot %s: panic: %v", label, s.Name, pv))
 			return trees, false
@@ -513,15 +513,16 @@ func errClass(err error) string {
 	return msg
 }
 
-var quoted = regexp.MustCompile(`"[^"]*"`)
+var quoted, number = regexp.MustCompile(`"[^"]*"`), regexp.MustCompile(`[0-9]+`)
 
 func problemClass(side, pr string) string {
-	// Drop the leading path and quoted names: "a/b: readdir lists "x"
-	// twice" is "readdir lists _ twice".
+	// Drop the leading path, quoted names and numbers: "a/b: readdir
+	// lists "x" twice" is "readdir lists _ twice", and inode numbers
+	// differ from run to run (shrinking reruns).
 	if i := strings.Index(pr, ": "); i >= 0 {
 		pr = pr[i+2:]
 	}
-	return fmt.Sprintf("problem %s: %s", side, quoted.ReplaceAllString(pr, "_"))
+	return fmt.Sprintf("problem %s: %s", side, number.ReplaceAllString(quoted.ReplaceAllString(pr, "_"), "N"))
 }
 
 func (r *runner) problems(label string, s *Side, t *Tree) {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
 	"sort"
 	"strings"
@@ -160,6 +159,13 @@ type SnapOptions struct {
 	Prefix string
 	// NoHash skips content hashing (for huge trees).
 	NoHash bool
+	// DIno makes the walk require each entry's readdir d_ino to equal its
+	// lstat st_ino, and those of "." and ".." the directory's and its
+	// parent's: ls -i, find -inum and tar's hard-link detection take one
+	// for the other. Set it for ovl, which promises it; the kernel's
+	// overlayfs lists other numbers than it stats in many cases, so its
+	// walks leave it off.
+	DIno bool
 }
 
 // Snapshot walks root.
@@ -170,9 +176,6 @@ func Snapshot(root string, o SnapOptions) (*Tree, error) {
 	}
 	return t, nil
 }
-
-// checkDIno makes the walk compare each entry's d_ino with its st_ino.
-var checkDIno = os.Getenv("KCMP_DINO") != ""
 
 func (t *Tree) problem(format string, args ...any) {
 	t.Problems = append(t.Problems, fmt.Sprintf(format, args...))
@@ -218,6 +221,15 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 			if e.Type != unix.DT_DIR {
 				t.problem("%s: d_type of %q is %s", rel, e.Name, dtypeName(e.Type))
 			}
+			// "." is the directory, ".." its parent (the root's is
+			// outside the tree).
+			want, ok := n, true
+			if e.Name == ".." {
+				want, ok = t.Nodes[parentRel(rel)], rel != ""
+			}
+			if o.DIno && ok && want != nil && e.Ino != want.Ino {
+				t.problem("%s: d_ino of %q is %d but lstat says st_ino %d", rel, e.Name, e.Ino, want.Ino)
+			}
 			continue
 		}
 		names = append(names, e.Name)
@@ -254,15 +266,19 @@ func (t *Tree) walk(root, rel string, o SnapOptions) error {
 		if got := dtypeName(dtypes[name]); got != want {
 			t.problem("%s: d_type %s but lstat says %s", crel, got, t.Nodes[crel].Type)
 		}
-		// ls -i, find -inum and tar's link detection take d_ino for st_ino.
-		// Off unless KCMP_DINO is set: the kernel itself lists other
-		// numbers than it stats in many cases (81 problems in the CI
-		// seeds), and ovl in some (seeds 1, 4, 26, 62, 75, 80): open.
-		if n := t.Nodes[crel]; checkDIno && n.Type != "whiteout" && dinos[name] != n.Ino {
+		if n := t.Nodes[crel]; o.DIno && n.Type != "whiteout" && dinos[name] != n.Ino {
 			t.problem("%s: d_ino %d but lstat says st_ino %d", crel, dinos[name], n.Ino)
 		}
 	}
 	return nil
+}
+
+// parentRel is the walk's name of the parent of rel ("" for the root).
+func parentRel(rel string) string {
+	if d := path.Dir(rel); d != "." {
+		return d
+	}
+	return ""
 }
 
 func snapNode(p string, o SnapOptions) (*Node, error) {
