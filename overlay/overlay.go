@@ -74,6 +74,7 @@ import (
 
 	"github.com/ovl-project/ovl/format"
 	"github.com/ovl-project/ovl/idmap"
+	"github.com/ovl-project/ovl/layerindex"
 )
 
 // Config describes the layers of an overlay, in the kernel's terms.
@@ -127,6 +128,11 @@ type Config struct {
 	// and user.fuseoverlayfs.override_stat, and read the override xattrs
 	// of every layer (see owner.go).
 	XattrPermissions int
+	// LowerCache is a directory of layer indexes (package layerindex):
+	// lookups and listings of lower directories are answered from a
+	// lower's index where it has a valid one, built at mount where it has
+	// none. Empty: no index (cache.go).
+	LowerCache string
 }
 
 // redirectMode resolves Config.RedirectDir: whether redirects are made and
@@ -183,6 +189,9 @@ type layer struct {
 	// read for, in order (see owner.go). Written only by New.
 	mapped    bool
 	overrides []string
+
+	// cache is the layer's index (cache.go), nil without; written only by New.
+	cache *layerindex.Index
 }
 
 // Overlay is a merged view of the layers in a Config.
@@ -349,6 +358,7 @@ func New(cfg Config) (*Overlay, error) {
 	if err := o.setupOwners(); err != nil {
 		return nil, err
 	}
+	o.loadCaches()
 	// work/ and index/ are traps too (ovl_make_workdir, ovl_get_indexdir).
 	for _, fd := range []int{o.work, o.index} {
 		if fd < 0 {
