@@ -92,9 +92,9 @@ type Node struct {
 // lowerRef is an object's presence in one lower layer.
 type lowerRef struct {
 	layer *layer
-	fd    int      // directories: O_PATH fd; non-directories: -1 (reached via the parent)
-	xwh   bool     // directories: holds xattr whiteouts (opaque=x)
-	aufs  *aufsDir // directories: its AUFS markers (aufs.go); nil: probe them
+	fd    int             // directories: O_PATH fd; non-directories: -1 (reached via the parent)
+	xwh   bool            // directories: holds xattr whiteouts (opaque=x)
+	aufs  *aufsDir        // directories: its AUFS markers (aufs.go); nil: probe them
 	idx   *layerindex.Dir // directories: the layer index's record of it (cache.go); nil: none
 }
 
