@@ -150,6 +150,8 @@ type kcmpTester struct {
 	// shrinkLeft bounds how many classes are shrunk (the CI set shrinks
 	// one, so that a failing CI run stays short).
 	shrinkLeft int
+	// ovlExtra are ovl options added to every case (TestKernelRandomLowerCache).
+	ovlExtra []string
 }
 
 type kcmpFound struct {
@@ -217,6 +219,7 @@ func (kt *kcmpTester) runConfig(c k.Case) k.RunConfig {
 func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	c := k.RandomCase(seed, kt.set.ops)
 	c.Every = kt.set.every
+	c.OvlOptions = append(c.OvlOptions, kt.ovlExtra...)
 	rc := kt.runConfig(c)
 	rc.StopAtFirst = true
 	// An op that failed on both sides (errnos differ) changed neither:

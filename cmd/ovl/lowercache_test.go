@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -190,4 +192,25 @@ func TestLowerCacheLayerChanged(t *testing.T) {
 	}
 	d, log = cacheViews(t, lowers, false, "lowercache="+cache)
 	requireSame(t, "layer made again", d, log)
+}
+
+// TestKernelRandomLowerCache runs the differential tester's cases with
+// lowercache= on: every mount builds the indexes of its lowers and then
+// answers lookups and listings from them, so any difference between the
+// index and the layers shows as a difference from the kernel. The first
+// 40 CI seeds by default; KCMP_SEEDS and the other settings as for
+// TestKernelRandom.
+func TestKernelRandomLowerCache(t *testing.T) {
+	set := kcmpConfig(t)
+	if os.Getenv("KCMP_SEEDS") == "" && *kcmpSeeds == "" && len(set.seeds) > 40 {
+		set.seeds = set.seeds[:40]
+	}
+	start := time.Now()
+	kt := newKcmpTester(t, set)
+	kt.ovlExtra = []string{"lowercache=" + t.TempDir()}
+	kt.shrinkLeft = 1
+	for _, seed := range set.seeds {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { kt.seed(t, seed) })
+	}
+	t.Log(kt.summary(time.Since(start)))
 }
