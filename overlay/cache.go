@@ -89,6 +89,19 @@ func cacheDir(l *layer, parent *layerindex.Dir, e *layerindex.Entry, st *unix.St
 	return d
 }
 
+// cachedAufs returns the AUFS markers of the indexed directory d, known
+// from its listing (nil d: unknown yet, probed or read as they come).
+func cachedAufs(d *layerindex.Dir) *aufsDir {
+	if d == nil {
+		return &aufsDir{}
+	}
+	a := &aufsDir{state: aufsKnown}
+	for _, e := range d.Entries() {
+		a.m.Add(e.Name)
+	}
+	return a
+}
+
 // probeCached is probe of name in the lower directory lr (its fd is
 // dirfd), answered from lr's index record where it has one; it also
 // returns the name's index entry (nil: none, or not from the index).

@@ -157,7 +157,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 		if unix.Fstat(fd, &lst) == nil {
 			idx = cacheDir(l, nil, nil, &lst)
 		}
-		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: &aufsDir{}, idx: idx})
+		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: cachedAufs(idx), idx: idx})
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(n.realFd(), &st); err != nil {
@@ -550,7 +550,8 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			opaque, xwh = o.opaqueOf(fd)
 		}
 		opaque = opaque || foreign && o.foreignOpaque(fd)
-		ref := lowerRef{layer: lr.layer, fd: fd, xwh: xwh, aufs: &aufsDir{}, idx: cacheDir(lr.layer, lr.idx, ce, &st)}
+		idx := cacheDir(lr.layer, lr.idx, ce, &st)
+		ref := lowerRef{layer: lr.layer, fd: fd, xwh: xwh, aufs: cachedAufs(idx), idx: idx}
 		child.lowers = append(child.lowers, ref)
 		above = ref
 		if !found {
