@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,14 +50,24 @@ func (o *Overlay) loadCaches() {
 		log.Printf("lowercache %s: %v; lower layers are read without an index", dir, err)
 		return
 	}
+	// An index says what the layers hold: only the mounter may write one.
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil || st.Uid != uint32(os.Geteuid()) || st.Mode&0o022 != 0 {
+		log.Printf("lowercache %s: not a directory only this user can write; lower layers are read without an index", dir)
+		return
+	}
 	for _, l := range o.lowers {
 		ix, err := layerindex.Load(dir, l.root)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
 				log.Printf("lowercache: index of %s ignored (%v); building it again", l.path, err)
 			}
+			start := time.Now()
 			if err = layerindex.Save(dir, l.root); err == nil {
 				ix, err = layerindex.Load(dir, l.root)
+			}
+			if err == nil {
+				log.Printf("lowercache: indexed %s in %.2f s", l.path, time.Since(start).Seconds())
 			}
 		}
 		if err != nil {

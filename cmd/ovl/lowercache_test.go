@@ -101,6 +101,16 @@ func TestLowerCacheView(t *testing.T) {
 		if strings.Contains(log, "lowercache") {
 			t.Errorf("valid indexes were not used:\n%s", log)
 		}
+		// A cache directory others may write is not used.
+		if err := os.Chmod(cache, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		if _, log = cacheViews(t, lowers, user, opts...); !strings.Contains(log, "only this user can write") {
+			t.Errorf("a world-writable cache directory was used:\n%s", log)
+		}
+		if err := os.Chmod(cache, 0o700); err != nil {
+			t.Fatal(err)
+		}
 
 		// chmod changes the file's ctime only, not its directory's.
 		if err := os.Chmod(filepath.Join(lowers[1], "d/e/deep"), 0o600); err != nil {
