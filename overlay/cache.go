@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -74,27 +75,38 @@ func (o *Overlay) loadCaches() {
 			log.Printf("lowercache: no index for %s: %v", l.path, err)
 			continue
 		}
-		l.cache = ix
+		l.cache, l.cacheFile = ix, filepath.Join(dir, ix.Identity().Key())
 	}
 }
 
-// cacheDir returns the index record of the directory fd, the root of
-// layer l or the subdirectory e of parent, when it matches the real
-// directory st; nil otherwise.
-func cacheDir(l *layer, parent *layerindex.Dir, e *layerindex.Entry, st *unix.Stat_t) *layerindex.Dir {
-	var d *layerindex.Dir
-	var err error
-	switch {
-	case l == nil || l.cache == nil:
+// cacheRoot returns the index record of the root of layer l, when it
+// matches st, the real root's attributes; nil otherwise.
+func cacheRoot(l *layer, st *unix.Stat_t) *layerindex.Dir {
+	if l.cache == nil {
 		return nil
-	case parent == nil:
-		d, err = l.cache.Root()
-	case e == nil:
-		return nil
-	default:
-		d, err = parent.Sub(e)
 	}
+	d, err := l.cache.Root()
+	if err != nil || !d.Matches(st) {
+		return nil
+	}
+	return d
+}
+
+// cacheSub returns the index record of the directory e of the indexed
+// directory parent, when it matches st, the real directory's attributes;
+// nil otherwise, and where parent or e is nil.
+func cacheSub(l *layer, parent *layerindex.Dir, e *layerindex.Entry, st *unix.Stat_t) *layerindex.Dir {
+	if parent == nil || e == nil {
+		return nil
+	}
+	d, err := parent.Sub(e)
 	if err != nil || d == nil || !d.Matches(st) {
+		if l.staleLogged.CompareAndSwap(false, true) {
+			log.Printf("lowercache: %s changed since it was indexed (%s); changed directories are read for real, and the index is built again at the next mount",
+				l.path, e.Name)
+			// Its next mount builds it again.
+			os.Remove(l.cacheFile)
+		}
 		return nil
 	}
 	return d

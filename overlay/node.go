@@ -155,7 +155,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 		var lst unix.Stat_t
 		var idx *layerindex.Dir
 		if unix.Fstat(fd, &lst) == nil {
-			idx = cacheDir(l, nil, nil, &lst)
+			idx = cacheRoot(l, &lst)
 		}
 		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: cachedAufs(idx), idx: idx})
 	}
@@ -550,7 +550,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			opaque, xwh = o.opaqueOf(fd)
 		}
 		opaque = opaque || foreign && o.foreignOpaque(fd)
-		idx := cacheDir(lr.layer, lr.idx, ce, &st)
+		idx := cacheSub(lr.layer, lr.idx, ce, &st)
 		ref := lowerRef{layer: lr.layer, fd: fd, xwh: xwh, aufs: cachedAufs(idx), idx: idx}
 		child.lowers = append(child.lowers, ref)
 		above = ref

@@ -190,8 +190,12 @@ type layer struct {
 	mapped    bool
 	overrides []string
 
-	// cache is the layer's index (cache.go), nil without; written only by New.
-	cache *layerindex.Index
+	// cache is the layer's index (cache.go), nil without, kept in
+	// cacheFile; written only by New. staleLogged: a directory no longer
+	// matches it (logged once, and the file removed).
+	cache       *layerindex.Index
+	cacheFile   string
+	staleLogged atomic.Bool
 }
 
 // Overlay is a merged view of the layers in a Config.

@@ -193,6 +193,15 @@ func TestLowerCacheLayerChanged(t *testing.T) {
 	}
 	d, log := cacheViews(t, lowers, false, "lowercache="+cache)
 	requireSame(t, "changed subdirectory", d, log)
+	if !strings.Contains(log, "changed since it was indexed") {
+		t.Errorf("no log line about the changed layer:\n%s", log)
+	}
+	// That mount dropped the stale index; this one builds a new one.
+	d, log = cacheViews(t, lowers, false, "lowercache="+cache)
+	requireSame(t, "changed subdirectory, next mount", d, log)
+	if !strings.Contains(log, "indexed "+lowers[1]) || strings.Contains(log, "changed since") {
+		t.Errorf("the stale index was not built again:\n%s", log)
+	}
 
 	if err := os.RemoveAll(lowers[0]); err != nil {
 		t.Fatal(err)
