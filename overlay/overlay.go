@@ -24,6 +24,9 @@
 //     lookup through the overlay reaches a layer root or work directory
 //     that an allowed overlap (an upper inside a lower) puts in a layer: it
 //     answers ELOOP (overlap.go).
+//   - With Config.LowerCache, a lookup or listing in a lower directory
+//     whose inode and ctime match the layer's index is answered from the
+//     index (cache.go); every other access to a lower layer is real.
 //   - A node's Key is its identity, for the binding's table of nodes; its
 //     Ino is the st_ino it reports, which several objects may share (the
 //     names of a lower hard link) and a copy-up may change (ino.go).
