@@ -4,6 +4,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/layerindex"
 )
 
 // DirEntry is one name of a merged directory listing.
@@ -38,13 +39,14 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 		l    *layer
 		xwh  bool
 		aufs *aufsDir
+		idx  *layerindex.Dir // lower directories: the index's record (cache.go)
 	}
 	var dirs []layerDir
 	if upperFd >= 0 {
-		dirs = append(dirs, layerDir{upperFd, o.upper, upperXWh, upperAufs})
+		dirs = append(dirs, layerDir{upperFd, o.upper, upperXWh, upperAufs, nil})
 	}
 	for _, lr := range lowers {
-		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh, lr.aufs})
+		dirs = append(dirs, layerDir{lr.fd, lr.layer, lr.xwh, lr.aufs, lr.idx})
 	}
 	// seen maps a listed name to its index in out. fix marks upper entries
 	// whose inode number only a lookup can tell: any directory of a
@@ -72,13 +74,17 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 		gen := d.aufs.snapshot()
 		var marks format.Markers
 		ents = ents[:0]
-		err := readDirFd(d.fd, func(name string, ino uint64, dtype uint8) error {
+		add := func(name string, ino uint64, dtype uint8) error {
 			if !marks.Add(name) {
 				ents = append(ents, dirent{name, ino, dtype})
 			}
 			return nil
-		})
-		if err != nil {
+		}
+		if d.idx != nil {
+			for _, e := range d.idx.Entries() {
+				add(e.Name, e.Stat.Ino, modeToDtype(e.Stat.Mode))
+			}
+		} else if err := readDirFd(d.fd, add); err != nil {
 			return nil, err
 		}
 		d.aufs.fill(marks, gen)
@@ -103,7 +109,7 @@ func (n *Node) ReadDir() ([]DirEntry, error) {
 			switch {
 			case dtype == unix.DT_CHR || dtype == unix.DT_UNKNOWN || (d.xwh && dtype == unix.DT_REG):
 				var st unix.Stat_t
-				k, err := o.probe(d.fd, d.xwh, known, name, &st)
+				k, _, err := o.probeCached(d.idx, d.fd, d.xwh, known, name, &st)
 				if err != nil {
 					return nil, err
 				}
@@ -191,6 +197,26 @@ func readNames(dirfd int) ([]string, error) {
 		return nil
 	})
 	return names, err
+}
+
+func modeToDtype(m uint32) uint8 {
+	switch m & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return unix.DT_DIR
+	case unix.S_IFREG:
+		return unix.DT_REG
+	case unix.S_IFLNK:
+		return unix.DT_LNK
+	case unix.S_IFCHR:
+		return unix.DT_CHR
+	case unix.S_IFBLK:
+		return unix.DT_BLK
+	case unix.S_IFIFO:
+		return unix.DT_FIFO
+	case unix.S_IFSOCK:
+		return unix.DT_SOCK
+	}
+	return unix.DT_UNKNOWN
 }
 
 func dtypeToMode(t uint8) uint32 {

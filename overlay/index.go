@@ -142,7 +142,7 @@ func (o *Overlay) lookupIndex(child *Node, l *layer, dirfd int, leaf string, st 
 	if ist.Mode&unix.S_IFMT == unix.S_IFREG && o.metacopyOn {
 		// The kernel copies a hard link up as metadata only too
 		// (ovl_nlink_start): its data is then still this lower file's.
-		child.metacopy, _ = o.metacopyAt(o.index, child.indexName)
+		child.metacopy, _ = o.metacopyAt(o.index, child.indexName, nil)
 	}
 	*st = ist
 	storeNlink(&st.Nlink, o.overlayNlinkAt(o.index, child.indexName, &ist))

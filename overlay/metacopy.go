@@ -8,6 +8,7 @@ import (
 
 	"github.com/ovl-project/ovl/format"
 	"github.com/ovl-project/ovl/internal/fault"
+	"github.com/ovl-project/ovl/layerindex"
 )
 
 // Metadata-only copy-up (kernel: metacopy=on):
@@ -140,8 +141,8 @@ func (n *Node) copyUpData(truncate bool) error {
 // metacopyAt reads overlay.metacopy of the regular file name in the layer
 // directory dirfd: whether it is a metacopy file; EIO for a value too
 // short to be one (format.ParseMetacopy).
-func (o *Overlay) metacopyAt(dirfd int, name string) (bool, error) {
-	v, _ := format.GetxattrAt(dirfd, name, o.names.Name(format.Metacopy))
+func (o *Overlay) metacopyAt(dirfd int, name string, ce *layerindex.Entry) (bool, error) {
+	v := cachedXattr(ce, dirfd, name, o.names.Name(format.Metacopy))
 	mc, err := format.ParseMetacopy(v)
 	if err != nil {
 		return false, fmt.Errorf("%s of %s: %w", o.names.Name(format.Metacopy), name, err)
@@ -190,7 +191,7 @@ func (o *Overlay) lowerMetacopy(name, look string, i int, cands []lowerRef) erro
 // the parent's lower directories. It returns whether child is a metacopy
 // file. Without metacopy=on such a file is EPERM, as in the kernel.
 func (o *Overlay) lookupMetacopy(child *Node, dirfd int, name string, cands []lowerRef) (bool, error) {
-	mc, err := o.metacopyAt(dirfd, name)
+	mc, err := o.metacopyAt(dirfd, name, nil)
 	if err != nil || !mc {
 		return false, err
 	}
@@ -221,7 +222,7 @@ func (o *Overlay) lookupMetacopy(child *Node, dirfd int, name string, cands []lo
 		}
 		lowerMC := false
 		if err == nil && k == entryOther && st.Mode&unix.S_IFMT == unix.S_IFREG {
-			lowerMC, err = o.metacopyAt(w.dirfd, w.leaf)
+			lowerMC, err = o.metacopyAt(w.dirfd, w.leaf, nil)
 		}
 		w.close()
 		if err != nil {

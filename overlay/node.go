@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ovl-project/ovl/format"
+	"github.com/ovl-project/ovl/layerindex"
 )
 
 // Node is one overlay object. It stays the same object across copy-up:
@@ -95,9 +96,10 @@ type Node struct {
 // lowerRef is an object's presence in one lower layer.
 type lowerRef struct {
 	layer *layer
-	fd    int      // directories: O_PATH fd; non-directories: -1 (reached via the parent)
-	xwh   bool     // directories: holds xattr whiteouts (opaque=x)
-	aufs  *aufsDir // directories: its AUFS markers (aufs.go); nil: probe them
+	fd    int             // directories: O_PATH fd; non-directories: -1 (reached via the parent)
+	xwh   bool            // directories: holds xattr whiteouts (opaque=x)
+	aufs  *aufsDir        // directories: its AUFS markers (aufs.go); nil: probe them
+	idx   *layerindex.Dir // directories: the layer index's record of it (cache.go); nil: none
 }
 
 // Ino is the object's inode number (st_ino, d_ino). Several objects may
@@ -154,7 +156,12 @@ func (o *Overlay) newRoot() (*Node, error) {
 			n.Forget()
 			return nil, err
 		}
-		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: &aufsDir{}})
+		var lst unix.Stat_t
+		var idx *layerindex.Dir
+		if unix.Fstat(fd, &lst) == nil {
+			idx = cacheRoot(l, &lst)
+		}
+		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: cachedAufs(idx), idx: idx})
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(n.realFd(), &st); err != nil {
@@ -465,8 +472,13 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			return nil, err
 		}
 		k := entryNone
+		var ce *layerindex.Entry // the name's record in lr's index
 		if w.found {
-			k, err = o.probe(w.dirfd, w.xwh, w.aufs, w.leaf, &st)
+			idx := lr.idx
+			if w.owned {
+				idx = nil // walked from the lower root: see cache.go
+			}
+			k, ce, err = o.probeCached(idx, w.dirfd, w.xwh, w.aufs, w.leaf, &st)
 		}
 		if err != nil || k == entryNone || k == entryWhiteout {
 			w.close()
@@ -499,7 +511,7 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			}
 		}
 		if k != entryDir && st.Mode&unix.S_IFMT == unix.S_IFREG {
-			mc, err := o.metacopyAt(w.dirfd, w.leaf)
+			mc, err := o.metacopyAt(w.dirfd, w.leaf, ce)
 			if err == nil && mc {
 				err = o.lowerMetacopy(name, look, i, cands)
 			}
@@ -545,7 +557,8 @@ func (n *Node) LookupStat(name string, out *unix.Stat_t) (*Node, error) {
 			opaque, xwh = o.opaqueOf(fd)
 		}
 		opaque = opaque || foreign && o.foreignOpaque(fd)
-		ref := lowerRef{layer: lr.layer, fd: fd, xwh: xwh, aufs: &aufsDir{}}
+		idx := cacheSub(lr.layer, lr.idx, ce, &st)
+		ref := lowerRef{layer: lr.layer, fd: fd, xwh: xwh, aufs: cachedAufs(idx), idx: idx}
 		child.lowers = append(child.lowers, ref)
 		above = ref
 		if !found {

@@ -24,6 +24,9 @@
 //     lookup through the overlay reaches a layer root or work directory
 //     that an allowed overlap (an upper inside a lower) puts in a layer: it
 //     answers ELOOP (overlap.go).
+//   - With Config.LowerCache, a lookup or listing in a lower directory
+//     whose inode and ctime match the layer's index is answered from the
+//     index (cache.go); every other access to a lower layer is real.
 //   - A node's Key is its identity, for the binding's table of nodes; its
 //     Ino is the st_ino it reports, which several objects may share (the
 //     names of a lower hard link) and a copy-up may change (ino.go).
@@ -74,6 +77,7 @@ import (
 
 	"github.com/ovl-project/ovl/format"
 	"github.com/ovl-project/ovl/idmap"
+	"github.com/ovl-project/ovl/layerindex"
 )
 
 // Config describes the layers of an overlay, in the kernel's terms.
@@ -127,6 +131,11 @@ type Config struct {
 	// and user.fuseoverlayfs.override_stat, and read the override xattrs
 	// of every layer (see owner.go).
 	XattrPermissions int
+	// LowerCache is a directory of layer indexes (package layerindex):
+	// lookups and listings of lower directories are answered from a
+	// lower's index where it has a valid one, built at mount where it has
+	// none. Empty: no index (cache.go).
+	LowerCache string
 }
 
 // redirectMode resolves Config.RedirectDir: whether redirects are made and
@@ -183,6 +192,13 @@ type layer struct {
 	// read for, in order (see owner.go). Written only by New.
 	mapped    bool
 	overrides []string
+
+	// cache is the layer's index (cache.go), nil without, kept in
+	// cacheFile; written only by New. staleLogged: a directory no longer
+	// matches it (logged once, and the file removed).
+	cache       *layerindex.Index
+	cacheFile   string
+	staleLogged atomic.Bool
 }
 
 // Overlay is a merged view of the layers in a Config.
@@ -351,6 +367,7 @@ func New(cfg Config) (*Overlay, error) {
 	if err := o.setupOwners(); err != nil {
 		return nil, err
 	}
+	o.loadCaches()
 	// work/ and index/ are traps too (ovl_make_workdir, ovl_get_indexdir).
 	for _, fd := range []int{o.work, o.index} {
 		if fd < 0 {

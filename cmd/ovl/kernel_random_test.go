@@ -151,6 +151,8 @@ type kcmpTester struct {
 	// shrinkLeft bounds how many classes are shrunk (the CI set shrinks
 	// one, so that a failing CI run stays short).
 	shrinkLeft int
+	// ovlExtra are ovl options added to every case (TestKernelRandomLowerCache).
+	ovlExtra []string
 }
 
 type kcmpFound struct {
@@ -218,6 +220,7 @@ func (kt *kcmpTester) runConfig(c k.Case) k.RunConfig {
 func (kt *kcmpTester) seed(t *testing.T, seed int64) {
 	c := k.RandomCase(seed, kt.set.ops)
 	c.Every = kt.set.every
+	c.OvlOptions = append(c.OvlOptions, kt.ovlExtra...)
 	// KCMP_OVL_OPTS: extra ovl options for every seed (e.g.
 	// fuse_uring=on, with the fuse module's enable_uring=Y).
 	if e := os.Getenv("KCMP_OVL_OPTS"); e != "" {

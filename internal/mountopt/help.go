@@ -28,6 +28,7 @@ var optionHelp = []struct{ name, arg, text string }{
 	{"uuid", "=null|off", "no overlay.uuid"},
 	{"verity", "=off", "no fs-verity checks"},
 	{"xino", "=off|auto", "inode numbers as the kernel's overlayfs makes them without xino"},
+	{"lowercache", "=DIR", "keep an index of each lower layer in DIR (built at the first mount) and answer lookups and listings of lower directories from it; for lower layers that never change"},
 	{"passthrough", "=on|off", "FUSE passthrough of reads and writes to the layer files (default on where the kernel and privilege allow)"},
 	{"fuse_uring", "=on|off", "serve requests through FUSE over io_uring where the kernel offers it (module parameter fuse.enable_uring=Y; mounts made as root), else through /dev/fuse (default off)"},
 	{"default_permissions", "", "always on: the kernel checks permissions"},

@@ -110,6 +110,8 @@ var options = map[string]option{
 	"fsname":      {free: true, set: func(s *state, v string) error { s.res.FUSE.FsName = unescape(v); return nil }},
 	"debug":       {set: func(s *state, _ string) error { s.res.FUSE.Debug = true; return nil }},
 	"log":         {free: true, set: func(s *state, v string) error { s.res.Log = unescape(v); return nil }},
+	// Lower-layer indexes (overlay/cache.go, package layerindex).
+	"lowercache": {free: true, set: func(s *state, v string) error { s.res.Overlay.LowerCache = unescape(v); return nil }},
 	// FUSE passthrough (docs/passthrough.md): "on" shares the lower files'
 	// page cache between mounts, "off" serves all I/O through the daemon.
 	"passthrough": {
