@@ -15,24 +15,8 @@ import (
 	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-const enableUringParam = "/sys/module/fuse/parameters/enable_uring"
-
-// setEnableUring sets the fuse module's enable_uring for the test and
-// restores it after. Y only lets servers that ask for io_uring at INIT
-// use it (ovl with fuse_uring=on); other FUSE servers are not affected.
-func setEnableUring(t *testing.T, on bool) {
-	t.Helper()
-	old, err := os.ReadFile(enableUringParam)
-	if err != nil {
-		t.Fatalf("kernel without FUSE over io_uring (CONFIG_FUSE_IO_URING): %v", err)
-	}
-	v := map[bool]string{true: "Y", false: "N"}[on]
-	if err := os.WriteFile(enableUringParam, []byte(v), 0); err != nil {
-		t.Fatalf("set %s: %v", enableUringParam, err)
-	}
-	t.Logf("set %s=%s (was %s); restored at the end", enableUringParam, v, strings.TrimSpace(string(old)))
-	t.Cleanup(func() { os.WriteFile(enableUringParam, bytes.TrimSpace(old), 0) })
-}
+// setEnableUring: testutil.SetFuseUring.
+func setEnableUring(t testing.TB, on bool) { testutil.SetFuseUring(t, on) }
 
 // uringRequests is "ovl stats"' count of requests served through io_uring.
 func uringRequests(t *testing.T, dir string) uint64 {

@@ -17,28 +17,12 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/ovl-project/ovl/internal/testutil"
 )
 
-const enableParam = "/sys/module/fuse/parameters/enable_uring"
-
-// setEnableUring sets the fuse module's enable_uring and restores it when
-// the test ends. It only lets servers that ask for io_uring use it.
-func setEnableUring(t testing.TB, on bool) {
-	t.Helper()
-	old, err := os.ReadFile(enableParam)
-	if err != nil {
-		t.Fatalf("kernel without FUSE over io_uring: %v", err)
-	}
-	v := "N"
-	if on {
-		v = "Y"
-	}
-	if err := os.WriteFile(enableParam, []byte(v), 0); err != nil {
-		t.Fatalf("set %s: %v", enableParam, err)
-	}
-	t.Logf("set %s=%s (was %s); restored at the end", enableParam, v, strings.TrimSpace(string(old)))
-	t.Cleanup(func() { os.WriteFile(enableParam, bytes.TrimSpace(old), 0) })
-}
+// setEnableUring: testutil.SetFuseUring.
+func setEnableUring(t testing.TB, on bool) { testutil.SetFuseUring(t, on) }
 
 func needRoot(t testing.TB) {
 	t.Helper()
