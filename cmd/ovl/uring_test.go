@@ -2,14 +2,9 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
-	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"testing"
 
 	"github.com/ovl-project/ovl/internal/testutil"
@@ -32,45 +27,6 @@ func uringRequests(t *testing.T, dir string) uint64 {
 		t.Fatalf("ovl stats printed %q (%v): no fuse_uring_requests", r.stdout, err)
 	}
 	return *st.N
-}
-
-// uringView lists every entry under root with its type, mode, size, link
-// target and content hash.
-func uringView(t *testing.T, root string) string {
-	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		line := fmt.Sprintf("%s %v", rel, fi.Mode())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			tgt, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			line += " -> " + tgt
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			line += fmt.Sprintf(" %d %x", fi.Size(), sha256.Sum256(b))
-		}
-		lines = append(lines, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walk %s: %v", root, err)
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
 }
 
 // uringChanges copies up, writes, renames, removes and makes entries.
@@ -109,9 +65,9 @@ func TestFuseUringMount(t *testing.T) {
 		dir := cliTree(t)
 		cliMustMount(t, dir, "mount", "-o", cliLayerOpts+","+opt, "m")
 		m := filepath.Join(dir, "m")
-		before := uringView(t, m)
+		before := testutil.TreeListing(t, m)
 		uringChanges(t, m)
-		views[opt] = before + "\n--\n" + uringView(t, m)
+		views[opt] = before + "\n--\n" + testutil.TreeListing(t, m)
 		n := uringRequests(t, dir)
 		if opt == "fuse_uring=on" && n < 50 {
 			t.Errorf("%s: %d requests through io_uring", opt, n)

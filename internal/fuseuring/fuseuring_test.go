@@ -2,14 +2,10 @@ package fuseuring
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -82,48 +78,6 @@ func populate(t testing.TB, dir string) {
 	}
 }
 
-// snapshot walks root through the mount: name, type, mode, size, link
-// target and content hash of every entry, and an xattr listing.
-func snapshot(t testing.TB, root string) string {
-	t.Helper()
-	var lines []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		line := fmt.Sprintf("%s %v %d", rel, fi.Mode(), fi.Size())
-		if fi.IsDir() {
-			line = fmt.Sprintf("%s %v", rel, fi.Mode())
-		}
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			tgt, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			line += " -> " + tgt
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			line += fmt.Sprintf(" %x", sha256.Sum256(b))
-		}
-		lines = append(lines, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("walk %s: %v", root, err)
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
-}
-
 // mutate writes, renames, truncates, removes and makes entries.
 func mutate(t testing.TB, root string) {
 	t.Helper()
@@ -177,20 +131,20 @@ func TestLoopbackUring(t *testing.T) {
 		t.Fatal("plain mount uses io_uring")
 	}
 	before := u.RingRequests()
-	su, sp := snapshot(t, u.mountpoint), snapshot(t, p.mountpoint)
+	su, sp := testutil.TreeListing(t, u.mountpoint), testutil.TreeListing(t, p.mountpoint)
 	if su != sp {
 		t.Fatalf("walk differs:\nuring:\n%s\nplain:\n%s", su, sp)
 	}
-	if want := snapshot(t, srcU); su != want {
+	if want := testutil.TreeListing(t, srcU); su != want {
 		t.Fatalf("walk through uring mount differs from the tree:\n%s\nwant:\n%s", su, want)
 	}
 	mutate(t, u.mountpoint)
 	mutate(t, p.mountpoint)
-	su, sp = snapshot(t, u.mountpoint), snapshot(t, p.mountpoint)
+	su, sp = testutil.TreeListing(t, u.mountpoint), testutil.TreeListing(t, p.mountpoint)
 	if su != sp {
 		t.Fatalf("after changes, walk differs:\nuring:\n%s\nplain:\n%s", su, sp)
 	}
-	if want := snapshot(t, srcU); su != want {
+	if want := testutil.TreeListing(t, srcU); su != want {
 		t.Fatalf("after changes, uring mount differs from its tree:\n%s\nwant:\n%s", su, want)
 	}
 	// Each walk reads ~220 files: far more requests than that.
@@ -211,7 +165,7 @@ func TestFallbackWithoutUring(t *testing.T) {
 	if s.Uring() {
 		t.Fatal("io_uring in use although the kernel has it off")
 	}
-	if got, want := snapshot(t, s.mountpoint), snapshot(t, src); got != want {
+	if got, want := testutil.TreeListing(t, s.mountpoint), testutil.TreeListing(t, src); got != want {
 		t.Fatalf("walk differs:\n%s\nwant:\n%s", got, want)
 	}
 }
