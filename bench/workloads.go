@@ -369,7 +369,7 @@ var workloads = []*workload{
 		},
 		run: func(c *runCtx) (map[string]float64, error) {
 			var fresh map[string]float64
-			if c.m.sys.name == "ovl" {
+			if c.m.sys.is("ovl") {
 				var err error
 				if fresh, err = ovlStats(c.e, c.mnt, true); err != nil {
 					return nil, err
@@ -387,7 +387,7 @@ var workloads = []*workload{
 			}
 			hwm, err := procStatus(c.m.pid, "VmHWM")
 			var st map[string]float64
-			if err == nil && c.m.sys.name == "ovl" {
+			if err == nil && c.m.sys.is("ovl") {
 				st, err = ovlStats(c.e, c.mnt, true)
 			}
 			if rerr := release(); err == nil {
