@@ -199,25 +199,9 @@ func readNames(dirfd int) ([]string, error) {
 	return names, err
 }
 
-func modeToDtype(m uint32) uint8 {
-	switch m & unix.S_IFMT {
-	case unix.S_IFDIR:
-		return unix.DT_DIR
-	case unix.S_IFREG:
-		return unix.DT_REG
-	case unix.S_IFLNK:
-		return unix.DT_LNK
-	case unix.S_IFCHR:
-		return unix.DT_CHR
-	case unix.S_IFBLK:
-		return unix.DT_BLK
-	case unix.S_IFIFO:
-		return unix.DT_FIFO
-	case unix.S_IFSOCK:
-		return unix.DT_SOCK
-	}
-	return unix.DT_UNKNOWN
-}
+// modeToDtype is the kernel's IFTODT: a d_type is the file type bits of
+// st_mode, shifted down.
+func modeToDtype(m uint32) uint8 { return uint8(m & unix.S_IFMT >> 12) }
 
 func dtypeToMode(t uint8) uint32 {
 	switch t {

@@ -158,7 +158,7 @@ func (o *Overlay) newRoot() (*Node, error) {
 		}
 		var lst unix.Stat_t
 		var idx *layerindex.Dir
-		if unix.Fstat(fd, &lst) == nil {
+		if l.cache != nil && unix.Fstat(fd, &lst) == nil {
 			idx = cacheRoot(l, &lst)
 		}
 		n.lowers = append(n.lowers, lowerRef{layer: l, fd: fd, xwh: o.dirXWhiteouts(fd), aufs: cachedAufs(idx), idx: idx})
